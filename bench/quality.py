@@ -1,0 +1,143 @@
+"""Perplexity table: the bundled model at FP and quantized, one cached cell per setting.
+
+    python bench/quality.py                       # the foundation grid (FP + RTN)
+    python bench/quality.py --methods gptq,omniquant --grid w3g128,w2g128 --setting preset=small
+
+Each finished cell is a row of ``bench/results/quality.json``; a cell already there is skipped,
+so later methods add rows without re-running old ones. ``bench/results/quality.md`` is the
+table the README shows. Fused checkpoints are kept under ``$LOWBIT_CACHE/bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lowbit.cache import atomic_file, cache_dir
+from lowbit.calib import CalibrateArgs, calibrate
+from lowbit.evaluate.run import evaluate_perplexity
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_GRID = "fp,w4g64,w4g128,w3g64,w3g128,w2g64,w2g128,w4g128sym,w4pc"
+KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "group_size", "sym", "split", "seqlen",
+              "windows", "settings")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str  # "fp" for the unquantized model
+    w_bits: int = 16
+    group_size: int = -1
+    sym: bool = False
+    settings: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def tag(self) -> str:
+        if self.method == "fp":
+            return "fp"
+        g = "pc" if self.group_size == -1 else f"g{self.group_size}"
+        extra = "".join(f"-{k}{v}" for k, v in sorted(self.settings.items()))
+        return f"{self.method}-w{self.w_bits}{g}{'sym' if self.sym else ''}{extra}"
+
+
+def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
+    cells = []
+    for item in grid.split(","):
+        if item == "fp":
+            cells.append(Cell("fp"))
+            continue
+        m = re.fullmatch(r"w(\d)(?:g(\d+)|pc)(sym)?", item)
+        if not m:
+            raise SystemExit(f"bad grid item {item!r} (e.g. w4g128, w3g64sym, w4pc, fp)")
+        bits, group, sym = int(m[1]), int(m[2]) if m[2] else -1, bool(m[3])
+        cells += [Cell(meth, bits, group, sym, settings) for meth in methods]
+    return cells
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(json.dumps(row[k], sort_keys=True) for k in KEY_FIELDS)
+
+
+def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> dict:
+    calib_seconds = 0.0
+    target = model
+    if cell.method != "fp":
+        target = str(cache_dir() / "bench" / f"{model}-{cell.tag}")
+        if not (Path(target) / "quantization_config.json").exists():
+            start = time.perf_counter()
+            calibrate(CalibrateArgs(model, cell.method, cell.w_bits, cell.group_size, cell.sym,
+                                    Path(target), overwrite=True, settings=dict(cell.settings)))
+            calib_seconds = time.perf_counter() - start
+        else:
+            calib_seconds = json.loads((Path(target) / "quantization_config.json").read_text())[
+                "seconds"]
+    result = evaluate_perplexity(target, split, seqlen, windows)
+    return {
+        "model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": 16,
+        "group_size": cell.group_size, "sym": cell.sym, "split": split, "seqlen": seqlen,
+        "windows": windows, "ppl": round(result["ppl"], 4), "seconds": round(calib_seconds, 1),
+        "eval_seconds": round(result["seconds"], 1), "settings": dict(cell.settings),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    fp = {(r["model"], r["split"], r["seqlen"], r["windows"]): r["ppl"]
+          for r in rows if r["method"] == "fp"}
+    lines = ["| model | method | W | A | group | sym | ppl | × FP | calibration s | settings |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["method"] != "fp", -r["w_bits"], r["group_size"],
+                                         r["sym"], r["method"])):
+        base = fp.get((r["model"], r["split"], r["seqlen"], r["windows"]))
+        ratio = f"{r['ppl'] / base:.3f}" if base else "–"
+        fp_row = r["method"] == "fp"
+        g = "–" if fp_row else "channel" if r["group_size"] == -1 else r["group_size"]
+        sym = "–" if fp_row else "sym" if r["sym"] else "asym"
+        lines.append(f"| {r['model']} | {r['method']} | {r['w_bits']} | {r['a_bits']} | {g} | "
+                     f"{sym} | {r['ppl']:.3f} | {ratio} | "
+                     f"{r['seconds']:.0f} | {json.dumps(r['settings']) if r['settings'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
+    ap.add_argument("--grid", default=DEFAULT_GRID)
+    ap.add_argument("--setting", action="append", default=[], help="key=value for the method")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--results", type=Path, default=RESULTS / "quality.json")
+    args = ap.parse_args()
+
+    settings = {}
+    for kv in args.setting:
+        k, _, v = kv.partition("=")
+        settings[k] = int(v) if v.isdigit() else v
+    rows = json.loads(args.results.read_text()) if args.results.exists() else []
+    done = {row_key(r) for r in rows}
+    for cell in parse_grid(args.grid, args.methods.split(","), settings):
+        probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": 16,
+                 "group_size": cell.group_size, "sym": cell.sym, "split": args.split,
+                 "seqlen": args.seqlen, "windows": args.windows, "settings": dict(cell.settings)}
+        if row_key(probe) in done:
+            print(f"[cached] {cell.tag}")
+            continue
+        row = run_cell(cell, args.model, args.split, args.seqlen, args.windows)
+        print(f"{cell.tag}: ppl {row['ppl']}  calib {row['seconds']} s")
+        rows.append(row)
+        done.add(row_key(row))
+        with atomic_file(args.results) as tmp:  # rewrite after every cell: a crash loses one cell
+            tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    table = markdown(rows)
+    with atomic_file(args.results.with_suffix(".md")) as tmp:
+        tmp.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The compiler side: MLC-LLM quantization schemes and weight format, models, kernels."""

@@ -1,0 +1,1 @@
+"""Fused dequantize→matmul kernels (TE) and their hand CPU schedules."""

@@ -1,0 +1,132 @@
+"""Fused dequantize→matmul: ONE ``te.compute`` per quantized linear, for every scheme's layout.
+
+``y[..., n] = Σ_k x[..., k] · deq(w)[n, k]`` with the dequantization written inline in the
+reduction, so the kernel reads the packed uint32 words, scales and zero points directly and no
+dequantized weight is ever materialised (TVM-NOTES, "what does fuse"). ``FuseOps`` folds a following
+elementwise op (bias add, SiLU) into the same PrimFunc; :mod:`.cpu_schedule` schedules it.
+
+Layouts (``compiler/schemes.py``, drawn in ``docs/FORMAT.md``), weight [N, K], group G:
+
+* symmetric (MLC ``q4f16_1``/``q4f32_1``/``q3f16_1``): ``E = 32 // b`` codes per word, element
+  ``k`` at word ``k // E``, bits ``b·(k % E)``; ``w = (q − (2^(b−1) − 1))·s[n, k // G]``.
+* asymmetric ``w{2,4}a16g*asym``: the same plain packing (16 or 8 codes per word);
+  ``w{3}a16g*asym``: per run of 32 elements three words, two planes of 2-bit lows (elements 0–15,
+  16–31) and one plane of high bits; ``w = (q − z[n, k // G])·s[n, k // G]``.
+* unquantized (``q0f16``/``q0f32``): ``w[n, k]`` cast to the compute dtype.
+
+Padding codes past K are never read: the reduction runs over the real K only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from tvm import te, tirx
+
+from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
+
+MATMUL_BLOCK = "q_matmul"  # the schedule rule finds fused kernels by this block name
+LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize together
+RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
+GEMM_ROWS = 4  # rows of x per GEMM tile (each dequantized weight vector feeds this many rows)
+
+
+def _u32(v) -> tirx.PrimExpr:
+    return tirx.Cast("uint32", v) if not isinstance(v, int) else tirx.const(v, "uint32")
+
+
+def _bits(word: tirx.PrimExpr, shift, width: int) -> tirx.PrimExpr:
+    return (word >> _u32(shift)) & tirx.const((1 << width) - 1, "uint32")
+
+
+def code_expr(w: te.Tensor, n, k, scheme: SymGroupQuant | AsymGroupQuant) -> tirx.PrimExpr:
+    """The integer code of element (n, k) read from the packed words ``w`` [N, W] (uint32)."""
+    b = scheme.bits
+    if isinstance(scheme, AsymGroupQuant) and b == 3:
+        run, j = k // RUN, k % RUN
+        low = _bits(w[n, run * 3 + j // 16], (j % 16) * 2, 2)
+        high = _bits(w[n, run * 3 + 2], j, 1)
+        return low | (high << tirx.const(2, "uint32"))
+    per_word = STORAGE_BITS // b
+    return _bits(w[n, k // per_word], (k % per_word) * b, b)
+
+
+def dequant_fn(
+    scheme: Scheme, params: Sequence[te.Tensor], dtype: str
+) -> Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]:
+    """``deq(n, k)`` in ``dtype`` for the scheme's parameter tensors.
+
+    ``params``: ``[weight]`` (unquantized), ``[q_weight, q_scale]`` (symmetric) or
+    ``[q_weight, q_scale, q_zero]`` (asymmetric).
+    """
+    if isinstance(scheme, NoQuant):
+        (w,) = params
+        return lambda n, k: w[n, k].astype(dtype)
+    w, s = params[0], params[1]
+    g = scheme.group_size
+    if isinstance(scheme, SymGroupQuant):
+        offset = tirx.const(scheme.max_int, dtype)
+        return lambda n, k: (code_expr(w, n, k, scheme).astype(dtype) - offset) * s[n, k // g].astype(dtype)
+    z = params[2]
+    return lambda n, k: (
+        (code_expr(w, n, k, scheme).astype(dtype) - z[n, k // g].astype(dtype))
+        * s[n, k // g].astype(dtype)
+    )
+
+
+def vector_lanes(scheme: Scheme, k: int) -> int:
+    """How many consecutive k to vectorize: the codes of one word (so the word index and the
+    group are the same for every lane and each lane only shifts), or 16 unquantized floats."""
+    if isinstance(scheme, NoQuant):
+        lanes = 16
+    elif isinstance(scheme, AsymGroupQuant) and scheme.bits == 3:
+        lanes = 16  # one 2-bit plane word; the high-bit word covers 32
+    else:
+        lanes = STORAGE_BITS // scheme.bits
+    return math.gcd(lanes, k)
+
+
+def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
+    """A TE function ``f(x, *params) -> y`` for ``op.tensor_expr_op``: x [..., K] → y [..., N].
+
+    When the row (token) count is symbolic (prefill), the reduction runs over rows padded to a
+    multiple of :data:`GEMM_ROWS` (padding rows read zeros) and a copy block keeps the real ones,
+    so the scheduled row tiles need no bounds predicate (which made the tiles ~5× slower).
+    """
+
+    def f(x: te.Tensor, *params: te.Tensor) -> te.Tensor:
+        deq = dequant_fn(scheme, params, x.dtype)
+        *lead, k_dim = x.shape
+        if int(k_dim) != in_features:
+            raise ValueError(f"input has K={k_dim}, weight expects {in_features}")
+        n_dim = params[0].shape[0]
+        k = te.reduce_axis((0, in_features), name="k")
+        attrs = {LANES_ATTR: vector_lanes(scheme, in_features)}
+        rows = lead[-1] if lead else None
+        if rows is None or isinstance(rows, (int, tirx.IntImm)):
+            return te.compute(
+                (*lead, n_dim), lambda *i: te.sum(x[(*i[:-1], k)] * deq(i[-1], k), axis=k),
+                name=MATMUL_BLOCK, attrs=attrs,
+            )
+        padded = (rows + GEMM_ROWS - 1) // GEMM_ROWS * GEMM_ROWS
+
+        def body(*i):
+            *b, t, n = i
+            xv = tirx.if_then_else(t < rows, x[(*b, t, k)], tirx.const(0, x.dtype))
+            return te.sum(xv * deq(n, k), axis=k)
+
+        y = te.compute((*lead[:-1], padded, n_dim), body, name=MATMUL_BLOCK, attrs=attrs)
+        return te.compute((*lead, n_dim), lambda *i: y[i], name="q_matmul_rows")
+
+    return f
+
+
+def q_embed_te(scheme: Scheme, hidden: int, dtype: str) -> Callable[..., te.Tensor]:
+    """A TE function ``f(ids, *params) -> rows``: dequantize only the looked-up rows."""
+
+    def f(ids: te.Tensor, *params: te.Tensor) -> te.Tensor:
+        deq = dequant_fn(scheme, params, dtype)
+        return te.compute((*ids.shape, hidden), lambda *i: deq(ids[i[:-1]], i[-1]), name="q_embed")
+
+    return f

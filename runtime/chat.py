@@ -1,0 +1,186 @@
+"""User-facing generation: one-shot (``lowbit run``) and the interactive chat (``lowbit chat``)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from lowbit.errors import LowbitError
+from lowbit.runtime.engine import Engine, GenerationConfig, GenerationStats
+from lowbit.runtime.sampler import SamplingParams
+
+HELP = "commands: /reset (forget the conversation), /stats (speed of the last reply), /help, /exit"
+
+
+@dataclass
+class GenerateArgs:
+    """Arguments of ``lowbit run`` / ``lowbit chat``; ``None`` sampling fields take the folder's defaults."""
+
+    model_dir: Path
+    model_lib: Path
+    prompt: str | None = None
+    chat_template: bool = False  # run: wrap the prompt as one user turn
+    system: str | None = None
+    max_new_tokens: int = 256
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int = 0
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    context_window: int | None = None
+
+
+def _default(value, config: dict, key: str, fallback):
+    if value is not None:
+        return value
+    return config.get(key) if config.get(key) is not None else fallback
+
+
+def generation_config(args: GenerateArgs, engine: Engine, chat: bool) -> GenerationConfig:
+    """Sampling from the arguments, else from ``mlc-chat-config.json`` (as mlc_llm does)."""
+    cfg = engine.chat_config
+    sampling = SamplingParams(
+        temperature=float(_default(args.temperature, cfg, "temperature", 0.0)),
+        top_p=float(_default(args.top_p, cfg, "top_p", 1.0)),
+        top_k=args.top_k,
+        repetition_penalty=float(_default(args.repetition_penalty, cfg, "repetition_penalty", 1.0)),
+        seed=args.seed,
+    )
+    stops = list(args.stop)
+    conv = cfg.get("conv_template")
+    if chat and isinstance(conv, dict):
+        stops += conv.get("stop_str") or []
+    return GenerationConfig(args.max_new_tokens, sampling, tuple(dict.fromkeys(stops)),
+                            engine.default_stop_token_ids())
+
+
+def open_engine(args: GenerateArgs) -> Engine:
+    return Engine(args.model_dir, args.model_lib, context_window=args.context_window)
+
+
+def run_prompt(args: GenerateArgs, out: TextIO | None = None) -> GenerationStats:
+    """Generate once from ``args.prompt``, streaming the text to ``out`` (stdout)."""
+    out = out or sys.stdout
+    if not args.prompt:
+        raise LowbitError("--prompt is empty")
+    engine = open_engine(args)
+    if args.chat_template:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        text = engine.template.render(messages + [{"role": "user", "content": args.prompt}])
+        ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    else:
+        ids = engine.tokenizer.encode(args.prompt)
+    for delta in engine.generate(ids, generation_config(args, engine, args.chat_template)):
+        out.write(delta)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return engine.last_stats
+
+
+class ChatSession:
+    """A multi-turn conversation on one engine sequence; each turn reuses the cached prefix."""
+
+    SEQ = 0
+
+    def __init__(self, engine: Engine, config: GenerationConfig, system: str | None = None):
+        self.engine, self.config, self.system = engine, config, system
+        self.messages: list[dict[str, str]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        if self.engine.has_sequence(self.SEQ):
+            self.engine.rewind(self.SEQ, 0)
+
+    def reply(self, user: str, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Stream the assistant's answer to ``user``; the (possibly partial) answer joins the history."""
+        self.messages.append({"role": "user", "content": user})
+        text = self.engine.template.render(self.messages)
+        ids = self.engine.tokenizer.encode(text, add_special_tokens=False)
+        answer = []
+        try:
+            for delta in self.engine.generate(ids, self.config, self.SEQ, should_stop):
+                answer.append(delta)
+                yield delta
+        except LowbitError:
+            self.messages.pop()
+            raise
+        self.messages.append({"role": "assistant", "content": "".join(answer)})
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[Callable[[], bool]]:
+    """While active, Ctrl-C sets a flag (polled between tokens) instead of raising."""
+    hit = [False]
+
+    def handler(signum, frame):
+        hit[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: hit[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def chat(args: GenerateArgs, stdin: TextIO | None = None, out: TextIO | None = None) -> None:
+    """The interactive loop: a line is a user turn; Ctrl-C stops a reply, Ctrl-D or /exit leaves."""
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    engine = open_engine(args)
+    session = ChatSession(engine, generation_config(args, engine, chat=True), args.system)
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    out.write(f"lowbit chat: {args.model_dir} ({engine.chat_config.get('quantization')}). {HELP}\n")
+    while True:
+        try:
+            line = input(">>> ") if stdin is sys.stdin else _read_line(stdin, out)
+        except KeyboardInterrupt:
+            out.write("\n")
+            continue
+        except EOFError:
+            out.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            session.reset()
+            out.write("(conversation reset)\n")
+        elif line == "/stats":
+            out.write(engine.last_stats.summary() + "\n")
+        elif line == "/help" or line.startswith("/"):
+            out.write(HELP + "\n")
+        else:
+            _answer(session, line, out)
+
+
+def _read_line(stdin: TextIO, out: TextIO) -> str:
+    out.write(">>> ")
+    out.flush()
+    line = stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _answer(session: ChatSession, line: str, out: TextIO) -> None:
+    try:
+        with _interruptible() as stopped:
+            for delta in session.reply(line, stopped):
+                out.write(delta)
+                out.flush()
+    except LowbitError as e:  # e.g. the conversation outgrew the context window
+        out.write(f"\nerror: {e} (use /reset)\n")
+        return
+    if session.engine.last_stats.finish_reason == "interrupted":
+        out.write(" [interrupted]")
+    out.write("\n")

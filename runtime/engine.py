@@ -1,0 +1,344 @@
+"""The engine: a compiled model library + its MLC weight folder, driven through the paged KV cache.
+
+The library exports what MLC-LLM's llama model exports (``embed``, ``prefill``, ``decode``,
+``create_paged_kv_cache``, ``_metadata``; params packed as the last argument). Each sequence's
+tokens in the cache are tracked, so a new request for a sequence reuses the common prefix and
+prefills only the rest, in chunks of at most ``prefill_chunk_size`` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+from lowbit.runtime.sampler import Sampler, SamplingParams
+from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
+from lowbit.runtime.weights import load_params, read_tensor_cache_index
+
+CHAT_CONFIG = "mlc-chat-config.json"
+PAGE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What to generate: sampling, length and stop conditions (stop tokens are not emitted)."""
+
+    max_new_tokens: int = 128
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop_strings: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0  # tokens prefilled (after reusing the cached prefix)
+    prompt_seconds: float = 0.0
+    decode_tokens: int = 0  # tokens sampled
+    decode_seconds: float = 0.0
+    finish_reason: str = ""  # "stop", "length", "context" or "interrupted"
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+    def summary(self) -> str:
+        return (f"prefill: {self.prompt_tokens} tok, {self.prefill_tok_s:.1f} tok/s; "
+                f"decode: {self.decode_tokens} tok, {self.decode_tok_s:.1f} tok/s")
+
+
+def read_chat_config(folder: Path) -> dict:
+    path = Path(folder) / CHAT_CONFIG
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG})")
+    return json.loads(path.read_text())
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+
+
+class Engine:
+    """Loads weights once and runs sequences on one device (CPU by default)."""
+
+    def __init__(self, model_dir: Path, model_lib: Path, *, max_batch_size: int = 1,
+                 context_window: int | None = None, check_md5: bool = True):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        self.model_dir = Path(model_dir)
+        self.chat_config = read_chat_config(self.model_dir)
+        self.cache_index = read_tensor_cache_index(self.model_dir)
+        self.device = tvm.cpu()
+        self.vm = VirtualMachine(self._load_library(Path(model_lib)), self.device)
+        self.tokenizer = Tokenizer(self.model_dir)
+        self.template = load_chat_template(self.model_dir, self.tokenizer, self.chat_config)
+        self.metadata = self._library_metadata()
+        names = self._check_library(Path(model_lib))
+        self.params = load_params(self.cache_index, names, self.device, check_md5)
+        limit = int(self.metadata.get("context_window_size") or self.chat_config["context_window_size"])
+        self.context_window = min(context_window or limit, limit)
+        self.prefill_chunk = int(self.metadata.get("prefill_chunk_size") or self.chat_config["prefill_chunk_size"])
+        self.max_batch_size = max_batch_size
+        shape = tvm.runtime.ShapeTuple
+        self.kv = self.vm["create_paged_kv_cache"](
+            shape([max_batch_size]), shape([self.context_window * max_batch_size]),
+            shape([self.prefill_chunk]), shape([PAGE_SIZE]), shape([0]),
+        )
+        self._f = {name: tvm.get_global_func(f"vm.builtin.{name}") for name in (
+            "kv_state_add_sequence", "kv_state_remove_sequence", "kv_state_fork_sequence",
+            "kv_state_popn", "kv_state_begin_forward", "kv_state_end_forward")}
+        self._tokens: dict[int, list[int]] = {}  # sequence id → tokens in the KV cache
+        self.last_stats = GenerationStats()
+
+    # -- loading -------------------------------------------------------------------------------
+    @staticmethod
+    def _load_library(path: Path):
+        import tvm
+
+        if not path.is_file():
+            raise LowbitError(f"model library {path} does not exist")
+        try:
+            return tvm.runtime.load_module(str(path))
+        except Exception as e:  # TVM raises its own error types
+            raise LowbitError(f"cannot load model library {path}: {str(e).splitlines()[0]}") from None
+
+    def _library_metadata(self) -> dict:
+        try:
+            fn = self.vm["_metadata"]
+        except Exception:  # noqa: BLE001 - a library without metadata (not built by lowbit/MLC)
+            return {}
+        return json.loads(str(fn()))
+
+    def _check_library(self, lib: Path) -> list[str]:
+        """Parameter names in the library's order, after checking they fit this folder's weights."""
+        md, cfg = self.metadata, self.chat_config
+        for key in ("model_type", "quantization"):
+            if key in md and md[key] != cfg.get(key):
+                raise LowbitError(f"model library {lib.name} is for {key} {md[key]!r} but "
+                                  f"{self.model_dir} has {cfg.get(key)!r}")
+        if "params" not in md:
+            return list(self.cache_index.records)
+        for p in md["params"]:
+            rec = self.cache_index.records.get(p["name"])
+            if rec is None:
+                raise LowbitError(f"model library {lib.name} needs weight {p['name']}, which "
+                                  f"{self.model_dir} lacks (wrong library for this folder?)")
+            want = tuple(p["shape"])
+            fits = len(want) == len(rec.shape) and all(
+                not isinstance(w, int) or w < 0 or w == h for w, h in zip(want, rec.shape, strict=True))
+            if not fits or p["dtype"] != rec.dtype:
+                raise LowbitError(f"model library {lib.name} expects {p['name']} as {p['dtype']}{list(want)}, "
+                                  f"{self.model_dir} has {rec.dtype}{list(rec.shape)} (wrong library for this folder?)")
+        return [p["name"] for p in md["params"]]
+
+    # -- sequences ------------------------------------------------------------------------------
+    def add_sequence(self, seq_id: int | None = None) -> int:
+        seq_id = self._new_id() if seq_id is None else seq_id
+        if seq_id in self._tokens:
+            raise LowbitError(f"sequence {seq_id} already exists")
+        if len(self._tokens) >= self.max_batch_size:
+            raise LowbitError(f"the engine holds at most {self.max_batch_size} sequences")
+        self._f["kv_state_add_sequence"](self.kv, seq_id)
+        self._tokens[seq_id] = []
+        return seq_id
+
+    def fork_sequence(self, parent: int, seq_id: int | None = None) -> int:
+        """A new sequence sharing ``parent``'s cached tokens (pages are shared, not copied)."""
+        seq_id = self._new_id() if seq_id is None else seq_id
+        if len(self._tokens) >= self.max_batch_size:
+            raise LowbitError(f"the engine holds at most {self.max_batch_size} sequences")
+        self._f["kv_state_fork_sequence"](self.kv, self._known(parent), seq_id, -1)
+        self._tokens[seq_id] = list(self._tokens[parent])
+        return seq_id
+
+    def remove_sequence(self, seq_id: int) -> None:
+        self._f["kv_state_remove_sequence"](self.kv, self._known(seq_id))
+        del self._tokens[seq_id]
+
+    def has_sequence(self, seq_id: int) -> bool:
+        return seq_id in self._tokens
+
+    def sequence_tokens(self, seq_id: int) -> list[int]:
+        return list(self._tokens[self._known(seq_id)])
+
+    def _known(self, seq_id: int) -> int:
+        if seq_id not in self._tokens:
+            raise LowbitError(f"unknown sequence {seq_id}")
+        return seq_id
+
+    def _new_id(self) -> int:
+        return max(self._tokens, default=-1) + 1
+
+    # -- forward passes -------------------------------------------------------------------------
+    def _forward(self, fn: str, seq_id: int, ids: Sequence[int]) -> np.ndarray:
+        import tvm
+
+        ids_t = tvm.runtime.tensor(np.asarray(ids, dtype=np.int32), self.device)
+        emb = self.vm["embed"](ids_t, self.params)
+        emb = emb._create_view((1, len(ids), emb.shape[-1]))
+        self._f["kv_state_begin_forward"](self.kv, tvm.runtime.ShapeTuple([seq_id]),
+                                          tvm.runtime.ShapeTuple([len(ids)]))
+        try:
+            out = self.vm[fn](emb, self.kv, self.params)
+        finally:
+            self._f["kv_state_end_forward"](self.kv)
+        self._tokens[seq_id].extend(int(t) for t in ids)
+        return out[0].numpy().reshape(-1)
+
+    def decode_batch(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each sequence in one ``batch_decode`` call; logits [n, vocab]."""
+        import tvm
+
+        if len(seq_ids) != len(tokens) or len(set(seq_ids)) != len(seq_ids):
+            raise LowbitError("decode_batch needs one token per distinct sequence")
+        for seq_id in seq_ids:
+            self._check_room(self._known(seq_id), 1)
+        ids_t = tvm.runtime.tensor(np.asarray(tokens, dtype=np.int32), self.device)
+        emb = self.vm["embed"](ids_t, self.params)
+        emb = emb._create_view((len(tokens), 1, emb.shape[-1]))
+        shape = tvm.runtime.ShapeTuple
+        self._f["kv_state_begin_forward"](self.kv, shape(list(seq_ids)), shape([1] * len(seq_ids)))
+        try:
+            out = self.vm["batch_decode"](emb, self.kv, self.params)
+        finally:
+            self._f["kv_state_end_forward"](self.kv)
+        for seq_id, token in zip(seq_ids, tokens, strict=True):
+            self._tokens[seq_id].append(int(token))
+        return out[0].numpy().reshape(len(tokens), -1)
+
+    def prefill(self, seq_id: int, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids`` to the sequence in chunks; the last position's logits."""
+        self._known(seq_id)
+        if not ids:
+            raise LowbitError("prefill needs at least one token")
+        self._check_room(seq_id, len(ids))
+        logits = None
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits = self._forward("prefill", seq_id, ids[start : start + self.prefill_chunk])
+        return logits
+
+    def decode(self, seq_id: int, token: int) -> np.ndarray:
+        """Append one token; its logits."""
+        self._check_room(self._known(seq_id), 1)
+        return self._forward("decode", seq_id, [token])
+
+    def rewind(self, seq_id: int, length: int) -> None:
+        """Drop cached tokens so that ``length`` remain."""
+        n = len(self._tokens[self._known(seq_id)]) - length
+        if n > 0:
+            self._f["kv_state_popn"](self.kv, seq_id, n)
+            del self._tokens[seq_id][length:]
+
+    def _check_room(self, seq_id: int, n: int) -> None:
+        total = len(self._tokens[seq_id]) + n
+        if total > self.context_window:
+            raise LowbitError(f"{total} tokens exceed the context window of {self.context_window}")
+
+    # -- generation -----------------------------------------------------------------------------
+    def default_stop_token_ids(self) -> tuple[int, ...]:
+        ids = _as_list(self.chat_config.get("eos_token_id"))
+        conv = self.chat_config.get("conv_template")
+        if isinstance(conv, dict):
+            ids += _as_list(conv.get("stop_token_ids"))
+        eos = self.tokenizer.special_token("eos_token")
+        if eos is not None and self.tokenizer.token_id(eos) is not None:
+            ids.append(self.tokenizer.token_id(eos))
+        return tuple(dict.fromkeys(ids))
+
+    def generate(self, ids: Sequence[int], config: GenerationConfig, seq_id: int = 0,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Stream the text generated after ``ids`` (the sequence's whole context) as deltas.
+
+        The sequence is created if needed; tokens it already caches that agree with ``ids`` are
+        reused. ``self.last_stats`` is filled in as it goes. ``should_stop`` is polled between
+        tokens (interrupting never leaves the KV cache mid-step).
+        """
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise LowbitError("the prompt is empty")
+        if len(ids) >= self.context_window:
+            raise LowbitError(f"prompt of {len(ids)} tokens does not fit the context window of "
+                              f"{self.context_window} tokens")
+        if seq_id not in self._tokens:
+            self.add_sequence(seq_id)
+        cached = self._tokens[seq_id]
+        same = (i for i, (a, b) in enumerate(zip(cached, ids, strict=False)) if a != b)
+        keep = next(same, min(len(cached), len(ids)))  # length of the common prefix
+        self.rewind(seq_id, min(keep, len(ids) - 1))  # at least one token to prefill, for logits
+        stats = self.last_stats = GenerationStats()
+        new = ids[len(self._tokens[seq_id]) :]
+        t0 = time.perf_counter()
+        logits = self.prefill(seq_id, new)
+        stats.prompt_tokens, stats.prompt_seconds = len(new), time.perf_counter() - t0
+        yield from self._decode_loop(seq_id, logits, config, stats, should_stop)
+
+    def _decode_loop(self, seq_id: int, logits: np.ndarray, config: GenerationConfig,
+                     stats: GenerationStats, should_stop: Callable[[], bool] | None) -> Iterator[str]:
+        sampler = Sampler(config.sampling)
+        stop_ids = set(config.stop_token_ids)
+        stream, stops = StreamDecoder(self.tokenizer), StopStrings(config.stop_strings)
+        t0 = time.perf_counter()
+        while True:
+            if should_stop is not None and should_stop():
+                stats.finish_reason = "interrupted"
+                break
+            token = sampler(logits, self._tokens[seq_id])
+            stats.decode_tokens += 1
+            if token in stop_ids:
+                stats.finish_reason = "stop"
+                break
+            text, hit = stops.push(stream.push(token))
+            if text:
+                yield text
+            if hit:
+                stats.finish_reason = "stop"
+                break
+            if stats.decode_tokens >= config.max_new_tokens:
+                stats.finish_reason = "length"
+                break
+            if len(self._tokens[seq_id]) + 1 > self.context_window:
+                stats.finish_reason = "context"
+                break
+            logits = self.decode(seq_id, token)
+        stats.decode_seconds = time.perf_counter() - t0
+        if stats.finish_reason != "stop":
+            if rest := stops.flush():
+                yield rest
+
+
+class StopStrings:
+    """Holds back text that may be the start of a stop string; cuts the output at the first one."""
+
+    def __init__(self, stop_strings: Sequence[str]):
+        self.stops = [s for s in stop_strings if s]
+        self.text = ""
+        self.emitted = 0
+
+    def push(self, delta: str) -> tuple[str, bool]:
+        """(text safe to emit now, whether a stop string was reached)."""
+        self.text += delta
+        hits = [i for i in (self.text.find(s, max(0, self.emitted - len(s))) for s in self.stops) if i >= 0]
+        if hits:
+            end = min(hits)
+            out, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        end = max(self.emitted, len(self.text) - hold)
+        out, self.emitted = self.text[self.emitted : end], end
+        return out, False
+
+    def flush(self) -> str:
+        out, self.emitted = self.text[self.emitted :], len(self.text)
+        return out

@@ -1,0 +1,106 @@
+"""Next-token sampling on a logits vector, in NumPy.
+
+Order as in HF ``generate``: repetition penalty, then (unless greedy) temperature, top-k, top-p,
+and a draw from the renormalised distribution with the sampler's own seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` disable those filters."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise LowbitError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LowbitError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise LowbitError(f"top_k must be ≥ 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise LowbitError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: Iterable[int], penalty: float) -> np.ndarray:
+    """CTRL's penalty (as HF): a seen token's logit is divided by ``penalty`` if positive, else multiplied."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    ids = np.unique(np.fromiter(seen, dtype=np.int64))
+    if penalty == 1.0 or ids.size == 0:
+        return out
+    picked = out[ids]
+    out[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+    return out
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` largest logits (all True when ``k`` is 0 or ≥ the vocabulary)."""
+    if k == 0 or k >= logits.size:
+        return np.ones(logits.shape, dtype=bool)
+    keep = np.zeros(logits.shape, dtype=bool)
+    keep[np.argpartition(-logits, k - 1)[:k]] = True
+    return keep
+
+
+def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
+    """Boolean mask of the smallest most-probable set whose total probability reaches ``p``."""
+    order = np.argsort(-probs, kind="stable")
+    before = np.cumsum(probs[order]) - probs[order]  # mass of the strictly more probable tokens
+    keep = np.zeros(probs.shape, dtype=bool)
+    keep[order[before < p]] = True
+    keep[order[0]] = True
+    return keep
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def sampling_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The distribution a non-greedy draw samples from (float64, sums to 1)."""
+    scaled = logits.astype(np.float64) / params.temperature
+    scaled = np.where(top_k_mask(scaled, params.top_k), scaled, -np.inf)
+    probs = softmax(scaled)
+    if params.top_p < 1.0:
+        probs = np.where(top_p_mask(probs, params.top_p), probs, 0.0)
+        probs /= probs.sum()
+    return probs
+
+
+class Sampler:
+    """Picks next tokens for one sequence; seeded, so a rerun with the same seed repeats itself."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: Iterable[int] = ()) -> int:
+        logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if self.params.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, history, self.params.repetition_penalty)
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        probs = sampling_probs(logits, self.params)
+        # inverse-CDF draw: one uniform per token keeps the stream reproducible across NumPy versions
+        u = self.rng.random()
+        last = int(np.flatnonzero(probs)[-1])  # rounding may leave the total a hair below u
+        return min(int(np.searchsorted(np.cumsum(probs), u, side="right")), last)

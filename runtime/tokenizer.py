@@ -1,0 +1,133 @@
+"""Tokenizer, chat template and streaming detokenizer of an MLC folder (HF ``tokenizers``, jinja2).
+
+The chat template is the model's own jinja template (``chat_template.jinja`` or the
+``chat_template`` of ``tokenizer_config.json``) rendered as transformers renders it; a folder
+without one falls back to the MLC ``conv_template`` of ``mlc-chat-config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+class Tokenizer:
+    """Encode/decode with the folder's ``tokenizer.json``."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise LowbitError(f"{folder} has no tokenizer.json")
+        self._tok = HFTokenizer.from_file(str(path))
+        config = Path(folder) / "tokenizer_config.json"
+        self.config: dict = json.loads(config.read_text()) if config.is_file() else {}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def special_token(self, key: str) -> str | None:
+        """``bos_token``/``eos_token`` of ``tokenizer_config.json`` (a string or an AddedToken dict)."""
+        value = self.config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+
+class StreamDecoder:
+    """Turns a growing token list into text deltas without splitting multi-byte characters.
+
+    Decodes a short window of recent tokens twice (with and without the new ones) and emits the
+    difference, so spaces and merges that depend on neighbouring tokens come out right.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        before = self.tokenizer.decode(self.tokens[self._prefix : self._read])
+        text = self.tokenizer.decode(self.tokens[self._prefix :])
+        if text.endswith("\ufffd") or len(text) <= len(before):
+            return ""  # an incomplete UTF-8 sequence (or a token that decodes to nothing yet)
+        self._prefix, self._read = self._read, len(self.tokens)
+        return text[len(before) :]
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens)
+
+
+class JinjaTemplate:
+    """A HF chat template, rendered with transformers' jinja settings."""
+
+    def __init__(self, source: str, tokenizer: Tokenizer):
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str):
+            raise jinja2.exceptions.TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, indent=indent, ensure_ascii=False)
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self._template = env.from_string(source)
+        self._specials = {k: tokenizer.special_token(k) for k in ("bos_token", "eos_token")}
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                     **self._specials)
+
+
+class ConvTemplate:
+    """MLC's ``conv_template`` (``protocol/conversation_protocol.py``'s prompt layout)."""
+
+    def __init__(self, conv: dict):
+        self.conv = conv
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        c = self.conv
+        system = c.get("system_message", "")
+        rest = list(messages)
+        if rest and rest[0]["role"] == "system":
+            system, rest = rest[0]["content"], rest[1:]
+        seps = c.get("seps") or [""]
+        text = c.get("system_template", "{system_message}").replace("{system_message}", system)
+        for i, m in enumerate(rest):
+            role = c["roles"].get(m["role"], m["role"])
+            body = c.get("role_templates", {}).get(m["role"], "{content}")
+            content = body.replace(f"{{{m['role']}_message}}", m["content"]).replace("{content}", m["content"])
+            text += f"{role}{c.get('role_content_sep', '')}{content}{seps[i % len(seps)]}"
+        if add_generation_prompt:
+            text += f"{c['roles'].get('assistant', '')}{c.get('role_empty_sep', '')}"
+        return text
+
+
+def load_chat_template(folder: Path, tokenizer: Tokenizer, chat_config: dict):
+    """The folder's jinja template if it has one, else its MLC ``conv_template``."""
+    folder = Path(folder)
+    source = None
+    if (folder / "chat_template.jinja").is_file():
+        source = (folder / "chat_template.jinja").read_text()
+    elif isinstance(tokenizer.config.get("chat_template"), str):
+        source = tokenizer.config["chat_template"]
+    if source is not None:
+        return JinjaTemplate(source, tokenizer)
+    if isinstance(chat_config.get("conv_template"), dict):
+        return ConvTemplate(chat_config["conv_template"])
+    raise LowbitError(f"{folder} has no chat template (no chat_template.jinja and no conv_template)")

@@ -1,0 +1,63 @@
+"""``lowbit compile``: one shared library with metadata; a mismatched MLC folder is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lowbit.cli import main
+from lowbit.compiler.compile import CompileArgs, compile_model
+from lowbit.compiler.convert import ConvertArgs, convert
+from lowbit.compiler.mlc_reader import load_mlc_model
+from lowbit.compiler.session import Session
+from lowbit.errors import LowbitError
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile")
+    mlc = root / "mlc"
+    convert(ConvertArgs(str(tiny_llama_dir), "w4a16g128asym", mlc, progress=False))
+    result = CliRunner().invoke(main, ["compile", str(mlc), "--target", "llvm", "-o", str(root / "lib.so")])
+    assert result.exit_code == 0, result.output
+    return root, mlc, root / "lib.so"
+
+
+def test_library_runs_and_carries_metadata(compiled):
+    root, mlc, lib = compiled
+    sess = Session.load(lib, mlc, max_len=64)
+    meta = json.loads(str(sess.vm["_metadata"]()))
+    assert (meta["model_type"], meta["quantization"]) == ("llama", "w4a16g128asym")
+    assert meta["config"]["hidden_size"] == 96
+    assert any(p["name"].endswith("qkv_proj.q_zero") for p in meta["params"])
+    ids = [5, 17, 300, 2, 9]
+    with torch.no_grad():
+        want = load_mlc_model(mlc)(torch.tensor([ids])).logits[0, -1].numpy()
+    np.testing.assert_allclose(sess.prefill(ids), want, atol=1e-4)
+
+
+def test_mismatched_mlc_folder_is_refused(compiled, tmp_path):
+    root, mlc, lib = compiled
+    other = tmp_path / "other"
+    shutil.copytree(mlc, other)
+    chat = json.loads((other / "mlc-chat-config.json").read_text())
+    chat["quantization"] = "q4f16_1"
+    (other / "mlc-chat-config.json").write_text(json.dumps(chat))
+    with pytest.raises(LowbitError, match="built for llama/w4a16g128asym"):
+        Session.load(lib, other)
+
+
+def test_existing_output_and_bad_inputs(compiled, tmp_path):
+    root, mlc, lib = compiled
+    with pytest.raises(LowbitError, match="already exists"):
+        compile_model(CompileArgs(mlc, "llvm", lib), progress=False)
+    with pytest.raises(LowbitError, match="unknown target"):
+        compile_model(CompileArgs(mlc, "metal:m9", tmp_path / "x.so"), progress=False)
+    with pytest.raises(LowbitError, match="not an MLC model folder"):
+        compile_model(CompileArgs(tmp_path, "llvm", tmp_path / "x.so"), progress=False)
+    assert not (tmp_path / "x.so").exists()

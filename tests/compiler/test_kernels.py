@@ -1,0 +1,126 @@
+"""Fused dequant→matmul kernels with their CPU schedules vs a NumPy port of each packing layout.
+
+The NumPy side packs codes itself (independently of ``compiler/packing.py``), following the layouts
+of ``docs/FORMAT.md``: symmetric plain words (8 or 10 codes), asymmetric plain words (8 or 16) and
+3-bit bit-planes per run of 32. K is odd or not a multiple of the group (partial last group).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
+from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
+from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, get_scheme
+
+TARGET = tvm.target.Target({"kind": "llvm"})
+
+
+def pack_np(codes: np.ndarray, scheme) -> np.ndarray:
+    """Codes [N, K] → uint32 words, K padded with zero codes to whole groups."""
+    n, k = codes.shape
+    g = scheme.group_size
+    padded = np.zeros((n, -(-k // g) * g), np.uint64)
+    padded[:, :k] = codes
+    if isinstance(scheme, AsymGroupQuant) and scheme.bits == 3:
+        words = []
+        for run in range(padded.shape[1] // 32):
+            c = padded[:, run * 32:(run + 1) * 32]
+            lo0 = sum((c[:, j] & 3) << (2 * j) for j in range(16))
+            lo1 = sum((c[:, 16 + j] & 3) << (2 * j) for j in range(16))
+            hi = sum(((c[:, j] >> 2) & 1) << j for j in range(32))
+            words += [lo0, lo1, hi]
+        return np.stack(words, axis=1).astype(np.uint32)
+    per = 32 // scheme.bits
+    lanes = padded.reshape(n, -1, per)
+    return sum(lanes[:, :, j] << (scheme.bits * j) for j in range(per)).astype(np.uint32)
+
+
+def dequant_np(codes, scales, zeros, scheme) -> np.ndarray:
+    k = codes.shape[1]
+    s = np.repeat(scales.astype(np.float32), scheme.group_size, axis=1)[:, :k]
+    z = np.repeat(zeros.astype(np.float32), scheme.group_size, axis=1)[:, :k]
+    return (codes.astype(np.float32) - z) * s
+
+
+def _quantized_case(scheme, n: int, k: int, rng):
+    codes = rng.integers(0, 1 << scheme.bits, (n, k)).astype(np.uint8)
+    groups = -(-k // scheme.group_size)
+    scales = (rng.random((n, groups)) * 0.1 + 0.01).astype(np.float16)
+    if isinstance(scheme, AsymGroupQuant):
+        zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype(np.uint8)
+        params = [pack_np(codes, scheme), scales, zeros]
+    else:
+        zeros = np.full((n, groups), scheme.max_int, np.uint8)
+        params = [pack_np(codes, scheme), scales]
+    return params, dequant_np(codes, scales, zeros, scheme)
+
+
+def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool):
+    b, m, k = inputs[0].shape
+    lead = (b, te.var("m", "int64") if m_symbolic else m, k)
+    x = te.placeholder(lead, "float32", name="x")
+    ps = [te.placeholder(a.shape, str(a.dtype), name=f"p{i}") for i, a in enumerate(inputs[1:])]
+    y = f(x, *ps)
+    func = te.create_prim_func([x, *ps, y])
+    sch = QuantMatmulCPU().apply(func, TARGET, False)
+    mod = sch.mod if sch is not None else tvm.IRModule({"main": func})
+    lib = tvm.compile(mod, target=TARGET)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
+    lib(*[tvm.runtime.tensor(a, dev) for a in inputs], out)
+    return out.numpy(), sch
+
+
+SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2a16g32asym", "w3a16g32asym"]
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+@pytest.mark.parametrize("m", [1, 5, 8])  # decode GEMV; prefill GEMM with a partial / whole row tiles
+def test_fused_matmul_matches_numpy(name, m):
+    rng = np.random.default_rng(hash((name, m)) % 2**32)
+    scheme = get_scheme(name)
+    n, k = 37, 200  # odd N, K not a multiple of 32/40/64/128
+    params, w = _quantized_case(scheme, n, k, rng)
+    x = rng.standard_normal((1, m, k)).astype(np.float32)
+    got, sch = _run(q_matmul_te(scheme, k), [x, *params], (1, m, n), m_symbolic=m > 1)
+    assert sch is not None, "the CPU schedule did not apply"
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+def test_fused_matmul_padding_codes_not_read():
+    """Garbage in the padding codes past K (here 100 of a 128-group) must not change the result."""
+    rng = np.random.default_rng(1)
+    scheme = get_scheme("w4a16g128asym")
+    params, w = _quantized_case(scheme, 8, 100, rng)
+    params[0][:, 12] |= np.uint32(0xFFFF0000)  # codes 100–103
+    params[0][:, 13:] = np.uint32(0xFFFFFFFF)  # codes 104–127
+    x = rng.standard_normal((1, 1, 100)).astype(np.float32)
+    got, _ = _run(q_matmul_te(scheme, 100), [x, *params], (1, 1, 8), m_symbolic=False)
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [1, 9])
+def test_unquantized_matmul(m):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((19, 48)).astype(np.float16)
+    x = rng.standard_normal((1, m, 48)).astype(np.float32)
+    got, _ = _run(q_matmul_te(NoQuant("q0f16", "float16"), 48), [x, w], (1, m, 19), m_symbolic=m > 1)
+    np.testing.assert_allclose(got, x @ w.astype(np.float32).T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["q4f16_1", "q3f16_1"])
+def test_quantized_embedding_rows(name):
+    rng = np.random.default_rng(3)
+    scheme = get_scheme(name)
+    params, w = _quantized_case(scheme, 50, 72, rng)
+    ids = np.array([3, 49, 0, 3, 17], np.int32)
+    x = te.placeholder((5,), "int32", name="ids")
+    ps = [te.placeholder(a.shape, str(a.dtype)) for a in params]
+    lib = tvm.compile(te.create_prim_func([x, *ps, q_embed_te(scheme, 72, "float32")(x, *ps)]), target=TARGET)
+    out = tvm.runtime.tensor(np.zeros((5, 72), np.float32), tvm.cpu())
+    lib(*[tvm.runtime.tensor(a, tvm.cpu()) for a in [ids, *params]], out)
+    np.testing.assert_array_equal(out.numpy(), w[ids])

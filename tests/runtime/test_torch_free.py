@@ -1,0 +1,77 @@
+"""The runtime needs neither torch nor the TVM compiler: generate in a venv that has only
+``apache-tvm`` (runtime-only mode), ``tokenizers``, NumPy, jinja2, click and lowbit (no deps)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.cache import cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+RUNTIME_DEPS = ["apache-tvm==0.27.0.post1", "tokenizers", "numpy", "jinja2", "click", "setuptools>=77"]
+
+
+def _pip(venv: Path, *args: str) -> None:
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _runtime_venv() -> Path:
+    """A plain venv with the runtime's dependencies, cached under $LOWBIT_CACHE (built once, ~1.5 min)."""
+    key = hashlib.sha256(f"{sys.version}{RUNTIME_DEPS}".encode()).hexdigest()[:12]
+    venv = cache_dir() / "venvs" / f"runtime-{key}"
+    if not (venv / ".complete").is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        _pip(venv, *RUNTIME_DEPS)
+        (venv / ".complete").touch()
+    return venv
+
+
+@pytest.mark.slow
+def test_generation_without_torch(tiny_chat, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    venv = _runtime_venv()
+    _pip(venv, "--no-deps", "--no-build-isolation", "--force-reinstall", str(REPO))
+    python, env = str(venv / "bin" / "python"), dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    env.pop("PYTHONPATH", None)
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert "No module named 'torch'" in probe.stderr
+
+    prompt = "The capital of France is"
+    tokenizer = Tokenizer(tiny_chat.mlc_dir)
+    ids = tokenizer.encode(prompt)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat.hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+
+    result = subprocess.run(
+        [str(venv / "bin" / "lowbit"), "run", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
+         "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == tokenizer.decode(ref) + "\n"
+
+    # the same process shape, asserting what was (not) loaded
+    check = (
+        "import sys; from lowbit.runtime.engine import Engine; "
+        f"e = Engine({str(tiny_chat.mlc_dir)!r}, {str(tiny_chat.lib)!r}); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+        "import tvm\ntry:\n    from tvm import relax\nexcept Exception:\n    print('runtime-only')"
+    )
+    out = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "runtime-only"

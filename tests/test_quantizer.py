@@ -1,0 +1,106 @@
+"""The shared quantizer against an independent NumPy reference (odd shapes, partial groups)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.quantizer import QuantSpec, dequantize, fake_quantize, quantize
+
+
+def np_quantize(w: np.ndarray, bits: int, group: int, sym: bool):
+    """Group by group over the real elements, written independently of lowbit.quantizer."""
+    n, k = w.shape
+    g = k if group == -1 else group
+    ngroups = -(-k // g)
+    codes = np.zeros((n, k), np.uint8)
+    scales = np.zeros((n, ngroups), np.float16)
+    zeros = np.zeros((n, ngroups), np.uint8)
+    for j in range(ngroups):
+        blk = w[:, j * g : min(k, (j + 1) * g)]
+        if sym:  # MLC: fp16 weights, fp16 scale = max|w| / m, codes = round(w / s + m)
+            m = np.float16(2 ** (bits - 1) - 1)
+            b16 = blk.astype(np.float16)
+            s = (np.abs(b16).max(axis=1) / m).astype(np.float16)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = (b16 / s[:, None]).astype(np.float16) + m
+            q = np.where(s[:, None] == 0, m, q)
+            codes[:, j * g : j * g + blk.shape[1]] = np.clip(np.round(q.astype(np.float32)), 0, 2 * m)
+            zeros[:, j] = int(m)
+        else:  # OmniQuant: s = (max - min) / qmax, z = round(-min / s); range holds 0
+            qmax = 2**bits - 1
+            lo, hi = np.minimum(blk.min(axis=1), 0), np.maximum(blk.max(axis=1), 0)
+            s = np.maximum((hi - lo) / np.float32(qmax), np.float32(1e-5)).astype(np.float16)
+            s32 = s.astype(np.float32)
+            z = np.clip(np.round(-lo / s32), 0, qmax)
+            q = np.clip(np.round(blk / s32[:, None]) + z[:, None], 0, qmax)
+            codes[:, j * g : j * g + blk.shape[1]] = q
+            zeros[:, j] = z
+        scales[:, j] = s
+    deq = (codes.astype(np.float32) - np.repeat(zeros.astype(np.float32), g, 1)[:, :k]) * np.repeat(
+        scales.astype(np.float32), g, 1
+    )[:, :k]
+    return codes, scales, zeros, deq
+
+
+SHAPES = [(3, 96), (5, 130), (7, 576), (2, 40), (4, 1000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [32, 40, 64, 128, -1])
+@pytest.mark.parametrize("sym", [False, True])
+def test_matches_numpy_reference(shape, bits, group, sym):
+    rng = np.random.default_rng(hash((shape, bits, group, sym)) % 2**32)
+    w = (rng.standard_normal(shape) * rng.uniform(0.01, 0.2, (shape[0], 1))).astype(np.float32)
+    w[0, : min(8, shape[1])] = 0.0  # a run of zeros
+    spec = QuantSpec(bits, group, sym)
+    qw = quantize(torch.from_numpy(w), spec)
+    codes, scales, zeros, deq = np_quantize(w, bits, group, sym)
+    np.testing.assert_array_equal(qw.codes.numpy(), codes)
+    np.testing.assert_array_equal(qw.scales.numpy(), scales)
+    if not sym:
+        np.testing.assert_array_equal(qw.zeros.numpy(), zeros)
+    np.testing.assert_array_equal(dequantize(qw).numpy(), deq)
+
+
+def test_partial_group_uses_real_elements_only():
+    # K = 96 with g64: the last group has 32 real elements; padding must not widen its range.
+    w = torch.zeros(1, 96)
+    w[0, :64] = 5.0
+    w[0, 64:] = torch.linspace(-1.0, 2.0, 32)
+    qw = quantize(w, QuantSpec(4, 64, sym=False))
+    scale = float(np.float16(3.0 / 15))
+    assert qw.scales[0, 1].item() == scale
+    assert qw.zeros[0, 1].item() == 5  # round(1.0 / 0.2)
+    assert (qw.dequantize()[0, 64:] - w[0, 64:]).abs().max() <= scale / 2 + 1e-6
+
+
+def test_one_signed_group_keeps_zero_representable():
+    w = torch.linspace(1.0, 2.0, 32).reshape(1, 32)
+    qw = quantize(w, QuantSpec(4, 32, sym=False))
+    assert qw.zeros.item() == 0
+    scale = float(np.float16(2.0 / 15))
+    assert (qw.dequantize() - w).abs().max() <= scale / 2 + 1e-6
+
+
+def test_error_shrinks_with_bits():
+    torch.manual_seed(0)
+    w = torch.randn(64, 576)
+    errs = [(fake_quantize(w, QuantSpec(b, 128)) - w).pow(2).mean().item() for b in (2, 3, 4, 8)]
+    assert errs == sorted(errs, reverse=True)
+    assert errs[-1] < 1e-4
+
+
+def test_sym_codes_centered_on_offset():
+    w = torch.tensor([[-1.0, 0.0, 0.5, 1.0] * 8])
+    qw = quantize(w, QuantSpec(4, 32, sym=True))
+    assert qw.zeros is None
+    assert qw.codes[0, :4].tolist() == [0, 7, 10, 14]  # 0.5/s + 7 = 10.5 rounds to even
+
+
+@pytest.mark.parametrize("bad", [dict(bits=5, group_size=128), dict(bits=4, group_size=48)])
+def test_unsupported_spec(bad):
+    with pytest.raises(ValueError):
+        QuantSpec(**bad)

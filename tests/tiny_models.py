@@ -1,0 +1,46 @@
+"""Tiny random Llama / Qwen2 models for unit tests (imported by conftest and by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def save_tiny(path: Path, config) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Random-init norms are all ones; perturb them so norm-folding bugs show up.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path
+
+
+def tiny_llama_config(**overrides):
+    """Hidden 96 (partial groups at g64/g128), GQA 4:2, head_dim 24, tied embeddings."""
+    from transformers import LlamaConfig
+
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def tiny_qwen2_config(**overrides):
+    from transformers import Qwen2Config
+
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    )
+    kw.update(overrides)
+    return Qwen2Config(**kw)
