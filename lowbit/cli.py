@@ -208,17 +208,30 @@ def chat(**kw) -> None:
 
 
 @main.command(name="list")
-@click.argument("what", required=False, type=click.Choice(["models", "methods"]))
+@click.argument("what", required=False, type=click.Choice(["models", "methods", "schemes", "targets"]))
 def list_(what: str | None) -> None:
-    """What exists: bundled models and calibration methods."""
-    from lowbit.calib import METHODS
-    from lowbit.models import BUNDLED
-
+    """What exists: bundled models, calibration methods, MLC schemes, compile targets."""
     if what in (None, "models"):
+        from lowbit.models import BUNDLED
+
         click.echo("bundled models:")
         for m in BUNDLED.values():
             click.echo(f"  {m.name:16s} {m.description}")
     if what in (None, "methods"):
+        from lowbit.calib import METHODS
+
         click.echo("calibration methods:")
         for m in METHODS.values():
             click.echo(f"  {m.name:16s} {m.description}")
+    if what in (None, "schemes"):
+        from lowbit.compiler.schemes import SCHEMES
+
+        click.echo("MLC schemes (lowbit convert --scheme):")
+        for name, scheme in SCHEMES.items():
+            click.echo(f"  {name:16s} {scheme.bits_per_weight():g} bits/weight (linears)")
+    if what in (None, "targets"):
+        from lowbit.targets.presets import PRESETS
+
+        click.echo("compile targets (lowbit compile --target):")
+        for name in PRESETS:
+            click.echo(f"  {name}")
