@@ -224,6 +224,7 @@ def fake_quantize_range(
         s = s + (s16.float() - s).detach()
         out = _DequantSTE.apply(wg, u, s[..., None], z, spec.qmax)
     else:
+        xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)  # as compute_qparams: the range holds 0
         s = ((xmax - xmin) / spec.qmax).clamp(min=MIN_SCALE)
         s = s + (s.detach().to(torch.float16).float() - s).detach()
         with torch.no_grad():

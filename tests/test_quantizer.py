@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.quantizer import QuantSpec, dequantize, fake_quantize, quantize
+from lowbit.quantizer import (
+    QuantSpec,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+    fake_quantize_range,
+    group_min_max,
+    quantize,
+    quantize_with,
+)
 
 
 def np_quantize(w: np.ndarray, bits: int, group: int, sym: bool):
@@ -104,3 +113,16 @@ def test_sym_codes_centered_on_offset():
 def test_unsupported_spec(bad):
     with pytest.raises(ValueError):
         QuantSpec(**bad)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_differentiable_fake_quant_equals_export_on_one_signed_groups(sym):
+    torch.manual_seed(1)
+    w = torch.randn(6, 96)
+    w[:3] = w[:3].abs() + 0.5  # groups entirely above zero
+    w[3:] = -w[3:].abs() - 0.5  # and entirely below
+    spec = QuantSpec(3, 64, sym)
+    xmin, xmax = group_min_max(w, spec)
+    xmin, xmax = 0.9 * xmin, 0.8 * xmax  # clipped ranges, as LWC produces
+    exported = dequantize(quantize_with(w, spec, *compute_qparams(w, spec, xmin, xmax)))
+    assert torch.equal(fake_quantize_range(w, spec, xmin, xmax), exported)
