@@ -99,6 +99,11 @@ def group_min_max(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
     return xmin, xmax
 
 
+def _asym_range(xmin: torch.Tensor, xmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The asymmetric group range widened to hold 0, so the zero point is a valid code."""
+    return xmin.float().clamp(max=0), xmax.float().clamp(min=0)
+
+
 def compute_qparams(
     w: torch.Tensor,
     spec: QuantSpec,
@@ -118,7 +123,7 @@ def compute_qparams(
         amax = torch.maximum(xmax.abs(), xmin.abs()).to(torch.float16)
         scales = amax / torch.tensor(spec.sym_offset, dtype=torch.float16)  # fp16 division, as MLC
         return scales, None
-    xmin, xmax = xmin.float().clamp(max=0), xmax.float().clamp(min=0)
+    xmin, xmax = _asym_range(xmin, xmax)
     scales = ((xmax - xmin) / spec.qmax).clamp(min=MIN_SCALE).to(torch.float16)
     zeros = (-xmin / scales.float()).round().clamp(0, spec.qmax).to(torch.uint8)
     return scales, zeros
@@ -224,7 +229,7 @@ def fake_quantize_range(
         s = s + (s16.float() - s).detach()
         out = _DequantSTE.apply(wg, u, s[..., None], z, spec.qmax)
     else:
-        xmin, xmax = xmin.clamp(max=0), xmax.clamp(min=0)  # as compute_qparams: the range holds 0
+        xmin, xmax = _asym_range(xmin, xmax)
         s = ((xmax - xmin) / spec.qmax).clamp(min=MIN_SCALE)
         s = s + (s.detach().to(torch.float16).float() - s).detach()
         with torch.no_grad():
