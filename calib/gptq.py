@@ -79,7 +79,7 @@ def gptq_quantize(
             torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True
         )
     except torch.linalg.LinAlgError:
-        raise LowbitError("gptq: the damped Hessian is not positive definite (raise percdamp)")
+        raise LowbitError("gptq: the damped Hessian is not positive definite (raise percdamp)") from None
     if not static:  # groups never straddle a lazy block, so their params see updated weights
         blocksize = glen * max(1, blocksize // glen)
     codes = torch.zeros(n, k, dtype=torch.uint8)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lowbit.cache import atomic_file, check_output
-from lowbit.compiler.session import METADATA_FUNC
 from lowbit.errors import LowbitError
+from lowbit.runtime.engine import METADATA_FUNC
 
 COMPUTE_DTYPE = "float32"  # activations, KV cache and accumulation on CPU
 

@@ -176,7 +176,7 @@ def load_fused(folder: Path) -> FusedModel:
 
 def _materialize_buffers(model: torch.nn.Module, config) -> None:
     """Non-persistent buffers (RoPE inv_freq) stay on meta after a meta-device build: rebuild them."""
-    for name, mod in model.named_modules():
+    for mod in model.modules():
         if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
             fresh = type(mod)(config=config)
             mod.inv_freq = fresh.inv_freq

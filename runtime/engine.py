@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_templat
 from lowbit.runtime.weights import load_params, read_tensor_cache_index
 
 CHAT_CONFIG = "mlc-chat-config.json"
+METADATA_FUNC = "_metadata"  # `lowbit compile` stores the library's JSON metadata here
 PAGE_SIZE = 16
 
 
@@ -82,8 +84,6 @@ class Engine:
         self.cache_index = read_tensor_cache_index(self.model_dir)
         self.device = tvm.cpu()
         self.vm = VirtualMachine(self._load_library(Path(model_lib)), self.device)
-        self.tokenizer = Tokenizer(self.model_dir)
-        self.template = load_chat_template(self.model_dir, self.tokenizer, self.chat_config)
         self.metadata = self._library_metadata()
         names = self._check_library(Path(model_lib))
         self.params = load_params(self.cache_index, names, self.device, check_md5)
@@ -102,6 +102,15 @@ class Engine:
         self._tokens: dict[int, list[int]] = {}  # sequence id → tokens in the KV cache
         self.last_stats = GenerationStats()
 
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """Loaded on first use: scoring token ids (perplexity) needs no tokenizer files."""
+        return Tokenizer(self.model_dir)
+
+    @cached_property
+    def template(self):
+        return load_chat_template(self.model_dir, self.tokenizer, self.chat_config)
+
     # -- loading -------------------------------------------------------------------------------
     @staticmethod
     def _load_library(path: Path):
@@ -116,7 +125,7 @@ class Engine:
 
     def _library_metadata(self) -> dict:
         try:
-            fn = self.vm["_metadata"]
+            fn = self.vm[METADATA_FUNC]
         except Exception:  # noqa: BLE001 - a library without metadata (not built by lowbit/MLC)
             return {}
         return json.loads(str(fn()))
@@ -195,7 +204,7 @@ class Engine:
         finally:
             self._f["kv_state_end_forward"](self.kv)
         self._tokens[seq_id].extend(int(t) for t in ids)
-        return out[0].numpy().reshape(-1)
+        return out[0].numpy()[0]
 
     def decode_batch(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """Append one token to each sequence in one ``batch_decode`` call; logits [n, vocab]."""
@@ -220,19 +229,25 @@ class Engine:
 
     def prefill(self, seq_id: int, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids`` to the sequence in chunks; the last position's logits."""
+        return self._prefill_chunks("prefill", seq_id, ids)[-1][-1]
+
+    def all_logits(self, seq_id: int, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids`` to the sequence in chunks; the logits of every position [len(ids), vocab]
+        (the library's ``prefill_all_logits``, for scoring)."""
+        return np.concatenate(self._prefill_chunks("prefill_all_logits", seq_id, ids))
+
+    def _prefill_chunks(self, fn: str, seq_id: int, ids: Sequence[int]) -> list[np.ndarray]:
         self._known(seq_id)
         if not ids:
             raise LowbitError("prefill needs at least one token")
         self._check_room(seq_id, len(ids))
-        logits = None
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._forward("prefill", seq_id, ids[start : start + self.prefill_chunk])
-        return logits
+        return [self._forward(fn, seq_id, ids[start : start + self.prefill_chunk])
+                for start in range(0, len(ids), self.prefill_chunk)]
 
     def decode(self, seq_id: int, token: int) -> np.ndarray:
         """Append one token; its logits."""
         self._check_room(self._known(seq_id), 1)
-        return self._forward("decode", seq_id, [token])
+        return self._forward("decode", seq_id, [token])[-1]
 
     def rewind(self, seq_id: int, length: int) -> None:
         """Drop cached tokens so that ``length`` remain."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiny_models import save_tiny, tiny_llama_config, tiny_qwen2_config
 
 

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from lowbit.corpus import (
-    SPLITS, calibration_windows, eval_windows, file_documents, split_documents, wiki_documents,
+    SPLITS,
+    calibration_windows,
+    eval_windows,
+    file_documents,
+    split_documents,
+    wiki_documents,
 )
 from lowbit.errors import LowbitError
 

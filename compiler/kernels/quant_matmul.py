@@ -27,9 +27,11 @@ from tvm import te, tirx
 from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
 
 MATMUL_BLOCK = "q_matmul"  # the schedule rule finds fused kernels by this block name
+DEQUANT_BLOCK = "q_dequant"  # GEMM only: the weight panel the schedule dequantizes per N tile
+PAD_BLOCK = "q_pad_rows"  # GEMM only: x with its rows padded to a multiple of GEMM_ROWS
 LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize together
 RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
-GEMM_ROWS = 4  # rows of x per GEMM tile (each dequantized weight vector feeds this many rows)
+GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
 
 
 def _u32(v) -> tirx.PrimExpr:
@@ -90,9 +92,11 @@ def vector_lanes(scheme: Scheme, k: int) -> int:
 def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
     """A TE function ``f(x, *params) -> y`` for ``op.tensor_expr_op``: x [..., K] → y [..., N].
 
-    When the row (token) count is symbolic (prefill), the reduction runs over rows padded to a
-    multiple of :data:`GEMM_ROWS` (padding rows read zeros) and a copy block keeps the real ones,
-    so the scheduled row tiles need no bounds predicate (which made the tiles ~5× slower).
+    With one row (decode) the dequantization is inline in the reduction. When the row (token)
+    count is symbolic (prefill), x is copied with its rows padded to a multiple of
+    :data:`GEMM_ROWS` (zeros), the weight gets its own ``q_dequant`` block (which the schedule
+    computes one N tile at a time) and a copy block keeps the real rows, so the scheduled row
+    tiles need no bounds predicate.
     """
 
     def f(x: te.Tensor, *params: te.Tensor) -> te.Tensor:
@@ -110,11 +114,16 @@ def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
                 name=MATMUL_BLOCK, attrs=attrs,
             )
         padded = (rows + GEMM_ROWS - 1) // GEMM_ROWS * GEMM_ROWS
+        w = te.compute((n_dim, in_features), deq, name=DEQUANT_BLOCK)
+        xp = te.compute(
+            (*lead[:-1], padded, in_features),
+            lambda *i: tirx.if_then_else(i[-2] < rows, x[i], tirx.const(0, x.dtype)),
+            name=PAD_BLOCK,
+        )
 
         def body(*i):
             *b, t, n = i
-            xv = tirx.if_then_else(t < rows, x[(*b, t, k)], tirx.const(0, x.dtype))
-            return te.sum(xv * deq(n, k), axis=k)
+            return te.sum(xp[(*b, t, k)] * w[n, k], axis=k)
 
         y = te.compute((*lead[:-1], padded, n_dim), body, name=MATMUL_BLOCK, attrs=attrs)
         return te.compute((*lead, n_dim), lambda *i: y[i], name="q_matmul_rows")

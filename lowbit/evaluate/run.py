@@ -34,12 +34,12 @@ def evaluate_compiled_perplexity(
     data: Path | None = None, progress: bool = True,
 ) -> dict:
     """Perplexity of a compiled library (``lowbit compile``) on its MLC folder; same windows."""
-    from lowbit.compiler.session import Session, session_logits_fn
+    from lowbit.runtime.engine import Engine
 
     tokenizer = load_tokenizer(Path(mlc_dir))
     ids = eval_windows(split_tokens(tokenizer, split, data), seqlen, windows)
-    sess = Session.load(Path(model_lib), Path(mlc_dir), max_len=seqlen)
-    result = perplexity(session_logits_fn(sess), ids, 1, progress)
+    engine = Engine(Path(mlc_dir), Path(model_lib), context_window=seqlen)
+    result = perplexity(engine_logits_fn(engine), ids, 1, progress)
     return {
         "model": str(mlc_dir),
         "model_lib": str(model_lib),
@@ -48,3 +48,19 @@ def evaluate_compiled_perplexity(
         "split": split,
         **result.to_dict(),
     }
+
+
+def engine_logits_fn(engine):
+    """A perplexity ``LogitsFn`` over a compiled model: each window scored as a fresh sequence."""
+    import numpy as np
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for window in batch:
+            if engine.has_sequence(0):
+                engine.remove_sequence(0)
+            engine.add_sequence(0)
+            out.append(engine.all_logits(0, [int(t) for t in window]))
+        return np.stack(out)
+
+    return run

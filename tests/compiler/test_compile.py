@@ -14,8 +14,8 @@ from lowbit.cli import main
 from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.compiler.mlc_reader import load_mlc_model
-from lowbit.compiler.session import Session
 from lowbit.errors import LowbitError
+from lowbit.runtime.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,16 @@ def compiled(tiny_llama_dir, tmp_path_factory):
 
 def test_library_runs_and_carries_metadata(compiled):
     root, mlc, lib = compiled
-    sess = Session.load(lib, mlc, max_len=64)
-    meta = json.loads(str(sess.vm["_metadata"]()))
+    engine = Engine(mlc, lib, context_window=64)
+    meta = json.loads(str(engine.vm["_metadata"]()))
     assert (meta["model_type"], meta["quantization"]) == ("llama", "w4a16g128asym")
     assert meta["config"]["hidden_size"] == 96
     assert any(p["name"].endswith("qkv_proj.q_zero") for p in meta["params"])
     ids = [5, 17, 300, 2, 9]
     with torch.no_grad():
         want = load_mlc_model(mlc)(torch.tensor([ids])).logits[0, -1].numpy()
-    np.testing.assert_allclose(sess.prefill(ids), want, atol=1e-4)
+    engine.add_sequence(0)
+    np.testing.assert_allclose(engine.prefill(0, ids), want, atol=1e-4)
 
 
 def test_mismatched_mlc_folder_is_refused(compiled, tmp_path):
@@ -48,8 +49,8 @@ def test_mismatched_mlc_folder_is_refused(compiled, tmp_path):
     chat = json.loads((other / "mlc-chat-config.json").read_text())
     chat["quantization"] = "q4f16_1"
     (other / "mlc-chat-config.json").write_text(json.dumps(chat))
-    with pytest.raises(LowbitError, match="built for llama/w4a16g128asym"):
-        Session.load(lib, other)
+    with pytest.raises(LowbitError, match="is for quantization 'w4a16g128asym'"):
+        Engine(other, lib)
 
 
 def test_existing_output_and_bad_inputs(compiled, tmp_path):

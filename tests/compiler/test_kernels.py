@@ -12,11 +12,13 @@ import pytest
 import tvm
 from tvm import te
 
-from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
+from lowbit.compiler.kernels.cpu_schedule import GEMM_TILES, QuantMatmulCPU
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, get_scheme
+from lowbit.targets.presets import LLVM_ISA, cpu_flags, detect_isa
 
 TARGET = tvm.target.Target({"kind": "llvm"})
+HOST_ISA = detect_isa(cpu_flags())
 
 
 def pack_np(codes: np.ndarray, scheme) -> np.ndarray:
@@ -59,16 +61,16 @@ def _quantized_case(scheme, n: int, k: int, rng):
     return params, dequant_np(codes, scales, zeros, scheme)
 
 
-def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool):
+def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool, target=TARGET):
     b, m, k = inputs[0].shape
     lead = (b, te.var("m", "int64") if m_symbolic else m, k)
     x = te.placeholder(lead, "float32", name="x")
     ps = [te.placeholder(a.shape, str(a.dtype), name=f"p{i}") for i, a in enumerate(inputs[1:])]
     y = f(x, *ps)
     func = te.create_prim_func([x, *ps, y])
-    sch = QuantMatmulCPU().apply(func, TARGET, False)
+    sch = QuantMatmulCPU().apply(func, target, False)
     mod = sch.mod if sch is not None else tvm.IRModule({"main": func})
-    lib = tvm.compile(mod, target=TARGET)
+    lib = tvm.compile(mod, target=target)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
     lib(*[tvm.runtime.tensor(a, dev) for a in inputs], out)
@@ -88,6 +90,24 @@ def test_fused_matmul_matches_numpy(name, m):
     x = rng.standard_normal((1, m, k)).astype(np.float32)
     got, sch = _run(q_matmul_te(scheme, k), [x, *params], (1, m, n), m_symbolic=m > 1)
     assert sch is not None, "the CPU schedule did not apply"
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("name", ["q4f16_1", "w3a16g64asym"])
+@pytest.mark.parametrize("n", [48, 96, 40])  # whole 32- and 16-wide tiles; 8-wide tiles
+@pytest.mark.parametrize("m", [3, 13])  # rows padded to the tile
+def test_gemm_register_tiles(isa, name, n, m):
+    """Each ISA's GEMM register tile (``GEMM_TILES``) on N that it divides (and one it does not)."""
+    if isa == "avx512" and HOST_ISA != "avx512" or isa == "avx2" and HOST_ISA == "generic":
+        pytest.skip(f"host cannot run {isa} code")
+    target = tvm.target.Target(LLVM_ISA[isa])
+    assert isa != "avx512" or str(target.attrs["mcpu"]) in GEMM_TILES
+    rng = np.random.default_rng(hash((isa, name, n, m)) % 2**32)
+    scheme = get_scheme(name)
+    params, w = _quantized_case(scheme, n, 136, rng)
+    x = rng.standard_normal((1, m, 136)).astype(np.float32)
+    got, _ = _run(q_matmul_te(scheme, 136), [x, *params], (1, m, n), True, target)
     np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
 
 
