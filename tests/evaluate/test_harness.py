@@ -40,9 +40,12 @@ class TableScorer:
         self.table = table
         self.calls: list[str] = []
 
-    def score(self, context, continuations):
-        self.calls.append(decode(context))
-        return [self.table[(decode(context), decode(c))] for c in continuations]
+    def score_groups(self, groups):
+        out = []
+        for context, continuations in groups:
+            self.calls.append(decode(context))
+            out.append([self.table[(decode(context), decode(c))] for c in continuations])
+        return out
 
 
 def _hand_task() -> Task:
@@ -130,3 +133,23 @@ def test_shared_context_scoring_equals_full_forwards(tiny_llama_dir, max_length)
         want = _reference_lls(model, kept, conts)
     assert got == pytest.approx(want, abs=1e-4)
     assert all(math.isfinite(x) and x < 0 for x in got)
+
+
+def test_batched_groups_equal_full_forwards(tiny_llama_dir):
+    """Documents batched together (left-padded contexts of different lengths, continuations of
+    different lengths and counts) score as each request's own full forward."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(1)
+
+    def rand(n: int) -> list[int]:
+        return torch.randint(1, 512, (n,), generator=g).tolist()
+
+    groups = [(rand(3), [rand(2), rand(1)]), (rand(11), [rand(4), rand(3), rand(6)]),
+              (rand(7), [rand(1)]), (rand(1), [rand(5), rand(2)])]
+    got = TorchScorer(model, 256).score_groups(groups)
+    with torch.inference_mode():
+        want = [_reference_lls(model, ctx, conts) for ctx, conts in groups]
+    for got_g, want_g in zip(got, want, strict=True):
+        assert got_g == pytest.approx(want_g, abs=1e-4)
