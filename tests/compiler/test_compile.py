@@ -62,3 +62,21 @@ def test_existing_output_and_bad_inputs(compiled, tmp_path):
     with pytest.raises(LowbitError, match="not an MLC model folder"):
         compile_model(CompileArgs(tmp_path, "llvm", tmp_path / "x.so"), progress=False)
     assert not (tmp_path / "x.so").exists()
+
+
+def test_pipeline_marks_every_primfunc_noalias():
+    """TVM's LLVM codegen emits every function with the noalias flag of the last one declared;
+    the pipeline makes the flag true for all, so one TVMScript kernel cannot turn it off."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from lowbit.compiler.pipeline import mark_all_noalias
+
+    @T.prim_func(private=True)
+    def plain(a: T.Buffer((4,), "float32"), b: T.Buffer((4,), "float32")):
+        for i in range(4):
+            b[i] = a[i]
+
+    assert not (plain.attrs and plain.attrs.get("tirx.noalias", False))
+    mod = mark_all_noalias(tvm.IRModule({"plain": plain}))
+    assert bool(mod["plain"].attrs["tirx.noalias"])
