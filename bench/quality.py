@@ -34,6 +34,7 @@ class Cell:
     group_size: int = -1
     sym: bool = False
     settings: dict = field(default_factory=dict, hash=False)
+    a_bits: int = 16
 
     @property
     def tag(self) -> str:
@@ -41,7 +42,8 @@ class Cell:
             return "fp"
         g = "pc" if self.group_size == -1 else f"g{self.group_size}"
         extra = "".join(f"-{k}{v}" for k, v in sorted(self.settings.items()))
-        return f"{self.method}-w{self.w_bits}{g}{'sym' if self.sym else ''}{extra}"
+        a = f"a{self.a_bits}" if self.a_bits < 16 else ""
+        return f"{self.method}-w{self.w_bits}{a}{g}{'sym' if self.sym else ''}{extra}"
 
 
 def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
@@ -50,11 +52,12 @@ def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
         if item == "fp":
             cells.append(Cell("fp"))
             continue
-        m = re.fullmatch(r"w(\d)(?:g(\d+)|pc)(sym)?", item)
+        m = re.fullmatch(r"w(\d)(?:a(\d))?(?:g(\d+)|pc)(sym)?", item)
         if not m:
-            raise SystemExit(f"bad grid item {item!r} (e.g. w4g128, w3g64sym, w4pc, fp)")
-        bits, group, sym = int(m[1]), int(m[2]) if m[2] else -1, bool(m[3])
-        cells += [Cell(meth, bits, group, sym, settings) for meth in methods]
+            raise SystemExit(f"bad grid item {item!r} (e.g. w4g128, w3g64sym, w4pc, w4a4pc, fp)")
+        bits, group, sym = int(m[1]), int(m[3]) if m[3] else -1, bool(m[4])
+        a_bits = int(m[2]) if m[2] else 16
+        cells += [Cell(meth, bits, group, sym, settings, a_bits) for meth in methods]
     return cells
 
 
@@ -70,14 +73,15 @@ def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> d
         if not (Path(target) / "quantization_config.json").exists():
             start = time.perf_counter()
             calibrate(CalibrateArgs(model, cell.method, cell.w_bits, cell.group_size, cell.sym,
-                                    Path(target), overwrite=True, settings=dict(cell.settings)))
+                                    Path(target), overwrite=True, settings=dict(cell.settings),
+                                    act_bits=cell.a_bits if cell.a_bits < 16 else None))
             calib_seconds = time.perf_counter() - start
         else:
             calib_seconds = json.loads((Path(target) / "quantization_config.json").read_text())[
                 "seconds"]
     result = evaluate_perplexity(target, split, seqlen, windows)
     return {
-        "model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": 16,
+        "model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": cell.a_bits,
         "group_size": cell.group_size, "sym": cell.sym, "split": split, "seqlen": seqlen,
         "windows": windows, "ppl": round(result["ppl"], 4), "seconds": round(calib_seconds, 1),
         "eval_seconds": round(result["seconds"], 1), "settings": dict(cell.settings),
@@ -89,8 +93,8 @@ def markdown(rows: list[dict]) -> str:
           for r in rows if r["method"] == "fp"}
     lines = ["| model | method | W | A | group | sym | ppl | × FP | calibration s | settings |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["method"] != "fp", -r["w_bits"], r["group_size"],
-                                         r["sym"], r["method"])):
+    for r in sorted(rows, key=lambda r: (r["method"] != "fp", -r["a_bits"], -r["w_bits"],
+                                         r["group_size"], r["sym"], r["method"])):
         base = fp.get((r["model"], r["split"], r["seqlen"], r["windows"]))
         ratio = f"{r['ppl'] / base:.3f}" if base else "–"
         fp_row = r["method"] == "fp"
@@ -121,7 +125,8 @@ def main() -> None:
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
     done = {row_key(r) for r in rows}
     for cell in parse_grid(args.grid, args.methods.split(","), settings):
-        probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": 16,
+        probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits,
+                 "a_bits": cell.a_bits,
                  "group_size": cell.group_size, "sym": cell.sym, "split": args.split,
                  "seqlen": args.seqlen, "windows": args.windows, "settings": dict(cell.settings)}
         if row_key(probe) in done:

@@ -14,7 +14,11 @@ from lowbit.corpus import WIKI_NAME
 from lowbit.errors import LowbitError
 from lowbit.fused import make_qconfig, quantized_linear_names, save_fused
 from lowbit.models import is_fused, load_torch_model, resolve_model
-from lowbit.quantizer import QuantSpec
+from lowbit.quantizer import ACT_BITS, QuantSpec
+
+# Methods whose result does not depend on activation quantization (they never look at
+# activations); the data-driven ones must see it while they calibrate (issue 16, with LET).
+ACT_QUANT_METHODS = ("rtn",)
 
 
 @dataclass
@@ -30,6 +34,7 @@ class CalibrateArgs:
     data: Path | None = None
     progress: bool = True
     settings: dict = field(default_factory=dict)
+    act_bits: int | None = None  # per-token activation fake-quant at evaluation
 
     def display(self) -> str:
         return "  ".join(f"{k}={v}" for k, v in asdict(self).items() if k != "progress")
@@ -43,6 +48,11 @@ def calibrate(args: CalibrateArgs) -> Path:
         spec = QuantSpec(args.bits, args.group_size, args.sym)
     except ValueError as e:
         raise LowbitError(str(e)) from None
+    if args.act_bits is not None and args.act_bits not in ACT_BITS:
+        raise LowbitError(f"--act-bits must be one of {', '.join(map(str, ACT_BITS))}, got {args.act_bits}")
+    if args.act_bits is not None and args.method not in ACT_QUANT_METHODS:
+        raise LowbitError(f"--act-bits is supported with {', '.join(ACT_QUANT_METHODS)} so far, "
+                          f"not {args.method}")
     check_output(args.out, args.overwrite)
     folder = resolve_model(args.model)
     if is_fused(folder):
@@ -60,6 +70,7 @@ def calibrate(args: CalibrateArgs) -> Path:
         args.method,
         spec,
         layers,
+        args.act_bits,
         base_model=args.model,
         corpus=corpus if method.uses_data else None,
         seed=args.seed,

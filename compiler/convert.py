@@ -72,6 +72,9 @@ class Source:
         self.quantized: dict[str, QuantizedWeight] = {}
         if is_fused(folder):
             qconfig, self.tensors, self.quantized = read_quantized(folder)
+            if qconfig.get("act_bits"):
+                raise LowbitError(f"{folder} quantizes activations to {qconfig['act_bits']} bits; "
+                                  "MLC's schemes keep fp16 activations (weight-only checkpoints only)")
             self.spec = spec_from_qconfig(qconfig)
         else:
             model = load_torch_model(folder)

@@ -35,9 +35,11 @@ def _group_size(value: str) -> int:
 @main.command()
 @click.argument("model")
 @click.option("--method", default="rtn", show_default=True, help="see `lowbit list methods`")
-@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4 or 8")
+@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 6 or 8")
 @click.option("--group-size", default="128", show_default=True, help="32/40/64/128, or -1 per channel")
 @click.option("--sym", is_flag=True, help="symmetric (MLC's convention) instead of asymmetric")
+@click.option("--act-bits", type=int,
+              help="also fake-quantize every linear's input per token (4, 6, 8), e.g. W4A4")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="fused checkpoint folder")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -50,8 +52,9 @@ def _group_size(value: str) -> int:
 @click.option("--act-order", is_flag=True,
               help="gptq: visit columns by decreasing Hessian diagonal")
 @click.option("--resume", is_flag=True, help="reuse the blocks an interrupted run finished")
-def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, out: Path,
-              overwrite: bool, seed: int, data: Path | None, preset: str | None,
+def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
+              act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
+              preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, act_order: bool,
               resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
@@ -66,7 +69,7 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, ou
                "act_order": int(act_order) or None, "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
-                         settings=settings)
+                         settings=settings, act_bits=act_bits)
     click.echo(f"calibrate: {args.display()}", err=True)
     click.echo(f"wrote {run(args)}")
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
 from lowbit.errors import LowbitError
-from lowbit.quantizer import QuantizedWeight, QuantSpec
+from lowbit.quantizer import QuantizedWeight, QuantSpec, fake_quantize_tokens
 
 QCONFIG_NAME = "quantization_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -58,8 +58,11 @@ def spec_from_qconfig(qconfig: dict) -> QuantSpec:
     return QuantSpec(qconfig["bits"], qconfig["group_size"], qconfig["sym"])
 
 
-def make_qconfig(method: str, spec: QuantSpec, layers: list[str], **extra: object) -> dict:
-    """The ``quantization_config.json`` body; ``extra`` holds corpus split, seed, settings."""
+def make_qconfig(method: str, spec: QuantSpec, layers: list[str], act_bits: int | None = None,
+                 **extra: object) -> dict:
+    """The ``quantization_config.json`` body; ``extra`` holds corpus split, seed, settings.
+    ``act_bits`` (None: weight-only) makes every quantized linear's input fake-quantized per
+    token when the checkpoint is loaded for evaluation."""
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -67,7 +70,7 @@ def make_qconfig(method: str, spec: QuantSpec, layers: list[str], **extra: objec
         "bits": spec.bits,
         "group_size": spec.group_size,
         "sym": spec.sym,
-        "act_bits": None,
+        "act_bits": act_bits,
         "layers": layers,
         "tool": f"lowbit {__version__}",
         **extra,
@@ -171,7 +174,18 @@ def load_fused(folder: Path) -> FusedModel:
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     _materialize_buffers(model, config)
+    if qconfig.get("act_bits"):
+        quantize_linear_inputs(model, list(quantized), int(qconfig["act_bits"]))
     return FusedModel(model.eval(), qconfig, quantized)
+
+
+def quantize_linear_inputs(model: torch.nn.Module, names: list[str], bits: int) -> None:
+    """Fake-quantize the input of each named linear per token (``bits``, e.g. W4A4)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        modules[name].register_forward_pre_hook(
+            lambda _mod, args: (fake_quantize_tokens(args[0], bits), *args[1:])
+        )
 
 
 def _materialize_buffers(model: torch.nn.Module, config) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 40, 64, 128, -1)
 MIN_SCALE = 1e-5  # OmniQuant's CLIPMIN: keeps constant groups from dividing by zero
 
@@ -249,3 +249,21 @@ def fake_quantize_lwc(
     """Quantize-dequantize with learnable clipping factors ``up``/``low`` (logits, [N, G])."""
     xmin, xmax = lwc_range(w, spec, up, low, minmax)
     return fake_quantize_range(w, spec, xmin, xmax)
+
+
+ACT_BITS = (4, 6, 8)  # dynamic activation quantization widths; 16 means none
+ACT_SCALE_MIN = 1e-5  # the reference's CLIPMIN: a constant token gets this scale, not zero
+
+
+def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-token dynamic asymmetric fake quantization of activations x [..., K] (OmniQuant's
+    ``per_token`` act quantizer): each token's own min/max, ``s = (max − min) / (2^b − 1)``
+    clamped to [1e-5, 1e4], ``z = round(−min / s)``, ``x̂ = (clamp(round(x / s) + z, 0, 2^b − 1)
+    − z) · s``. Gradients pass straight through the rounding."""
+    xmin = x.amin(-1, keepdim=True)
+    xmax = x.amax(-1, keepdim=True)
+    scale = ((xmax - xmin) / (2**bits - 1)).clamp(min=ACT_SCALE_MIN, max=1e4)
+    zero = (-xmin / scale).clamp(min=-1e4, max=1e4).round()
+    scaled = x / scale
+    rounded = scaled + (scaled.round() - scaled).detach()
+    return ((rounded + zero).clamp(0, 2**bits - 1) - zero) * scale

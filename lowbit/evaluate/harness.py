@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from lowbit.evaluate.tasks import Example, Task
 
-
 Group = tuple[list[int], Sequence[list[int]]]  # a context and the continuations scored after it
 BATCH_DOCS = 16  # documents per batch
 
