@@ -1,6 +1,6 @@
 """Hand CPU schedules for the fused quantized matmul (:mod:`.quant_matmul`), as a dlight rule.
 
-* GEMV (decode: one row of x): the reduction is split into vectors of ``lanes`` consecutive k
+* GEMV (decode: one token per sequence): the reduction is split into vectors of ``lanes`` consecutive k
   (the block's ``lowbit.vector_lanes`` annotation: one packed word's codes, so every lane reads
   the same word and scale and only its shift differs) with ``rfactor``; output rows in chunks of
   ``rows`` (4), chunks in parallel, each chunk's lanes summed right after it (TVM-NOTES' recipe).
@@ -59,8 +59,9 @@ def _split_others(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, keep: tupl
 
 
 # GEMM register tile (rows of x, output features) by llvm ``mcpu``: AVX-512's 32 zmm registers
-# hold 8 × 32 fp32 accumulators (16 registers); AVX2's 16 ymm registers hold 4 × 16 (8). Both
-# measured fastest on the bundled model's shapes (bench/cpu_decode.py). Rows must divide GEMM_ROWS.
+# hold 8 × 32 fp32 accumulators (16 registers); AVX2's 16 ymm registers hold 4 × 16 (8). Each was
+# the fastest of {4, 8} × {8, 16, 32} on the bundled model's layer shapes at 128 rows. Rows must
+# divide GEMM_ROWS.
 GEMM_TILES = {"x86-64-v4": (8, 32)}
 DEFAULT_GEMM_TILE = (4, 16)
 
