@@ -65,6 +65,13 @@ def row_key(row: dict) -> tuple:
     return tuple(json.dumps(row[k], sort_keys=True) for k in KEY_FIELDS)
 
 
+def cell_key(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> dict:
+    """The fields (:data:`KEY_FIELDS`) that identify a cell's row."""
+    return {"model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": cell.a_bits,
+            "group_size": cell.group_size, "sym": cell.sym, "split": split, "seqlen": seqlen,
+            "windows": windows, "settings": dict(cell.settings)}
+
+
 def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> dict:
     calib_seconds = 0.0
     target = model
@@ -81,10 +88,8 @@ def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> d
                 "seconds"]
     result = evaluate_perplexity(target, split, seqlen, windows)
     return {
-        "model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": cell.a_bits,
-        "group_size": cell.group_size, "sym": cell.sym, "split": split, "seqlen": seqlen,
-        "windows": windows, "ppl": round(result["ppl"], 4), "seconds": round(calib_seconds, 1),
-        "eval_seconds": round(result["seconds"], 1), "settings": dict(cell.settings),
+        **cell_key(cell, model, split, seqlen, windows), "ppl": round(result["ppl"], 4),
+        "seconds": round(calib_seconds, 1), "eval_seconds": round(result["seconds"], 1),
     }
 
 
@@ -125,11 +130,7 @@ def main() -> None:
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
     done = {row_key(r) for r in rows}
     for cell in parse_grid(args.grid, args.methods.split(","), settings):
-        probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits,
-                 "a_bits": cell.a_bits,
-                 "group_size": cell.group_size, "sym": cell.sym, "split": args.split,
-                 "seqlen": args.seqlen, "windows": args.windows, "settings": dict(cell.settings)}
-        if row_key(probe) in done:
+        if row_key(cell_key(cell, args.model, args.split, args.seqlen, args.windows)) in done:
             print(f"[cached] {cell.tag}")
             continue
         row = run_cell(cell, args.model, args.split, args.seqlen, args.windows)

@@ -252,17 +252,16 @@ def fake_quantize_lwc(
 
 
 ACT_BITS = (4, 6, 8)  # dynamic activation quantization widths; 16 means none
-ACT_SCALE_MIN = 1e-5  # the reference's CLIPMIN: a constant token gets this scale, not zero
 
 
 def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-token dynamic asymmetric fake quantization of activations x [..., K] (OmniQuant's
     ``per_token`` act quantizer): each token's own min/max, ``s = (max − min) / (2^b − 1)``
-    clamped to [1e-5, 1e4], ``z = round(−min / s)``, ``x̂ = (clamp(round(x / s) + z, 0, 2^b − 1)
+    clamped to [MIN_SCALE, 1e4], ``z = round(−min / s)``, ``x̂ = (clamp(round(x / s) + z, 0, 2^b − 1)
     − z) · s``. Gradients pass straight through the rounding."""
     xmin = x.amin(-1, keepdim=True)
     xmax = x.amax(-1, keepdim=True)
-    scale = ((xmax - xmin) / (2**bits - 1)).clamp(min=ACT_SCALE_MIN, max=1e4)
+    scale = ((xmax - xmin) / (2**bits - 1)).clamp(min=MIN_SCALE, max=1e4)
     zero = (-xmin / scale).clamp(min=-1e4, max=1e4).round()
     scaled = x / scale
     rounded = scaled + (scaled.round() - scaled).detach()
