@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from lowbit.calib.methods import CalibContext
 from lowbit.corpus import calibration_windows, split_tokens
 from lowbit.errors import LowbitError
 from lowbit.models import load_tokenizer
-from lowbit.quantizer import QuantizedWeight, QuantSpec
+from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
 
 FORWARD_BATCH = 8  # windows per no-grad block forward
 
@@ -128,21 +129,26 @@ def checkpoint_dir(method: str, ctx: CalibContext) -> Path:
     settings = {k: v for k, v in ctx.settings.items() if k != "resume"}
     key = json.dumps(
         [str(Path(ctx.model_dir).resolve()), method, ctx.spec.name, settings, ctx.seed,
-         str(ctx.data)],
+         str(ctx.data), ctx.act_bits],
         sort_keys=True, default=str,
     )
     return cache_dir() / "calib-state" / f"{method}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _save_block(path: Path, quantized: dict[str, QuantizedWeight]) -> None:
-    state = {n: (q.codes, q.scales, q.zeros) for n, q in quantized.items()}
+def _save_block(path: Path, quantized: dict[str, QuantizedWeight], block: torch.nn.Module) -> None:
+    """The block's codes and its other tensors (norms and biases, which LET changes)."""
+    weights = {f"{n}.weight" for n in quantized}
+    rest = {k: v for k, v in block.state_dict().items() if k not in weights}
+    state = {"linears": {n: (q.codes, q.scales, q.zeros) for n, q in quantized.items()},
+             "rest": rest}
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_block(path: Path, spec: QuantSpec) -> dict[str, QuantizedWeight]:
+def _load_block(path: Path, spec: QuantSpec, block: torch.nn.Module) -> dict[str, QuantizedWeight]:
     state = torch.load(path, weights_only=True)
-    return {n: QuantizedWeight(c, s, z, spec) for n, (c, s, z) in state.items()}
+    block.load_state_dict(state["rest"], strict=False)
+    return {n: QuantizedWeight(c, s, z, spec) for n, (c, s, z) in state["linears"].items()}
 
 
 PRESETS = {"small": {"nsamples": 32, "seqlen": 512}, "paper": {"nsamples": 128, "seqlen": 2048}}
@@ -213,6 +219,47 @@ def linear_input_grams(
     return {n: out[alias.get(n, n)] for n in names}
 
 
+@torch.no_grad()
+def linear_input_absmax(
+    block: torch.nn.Module, x: torch.Tensor, kwargs: dict, names: list[str]
+) -> dict[str, torch.Tensor]:
+    """Per-channel ``max |X|`` [K] of the inputs each named linear sees when the block runs on
+    ``x`` (the reference's ``act_scales``)."""
+    modules = dict(block.named_modules())
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(_mod, args):
+            m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            out[name] = torch.maximum(out[name], m) if name in out else m
+
+        return record
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        forward_all(block, x, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@contextmanager
+def act_quant(block: torch.nn.Module, names: list[str], bits: int | None) -> Iterator[None]:
+    """While inside, the named linears of ``block`` see per-token fake-quantized inputs
+    (``bits``; None: unchanged) — the quantized stream of a weight-activation run."""
+    if bits is None:
+        yield
+        return
+    modules = dict(block.named_modules())
+    handles = [modules[n].register_forward_pre_hook(token_quant_pre_hook(bits)) for n in names]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def quantize_blockwise(
     model: torch.nn.Module,
     layers: list[str],
@@ -242,13 +289,13 @@ def quantize_blockwise(
         fp_out = forward_all(block, fp_in, kwargs) if fp_in is not None else None
         saved = state / f"block_{i:03d}.pt"
         if saved.exists():
-            quantized = _load_block(saved, ctx.spec)
+            quantized = _load_block(saved, ctx.spec, block)
             bar.set_postfix_str("resumed")
         else:
             quantized = quantize_block(
                 BlockData(i, block, linears, kwargs, fp_in, fp_out, quant_in, bar.set_postfix_str)
             )
-            _save_block(saved, quantized)
+            _save_block(saved, quantized, block)
         modules = dict(block.named_modules())
         with torch.no_grad():
             for name, qw in quantized.items():
@@ -256,7 +303,8 @@ def quantize_blockwise(
                 w.copy_(qw.dequantize(w.dtype).to(w.device))
                 out[linears[name]] = qw
         if quant_in is not None:
-            quant_in = forward_all(block, quant_in, kwargs)
+            with act_quant(block, list(linears), ctx.act_bits):
+                quant_in = forward_all(block, quant_in, kwargs)
             if not torch.isfinite(quant_in).all():
                 raise LowbitError(f"{method}: block {i} ({prefix}.{i}) produced NaN/inf outputs")
         fp_in = fp_out

@@ -16,9 +16,9 @@ from lowbit.fused import make_qconfig, quantized_linear_names, save_fused
 from lowbit.models import is_fused, load_torch_model, resolve_model
 from lowbit.quantizer import ACT_BITS, QuantSpec
 
-# Methods whose result does not depend on activation quantization (they never look at
-# activations); the data-driven ones must see it while they calibrate (issue 16, with LET).
-ACT_QUANT_METHODS = ("rtn",)
+# Methods that support weight-activation quantization: RTN never looks at activations, the
+# others see the quantized activations while they calibrate. GPTQ and AWQ-clip do not.
+ACT_QUANT_METHODS = ("rtn", "smoothquant", "omniquant")
 
 
 @dataclass
@@ -51,7 +51,7 @@ def calibrate(args: CalibrateArgs) -> Path:
     if args.act_bits is not None and args.act_bits not in ACT_BITS:
         raise LowbitError(f"--act-bits must be one of {', '.join(map(str, ACT_BITS))}, got {args.act_bits}")
     if args.act_bits is not None and args.method not in ACT_QUANT_METHODS:
-        raise LowbitError(f"--act-bits is supported with {', '.join(ACT_QUANT_METHODS)} so far, "
+        raise LowbitError(f"--act-bits is supported with {', '.join(ACT_QUANT_METHODS)}, "
                           f"not {args.method}")
     check_output(args.out, args.overwrite)
     folder = resolve_model(args.model)
@@ -61,7 +61,8 @@ def calibrate(args: CalibrateArgs) -> Path:
     torch.manual_seed(args.seed)
     model = load_torch_model(folder)
     layers = quantized_linear_names(model)
-    ctx = CalibContext(folder, spec, args.seed, args.data, args.progress, dict(args.settings))
+    ctx = CalibContext(folder, spec, args.seed, args.data, args.progress, dict(args.settings),
+                       args.act_bits)
     start = time.perf_counter()
     quantized = method.fn(model, layers, ctx)
     seconds = time.perf_counter() - start

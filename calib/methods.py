@@ -21,6 +21,7 @@ class CalibContext:
     data: Path | None = None  # None: the default corpus's calibration split
     progress: bool = True
     settings: dict = field(default_factory=dict)  # method-specific, recorded in the output
+    act_bits: int | None = None  # weight-activation runs: linear inputs fake-quantized per token
 
 
 # A method quantizes every linear named in ``layers`` and returns its codes. It may change

@@ -49,14 +49,18 @@ def _group_size(value: str) -> int:
 @click.option("--nsamples", type=int, help="calibration windows (overrides the preset)")
 @click.option("--seqlen", type=int, help="tokens per calibration window (overrides the preset)")
 @click.option("--epochs", type=int, help="omniquant: epochs per block (overrides the preset)")
+@click.option("--let", is_flag=True,
+              help="omniquant: learnable equivalent transformation (channel-wise scaling)")
+@click.option("--alpha", type=float,
+              help="omniquant --let / smoothquant: migration strength of the initial scales")
 @click.option("--act-order", is_flag=True,
               help="gptq: visit columns by decreasing Hessian diagonal")
 @click.option("--resume", is_flag=True, help="reuse the blocks an interrupted run finished")
 def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
-              nsamples: int | None, seqlen: int | None, epochs: int | None, act_order: bool,
-              resume: bool) -> None:
+              nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
+              alpha: float | None, act_order: bool, resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
@@ -66,7 +70,8 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
     except ValueError:
         raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
-               "act_order": int(act_order) or None, "resume": int(resume) or None}
+               "let": int(let) or None, "alpha": alpha, "act_order": int(act_order) or None,
+               "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
                          settings=settings, act_bits=act_bits)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
 from lowbit.errors import LowbitError
-from lowbit.quantizer import QuantizedWeight, QuantSpec, fake_quantize_tokens
+from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
 
 QCONFIG_NAME = "quantization_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -183,9 +183,7 @@ def quantize_linear_inputs(model: torch.nn.Module, names: list[str], bits: int) 
     """Fake-quantize the input of each named linear per token (``bits``, e.g. W4A4)."""
     modules = dict(model.named_modules())
     for name in names:
-        modules[name].register_forward_pre_hook(
-            lambda _mod, args: (fake_quantize_tokens(args[0], bits), *args[1:])
-        )
+        modules[name].register_forward_pre_hook(token_quant_pre_hook(bits))
 
 
 def _materialize_buffers(model: torch.nn.Module, config) -> None:

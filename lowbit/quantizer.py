@@ -185,23 +185,28 @@ def lwc_range(
 
 
 class _DequantSTE(torch.autograd.Function):
-    """``(clamp(u, 0, qmax) − z)·s`` per group with the straight-through gradient to ``s``.
+    """``(clamp(u, 0, qmax) − z)·s`` per group with straight-through gradients.
 
     ``u`` [N, G, g] are the unclamped integer codes (``round(w/s) + z``). With rounding
     treated as identity, d/ds is ``(q − z) − w/s`` where ``u`` is in range and ``q − z``
-    where clamped; computing it here saves autograd's many full-size intermediates."""
+    where clamped, and d/dw is 1 in range and 0 where clamped (it matters when ``w`` is itself
+    trained, as under LET); computing them here saves autograd's many full-size
+    intermediates."""
 
     @staticmethod
     def forward(ctx, wg, u, s, z, qmax):  # noqa: ANN001, ANN205
         q = u.clamp(0, qmax)
         ratio = wg / torch.where(s == 0, 1.0, s)  # an all-zero symmetric group has s = 0
-        ctx.save_for_backward(torch.where((u >= 0) & (u <= qmax), q - z - ratio, q - z))
+        in_range = (u >= 0) & (u <= qmax)
+        ctx.save_for_backward(torch.where(in_range, q - z - ratio, q - z),
+                              in_range if ctx.needs_input_grad[0] else None)
         return (q - z) * s
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        (ds,) = ctx.saved_tensors
-        return None, None, (grad * ds).sum(-1, keepdim=True), None, None
+        ds, in_range = ctx.saved_tensors
+        dw = grad * in_range if in_range is not None else None
+        return dw, None, (grad * ds).sum(-1, keepdim=True), None, None
 
 
 def fake_quantize_range(
@@ -212,10 +217,11 @@ def fake_quantize_range(
     The forward pass equals ``dequantize(quantize_with(w, spec, *compute_qparams(w, spec, xmin,
     xmax)))`` — fp16 scales, clamped integer zeros, MLC's fp16 arithmetic when symmetric — so
     training sees the weights that are exported. Gradients reach ``xmin``/``xmax`` through the
-    scale (rounding is straight-through; the rounded zero point carries none, as in OmniQuant).
+    scale and ``w`` directly (rounding is straight-through; the rounded zero point carries none,
+    as in OmniQuant).
     """
     n, k = w.shape
-    wg = _grouped(w.detach().float(), spec, 0.0)  # [N, G, g]
+    wg = _grouped(w.float(), spec, 0.0)  # [N, G, g]
     if spec.sym:
         m = spec.sym_offset
         amax = torch.maximum(xmax.abs(), xmin.abs())
@@ -266,3 +272,12 @@ def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
     scaled = x / scale
     rounded = scaled + (scaled.round() - scaled).detach()
     return ((rounded + zero).clamp(0, 2**bits - 1) - zero) * scale
+
+
+def token_quant_pre_hook(bits: int):  # noqa: ANN201
+    """A forward pre-hook for an ``nn.Linear`` that fake-quantizes its input per token."""
+
+    def hook(_mod: torch.nn.Module, args: tuple) -> tuple:
+        return (fake_quantize_tokens(args[0], bits), *args[1:])
+
+    return hook

@@ -35,6 +35,8 @@ def tiny_with_tokenizer(tiny_llama_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("method,extra", [
     ("omniquant", ["--epochs", "1"]),
+    ("omniquant", ["--epochs", "1", "--let", "--act-bits", "4"]),
+    ("smoothquant", ["--act-bits", "6", "--alpha", "0.6"]),
     ("gptq", ["--act-order"]),
     ("awq-clip", []),
 ])
@@ -50,6 +52,10 @@ def test_calibrate_cli_writes_a_loadable_fused_folder(tiny_with_tokenizer, tmp_p
     assert res.exit_code == 0, res.output
     qconfig = read_qconfig(out)
     assert qconfig["settings"]["nsamples"] == 2 and qconfig["settings"]["preset"] == "small"
+    if "--let" in extra:
+        assert qconfig["settings"]["let"] == 1 and qconfig["act_bits"] == 4
+    if "--alpha" in extra:
+        assert qconfig["settings"]["alpha"] == 0.6 and qconfig["act_bits"] == 6
     fused = load_fused(out)
     assert fused.quantized and all(q.codes.max() <= 7 for q in fused.quantized.values())
     modules = dict(fused.model.named_modules())

@@ -8,7 +8,7 @@ from blockwise_helpers import make_ctx, random_ids
 
 from lowbit.calib import blocks, omniquant
 from lowbit.calib.blocks import BlockData, forward_all
-from lowbit.calib.omniquant import LwcBlock, run_omniquant, train_block
+from lowbit.calib.omniquant import OmniBlock, run_omniquant, train_block
 from lowbit.errors import LowbitError
 from lowbit.fused import quantized_linear_names
 from lowbit.models import load_torch_model
@@ -55,6 +55,10 @@ def test_lwc_forward_is_the_exported_weight_and_has_gradients(spec):
         assert low.grad.abs().sum() > 0
 
 
+def settings(**over) -> dict:
+    return {**omniquant.defaults(3)["small"], "lr": 1e-2, **over}
+
+
 def _block_data(tiny_block, spec):
     model, block, x, kwargs = tiny_block
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -66,8 +70,8 @@ def _block_data(tiny_block, spec):
 def test_one_adamw_step_lowers_the_block_loss(tiny_block, spec):
     data = _block_data(tiny_block, spec)
     data.block.requires_grad_(False)
-    lwc = LwcBlock(data.block, list(data.linears), spec)
-    opt = torch.optim.AdamW(lwc.parameters(), lr=1e-2, weight_decay=0.0)
+    lwc = OmniBlock(data.block, list(data.linears), spec)
+    opt = torch.optim.AdamW(lwc.lwc_parameters(), lr=1e-2, weight_decay=0.0)
     x, target = data.quant_in[:1], data.fp_out[:1]
     before = lwc.loss(x, [target], data.kwargs)
     before.backward()
@@ -82,7 +86,7 @@ def test_trained_block_is_no_worse_than_rtn(tiny_block):
     data = _block_data(tiny_block, spec)
     modules = dict(data.block.named_modules())
     weights = {n: modules[n].weight.detach().clone() for n in data.linears}
-    quantized = train_block(data, spec, epochs=3, lr=1e-2, wd=0.0, aug_loss=False)
+    quantized = train_block(data, spec, settings(epochs=3))
 
     def block_mse(deq):
         with torch.no_grad():
@@ -102,7 +106,7 @@ def test_non_finite_loss_names_the_block(tiny_block):
     data.index = 7
     data.fp_out[0, 0, 0] = float("nan")
     with pytest.raises(LowbitError, match="block 7"):
-        train_block(data, spec, epochs=1, lr=1e-2, wd=0.0, aug_loss=False)
+        train_block(data, spec, settings(epochs=1))
 
 
 def _run(model_dir, **settings):

@@ -1,0 +1,44 @@
+"""SmoothQuant-style scaling without training: LET's initial scales (:mod:`lowbit.calib.let`,
+``alpha``) folded into each block, then round-to-nearest weights. The ablation of OmniQuant's
+LET: the same transformation, not learned."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.calib import let
+from lowbit.calib.blocks import (
+    BlockData,
+    calibration_ids,
+    linear_input_absmax,
+    quantize_blockwise,
+    resolve_settings,
+)
+from lowbit.calib.methods import CalibContext, register
+from lowbit.quantizer import QuantizedWeight, quantize
+
+
+@register("smoothquant", "SmoothQuant-style scaling (LET's init, alpha) folded, then RTN (data)",
+          uses_data=True)
+def smoothquant(
+    model: torch.nn.Module, layers: list[str], ctx: CalibContext
+) -> dict[str, QuantizedWeight]:
+    alpha = {"alpha": let.default_alpha(ctx.act_bits)}
+    resolve_settings(ctx, "smoothquant", {"small": alpha, "paper": alpha})
+    ids = calibration_ids(ctx, int(ctx.settings["nsamples"]), int(ctx.settings["seqlen"]))
+    return run_smoothquant(model, layers, ctx, ids)
+
+
+def run_smoothquant(
+    model: torch.nn.Module, layers: list[str], ctx: CalibContext, ids: torch.Tensor
+) -> dict[str, QuantizedWeight]:
+    """SmoothQuant on the token windows ``ids`` [n, T], with ``ctx.settings`` resolved."""
+
+    def block_fn(d: BlockData) -> dict[str, QuantizedWeight]:
+        names = list(d.linears)
+        absmax = linear_input_absmax(d.block, d.fp_in, d.kwargs, names)
+        let.fold_(d.block, let.init_scales(d.block, absmax, float(ctx.settings["alpha"])))
+        modules = dict(d.block.named_modules())
+        return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in names}
+
+    return quantize_blockwise(model, layers, ctx, "smoothquant", ids, block_fn, ("fp",))
