@@ -52,7 +52,8 @@ def defaults(bits: int, act_bits: int | None = None) -> dict[str, dict]:
     5e-3 and 2e-2 gave the same validation MSE within 2 % (W4A4 and W6A6 per channel, blocks
     8 and 20), so ``small`` keeps 5e-3."""
     aug = int(bits == 2)
-    common = {"wd": 0.0, "aug_loss": aug, "let": 0, "alpha": let.default_alpha(act_bits)}
+    common = {"wd": 0.0, "aug_loss": aug, "let": 0, "alpha": let.default_alpha(act_bits),
+              "down_scale": 1}
     return {
         "small": {"epochs": 6 if bits == 2 else 3, "lr": 0.1, "let_lr": LET_LR_SMALL, **common},
         "paper": {"epochs": 40 if bits == 2 else 20, "lr": 1e-2,
@@ -139,7 +140,8 @@ def train_block(
     scales = None
     if int(settings["let"]):
         absmax = linear_input_absmax(block, data.fp_in, data.kwargs, names)
-        scales = let.init_scales(block, absmax, float(settings["alpha"]))
+        scales = let.init_scales(block, absmax, float(settings["alpha"]),
+                                 bool(int(settings["down_scale"])))
     omni = OmniBlock(block, names, spec, scales, act_bits)
     x = data.quant_in
     targets = [data.fp_out]

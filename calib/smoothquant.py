@@ -1,6 +1,7 @@
 """SmoothQuant-style scaling without training: LET's initial scales (:mod:`lowbit.calib.let`,
-``alpha``) folded into each block, then round-to-nearest weights. The ablation of OmniQuant's
-LET: the same transformation, not learned."""
+``alpha``; ``down_scale`` 0 leaves out the up → down pair) folded into each block, then
+round-to-nearest weights. The ablation of OmniQuant's LET: the same transformation, not
+learned."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from lowbit.quantizer import QuantizedWeight, quantize
 def smoothquant(
     model: torch.nn.Module, layers: list[str], ctx: CalibContext
 ) -> dict[str, QuantizedWeight]:
-    alpha = {"alpha": let.default_alpha(ctx.act_bits)}
-    resolve_settings(ctx, "smoothquant", {"small": alpha, "paper": alpha})
+    defaults = {"alpha": let.default_alpha(ctx.act_bits), "down_scale": 1}
+    resolve_settings(ctx, "smoothquant", {"small": defaults, "paper": defaults})
     ids = calibration_ids(ctx, int(ctx.settings["nsamples"]), int(ctx.settings["seqlen"]))
     return run_smoothquant(model, layers, ctx, ids)
 
@@ -37,7 +38,9 @@ def run_smoothquant(
     def block_fn(d: BlockData) -> dict[str, QuantizedWeight]:
         names = list(d.linears)
         absmax = linear_input_absmax(d.block, d.fp_in, d.kwargs, names)
-        let.fold_(d.block, let.init_scales(d.block, absmax, float(ctx.settings["alpha"])))
+        scales = let.init_scales(d.block, absmax, float(ctx.settings["alpha"]),
+                                 bool(int(ctx.settings["down_scale"])))
+        let.fold_(d.block, scales)
         modules = dict(d.block.named_modules())
         return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in names}
 

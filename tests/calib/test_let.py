@@ -28,7 +28,7 @@ def random_scales(block: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tens
     g = torch.Generator().manual_seed(seed)
     attn = block.self_attn
     sizes = {"qkv": attn.q_proj.in_features, "fc1": block.mlp.up_proj.in_features,
-             "out": attn.v_proj.out_features}
+             "out": attn.v_proj.out_features, "down": block.mlp.down_proj.in_features}
     return {k: torch.exp(torch.randn(n, generator=g)) for k, n in sizes.items()}  # 0.05 … 20
 
 
@@ -90,6 +90,10 @@ def test_initial_scales_follow_smoothquant(tiny_llama_dir):
     act_o = absmax["self_attn.o_proj"].numpy().reshape(2, 2, 24).max(1).reshape(-1)
     w_o = np.abs(w("self_attn.o_proj")).max(0).reshape(2, 2, 24).max(1).reshape(-1)
     np.testing.assert_allclose(scales["out"].numpy(), smooth(act_o, w_o), rtol=1e-5)
+    w_down = np.abs(w("mlp.down_proj")).max(0)
+    np.testing.assert_allclose(scales["down"].numpy(),
+                               smooth(absmax["mlp.down_proj"].numpy(), w_down), rtol=1e-5)
+    assert "down" not in let.init_scales(block, absmax, alpha, down=False)
 
 
 def _data(model_dir):
@@ -167,8 +171,8 @@ def test_smoothquant_beats_rtn_on_activation_outliers(tiny_llama_dir):
         for n in quantized_linear_names(rtn):
             mods[n].weight.copy_(quantize(mods[n].weight, spec).dequantize())
     smooth = model_with_outliers()
-    ctx = make_ctx(tiny_llama_dir, spec, "smoothquant", {"small": {"alpha": 0.5}}, nsamples=2,
-                   seqlen=32)
+    defaults = {"small": {"alpha": 0.5, "down_scale": 1}}
+    ctx = make_ctx(tiny_llama_dir, spec, "smoothquant", defaults, nsamples=2, seqlen=32)
     ctx.act_bits = 4
     run_smoothquant(smooth, quantized_linear_names(smooth), ctx, random_ids())
     assert error(smooth) < 0.5 * error(rtn)
