@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -70,3 +71,14 @@ def test_unknown_preset_is_one_line_error(tiny_with_tokenizer, tmp_path):
     with pytest.raises(LowbitError, match="unknown preset"):
         calibrate(CalibrateArgs(str(tiny_with_tokenizer), "gptq", 3, 64, False, tmp_path / "o",
                                 progress=False, settings={"preset": "huge"}))
+
+
+@pytest.mark.parametrize("method,match", [("rtn", "rtn takes no settings"),
+                                          ("gptq", "gptq does not take setting.s. let")])
+def test_settings_a_method_does_not_take_are_refused(tiny_with_tokenizer, tmp_path, method,
+                                                     match):
+    res = CliRunner().invoke(main, ["calibrate", str(tiny_with_tokenizer), "--method", method,
+                                    "--let", "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert re.search(match, res.output) and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
