@@ -61,6 +61,15 @@ def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
     return cells
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``["preset=small", "let=1"]`` → ``{"preset": "small", "let": 1}``."""
+    settings = {}
+    for kv in items:
+        k, _, v = kv.partition("=")
+        settings[k] = int(v) if v.isdigit() else v
+    return settings
+
+
 def row_key(row: dict) -> tuple:
     return tuple(json.dumps(row[k], sort_keys=True) for k in KEY_FIELDS)
 
@@ -123,10 +132,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS / "quality.json")
     args = ap.parse_args()
 
-    settings = {}
-    for kv in args.setting:
-        k, _, v = kv.partition("=")
-        settings[k] = int(v) if v.isdigit() else v
+    settings = parse_settings(args.setting)
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
     done = {row_key(r) for r in rows}
     for cell in parse_grid(args.grid, args.methods.split(","), settings):

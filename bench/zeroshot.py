@@ -1,7 +1,7 @@
 """Zero-shot accuracy table: the bundled model at FP and quantized, one cached row per task.
 
-    OMP_NUM_THREADS=1 nice python bench/zeroshot.py --limit 40
-    python bench/zeroshot.py --methods gptq --grid w3g128 --limit 40
+    OMP_NUM_THREADS=1 nice python bench/zeroshot.py            # --limit 500, the README table
+    python bench/zeroshot.py --methods omniquant --grid w3g128 --setting preset=small
 
 Cells and fused checkpoints are those of ``bench/quality.py`` (``$LOWBIT_CACHE/bench``), so a
 method calibrated for the perplexity table is reused here. Each (cell, task) result is a row of
@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from quality import Cell, parse_grid
+from quality import Cell, parse_grid, parse_settings
 
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.calib import CalibrateArgs, calibrate
@@ -96,17 +96,19 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
     ap.add_argument("--grid", default="fp,w4g128,w3g128,w2g128")
+    ap.add_argument("--setting", action="append", default=[],
+                    help="key=value for the method (as in bench/quality.py)")
     ap.add_argument("--tasks", default=DEFAULT_TASKS)
-    ap.add_argument("--limit", type=int, default=40, help="first N documents of each task")
+    ap.add_argument("--limit", type=int, default=500, help="first N documents of each task")
     ap.add_argument("--results", type=Path, default=RESULTS / "zeroshot.json")
     args = ap.parse_args()
 
     tasks = args.tasks.split(",")
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
     done = {row_key(r) for r in rows}
-    for cell in parse_grid(args.grid, args.methods.split(","), {}):
+    for cell in parse_grid(args.grid, args.methods.split(","), parse_settings(args.setting)):
         probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits,
-                 "group_size": cell.group_size, "sym": cell.sym, "settings": {},
+                 "group_size": cell.group_size, "sym": cell.sym, "settings": dict(cell.settings),
                  "limit": args.limit}
         todo = [t for t in tasks if row_key({**probe, "task": t}) not in done]
         if not todo:
