@@ -1,8 +1,8 @@
 """OmniQuant's learnable equivalent transformation (LET), channel-wise scaling, on Llama-family
 decoder blocks (Llama, Qwen2).
 
-Up to four scalings per block, each exact in full precision and folded away afterwards (no extra op
-at inference, no new tensor in the fused format):
+Up to four scalings per block, each exact in full precision and folded away afterwards (no
+extra op at inference, no new tensor in the fused format):
 
 * ``input_layernorm → q/k/v`` and ``post_attention_layernorm → gate/up``: the norm's weight
   becomes ``γ / s`` and each linear fed by it ``W · diag(s)``, ``s`` [hidden].
@@ -10,7 +10,6 @@ at inference, no new tensor in the fused format):
   [kv_heads · head_dim]. Attention mixes each v channel only across tokens, so the scale
   commutes with it; under grouped-query attention o's input channel (query head h, dim j)
   reads v channel (h // group, j), so ``s'`` repeats ``s`` across the query group.
-
 * ``up → down`` (``down_scale``, beyond the reference): ``W_up ← diag(1/s) · W_up``,
   ``W_down ← W_down · diag(s)``, ``s`` [intermediate]. SwiGLU's ``silu(gate) ⊙ up`` is linear
   in each channel of ``up``, so this is exact too, and it reaches the one linear input the
@@ -28,9 +27,9 @@ Left out, as in or beyond the reference:
   extra ops at inference in a model family that has none.
 * the **q/k scale** (``qkt_smooth_scale``): it only rescales Q and K, which lowbit does not
   quantize (activation quantization covers linear inputs), and scaling a row of ``W_q``/``W_k``
-  scales its K-axis groups' ranges with it, so it cannot change any quantized value. Done
-  exactly it would need one scale per K/V channel shared by its query group and tied across
-  each RoPE rotary pair, since it sits before RoPE.
+  scales its K-axis groups' ranges with it, so it leaves the codes unchanged (up to the fp16
+  rounding of the group scales). Done exactly it would need one scale per K/V channel shared
+  by its query group and tied across each RoPE rotary pair, since it sits before RoPE.
 """
 
 from __future__ import annotations
