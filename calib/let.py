@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.calib.blocks import BlockData, linear_input_absmax
 from lowbit.errors import LowbitError
 
 NORM_GROUPS = {
@@ -101,6 +102,14 @@ def init_scales(
         scales["down"] = _smooth(absmax[DOWN_PROJ].cpu(), wmax.cpu(), alpha)
     dev = modules[O_PROJ].weight.device
     return {k: v.to(dev) for k, v in scales.items()}
+
+
+def block_scales(data: BlockData, settings: dict) -> dict[str, torch.Tensor]:
+    """The initial scales of ``data``'s block: its linears' input ``max |X|`` on the FP stream,
+    with the method's ``alpha`` and ``down_scale`` settings."""
+    absmax = linear_input_absmax(data.block, data.fp_in, data.kwargs, list(data.linears))
+    return init_scales(data.block, absmax, float(settings["alpha"]),
+                       bool(int(settings["down_scale"])))
 
 
 def truncate_(scales: dict[str, torch.Tensor]) -> None:

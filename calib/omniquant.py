@@ -24,7 +24,6 @@ from lowbit.calib.blocks import (
     act_quant,
     calibration_ids,
     forward_all,
-    linear_input_absmax,
     quantize_blockwise,
     resolve_settings,
 )
@@ -137,11 +136,7 @@ def train_block(
     block = data.block
     block.requires_grad_(False)
     names = list(data.linears)
-    scales = None
-    if int(settings["let"]):
-        absmax = linear_input_absmax(block, data.fp_in, data.kwargs, names)
-        scales = let.init_scales(block, absmax, float(settings["alpha"]),
-                                 bool(int(settings["down_scale"])))
+    scales = let.block_scales(data, settings) if int(settings["let"]) else None
     omni = OmniBlock(block, names, spec, scales, act_bits)
     x = data.quant_in
     targets = [data.fp_out]

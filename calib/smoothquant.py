@@ -11,7 +11,6 @@ from lowbit.calib import let
 from lowbit.calib.blocks import (
     BlockData,
     calibration_ids,
-    linear_input_absmax,
     quantize_blockwise,
     resolve_settings,
 )
@@ -36,12 +35,8 @@ def run_smoothquant(
     """SmoothQuant on the token windows ``ids`` [n, T], with ``ctx.settings`` resolved."""
 
     def block_fn(d: BlockData) -> dict[str, QuantizedWeight]:
-        names = list(d.linears)
-        absmax = linear_input_absmax(d.block, d.fp_in, d.kwargs, names)
-        scales = let.init_scales(d.block, absmax, float(ctx.settings["alpha"]),
-                                 bool(int(ctx.settings["down_scale"])))
-        let.fold_(d.block, scales)
+        let.fold_(d.block, let.block_scales(d, ctx.settings))
         modules = dict(d.block.named_modules())
-        return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in names}
+        return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in d.linears}
 
     return quantize_blockwise(model, layers, ctx, "smoothquant", ids, block_fn, ("fp",))
