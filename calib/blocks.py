@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lowbit.biases import attach_biases
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.calib.methods import CalibContext
 from lowbit.corpus import calibration_windows, split_tokens
@@ -147,6 +148,7 @@ def _save_block(path: Path, quantized: dict[str, QuantizedWeight], block: torch.
 
 def _load_block(path: Path, spec: QuantSpec, block: torch.nn.Module) -> dict[str, QuantizedWeight]:
     state = torch.load(path, weights_only=True)
+    attach_biases(block, state["rest"])  # a LET shift's biases
     block.load_state_dict(state["rest"], strict=False)
     return {n: QuantizedWeight(c, s, z, spec) for n, (c, s, z) in state["linears"].items()}
 
@@ -220,18 +222,22 @@ def linear_input_grams(
 
 
 @torch.no_grad()
-def linear_input_absmax(
+def linear_input_range(
     block: torch.nn.Module, x: torch.Tensor, kwargs: dict, names: list[str]
-) -> dict[str, torch.Tensor]:
-    """Per-channel ``max |X|`` [K] of the inputs each named linear sees when the block runs on
-    ``x`` (the reference's ``act_scales``)."""
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel ``(min X, max X)`` [K] each of the inputs each named linear sees when the
+    block runs on ``x``: LET's statistics (``max |X|``, the reference's ``act_scales``, and the
+    midpoint, its ``act_shifts``)."""
     modules = dict(block.named_modules())
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(name):
         def record(_mod, args):
-            m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-            out[name] = torch.maximum(out[name], m) if name in out else m
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            lo, hi = a.amin(0), a.amax(0)
+            if name in out:
+                lo, hi = torch.minimum(out[name][0], lo), torch.maximum(out[name][1], hi)
+            out[name] = (lo, hi)
 
         return record
 

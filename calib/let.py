@@ -1,5 +1,5 @@
-"""OmniQuant's learnable equivalent transformation (LET), channel-wise scaling, on Llama-family
-decoder blocks (Llama, Qwen2).
+"""OmniQuant's learnable equivalent transformation (LET), channel-wise scaling and shift, on
+Llama-family decoder blocks (Llama, Qwen2).
 
 Up to four scalings per block, each exact in full precision and folded away afterwards (no
 extra op at inference, no new tensor in the fused format):
@@ -20,11 +20,27 @@ Scales start from SmoothQuant's rule with the reference's ``alpha``:
 ``s_j = max|X_j|^α / max_i |W_ij|^(1−α)`` (≥ 1e-5), with ``max|X_j|`` over the FP model's
 calibration tokens and the weight maximum over every linear the scale feeds.
 
-Left out, as in or beyond the reference:
+With ``shift`` (weight-activation runs only) the first three pairs also take the reference's
+channel-wise **shift** ``δ``, initialised to the midpoint ``(min X_j + max X_j) / 2`` of the
+channel over the calibration tokens (the reference keeps a 0.99/0.01 running average of
+per-window midpoints; lowbit takes the midpoint over all windows). The linear input becomes
+``(X − δ) / s`` and the linear gains ``W · δ`` as a bias, exact in full precision:
 
-* the channel-wise **shift**: the reference turns it off for LLaMA (``use_shift = False``).
-  RMSNorm has no bias, so a shift would add one to each norm and to every linear behind it —
-  extra ops at inference in a model family that has none.
+* norm pairs: the norm gains the bias ``(b − δ) / s`` (``b`` = 0: RMSNorm has none) and each
+  linear fed by it the bias ``b_L + W_L · δ`` (original ``W_L``);
+* ``v → o``: ``b_v ← (b_v − δ) / s``, ``b_o ← b_o + W_o · δ'`` (``δ'`` repeats ``δ`` across the
+  query group). Each attention row's weights sum to 1, so the shift passes through attention
+  unchanged.
+
+``up → down`` takes no shift: ``silu(gate) ⊙ (up − δ)`` moves each token's down input by
+``silu(gate) ⊙ δ``, which no constant bias undoes. The reference turns the shift off for LLaMA
+(``use_shift = False``) and lowbit keeps it off by default; on a bias-free Llama it adds the
+biases of :mod:`lowbit.biases` (where they live in the fused checkpoint: ``docs/FORMAT.md``).
+A shift leaves weight-only quantization unchanged (the weights are the same), so it is
+refused without activation quantization.
+
+Left out, as in the reference:
+
 * the **q/k scale** (``qkt_smooth_scale``): it only rescales Q and K, which lowbit does not
   quantize (activation quantization covers linear inputs), and scaling a row of ``W_q``/``W_k``
   scales its K-axis groups' ranges with it, so it leaves the codes unchanged (up to the fp16
@@ -36,7 +52,8 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.calib.blocks import BlockData, linear_input_absmax
+from lowbit.biases import add_bias
+from lowbit.calib.blocks import BlockData, linear_input_range
 from lowbit.errors import LowbitError
 
 NORM_GROUPS = {
@@ -71,10 +88,12 @@ def o_channel_to_v(block: torch.nn.Module) -> torch.Tensor:
     return (ch // hd // group) * hd + ch % hd
 
 
-def _max_per_v(values: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
-    """Reduce a per-o-input-channel tensor to per v channel by max over the query group."""
-    out = torch.zeros(block.self_attn.v_proj.out_features, dtype=values.dtype)
-    return out.scatter_reduce(0, o_channel_to_v(block), values, "amax", include_self=False)
+def _per_v(values: torch.Tensor, block: torch.nn.Module, reduce: str = "amax") -> torch.Tensor:
+    """Reduce a per-o-input-channel tensor to per v channel over the query group."""
+    out = torch.zeros(block.self_attn.v_proj.out_features, dtype=values.dtype,
+                      device=values.device)
+    idx = o_channel_to_v(block).to(values.device)
+    return out.scatter_reduce(0, idx, values, reduce, include_self=False)
 
 
 def _smooth(act: torch.Tensor, wmax: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -94,8 +113,8 @@ def init_scales(
     for key, (_norm, fcs) in NORM_GROUPS.items():
         wmax = torch.cat([modules[f].weight for f in fcs]).abs().amax(0)
         scales[key] = _smooth(absmax[fcs[0]].cpu(), wmax.cpu(), alpha)
-    act = _max_per_v(absmax[O_PROJ].float().cpu(), block)
-    wmax = _max_per_v(modules[O_PROJ].weight.abs().amax(0).float().cpu(), block)
+    act = _per_v(absmax[O_PROJ].float().cpu(), block)
+    wmax = _per_v(modules[O_PROJ].weight.abs().amax(0).float().cpu(), block)
     scales["out"] = _smooth(act, wmax, alpha)
     if down:
         wmax = modules[DOWN_PROJ].weight.abs().amax(0)
@@ -104,12 +123,50 @@ def init_scales(
     return {k: v.to(dev) for k, v in scales.items()}
 
 
-def block_scales(data: BlockData, settings: dict) -> dict[str, torch.Tensor]:
-    """The initial scales of ``data``'s block: its linears' input ``max |X|`` on the FP stream,
-    with the method's ``alpha`` and ``down_scale`` settings."""
-    absmax = linear_input_absmax(data.block, data.fp_in, data.kwargs, list(data.linears))
-    return init_scales(data.block, absmax, float(settings["alpha"]),
-                       bool(int(settings["down_scale"])))
+@torch.no_grad()
+def init_shifts(
+    block: torch.nn.Module, ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Initial shifts: the midpoint of each channel's input range (per v channel for ``out``:
+    the range over its query group)."""
+    check_block(block)
+    shifts = {}
+    for key, (_norm, fcs) in NORM_GROUPS.items():
+        lo, hi = ranges[fcs[0]]
+        shifts[key] = (lo + hi) / 2
+    lo, hi = ranges[O_PROJ]
+    shifts["out"] = (_per_v(lo, block, "amin") + _per_v(hi, block, "amax")) / 2
+    dev = block.self_attn.o_proj.weight.device
+    return {k: v.float().to(dev) for k, v in shifts.items()}
+
+
+def block_let(
+    data: BlockData, settings: dict
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """The initial scales (and, with setting ``shift``, shifts) of ``data``'s block from its
+    linears' inputs on the FP stream, with the method's ``alpha`` and ``down_scale``."""
+    ranges = linear_input_range(data.block, data.fp_in, data.kwargs, list(data.linears))
+    absmax = {n: torch.maximum(-lo, hi) for n, (lo, hi) in ranges.items()}
+    scales = init_scales(data.block, absmax, float(settings["alpha"]),
+                         bool(int(settings["down_scale"])))
+    shifts = init_shifts(data.block, ranges) if int(settings["shift"]) else None
+    return scales, shifts
+
+
+def check_shift(settings: dict, act_bits: int | None) -> None:
+    """Refuse a shift where it cannot change the result: without activation quantization."""
+    if int(settings["shift"]) and act_bits is None:
+        raise LowbitError("a LET shift only moves quantized activations (the weights stay the "
+                          "same); use it with --act-bits")
+
+
+def add_shift_biases(block: torch.nn.Module) -> None:
+    """Give the block the biases a shift folds into: both norms, q/k/v, o and gate/up."""
+    modules = dict(block.named_modules())
+    for norm, fcs in NORM_GROUPS.values():
+        for name in (norm, *fcs):
+            add_bias(modules[name])
+    add_bias(modules[O_PROJ])
 
 
 def truncate_(scales: dict[str, torch.Tensor]) -> None:
@@ -120,32 +177,56 @@ def truncate_(scales: dict[str, torch.Tensor]) -> None:
             s.copy_(torch.where(small, torch.where(s < 0, -SCALE_FLOOR, SCALE_FLOOR), s))
 
 
-def transformed(block: torch.nn.Module, scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The block's norm weights, linear weights and v bias after the scaling, by parameter
-    name; differentiable in ``scales``."""
+def transformed(
+    block: torch.nn.Module,
+    scales: dict[str, torch.Tensor],
+    shifts: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The block's norm weights, linear weights and biases after the transformation, by
+    parameter name; differentiable in ``scales`` and ``shifts``. With ``shifts`` the block
+    must have the biases of :func:`add_shift_biases`."""
     p = dict(block.named_parameters())
     out = {}
     for key, (norm, fcs) in NORM_GROUPS.items():
         s = scales[key]
         out[f"{norm}.weight"] = p[f"{norm}.weight"] / s
+        if shifts is not None:
+            out[f"{norm}.bias"] = (p[f"{norm}.bias"] - shifts[key]) / s
         for f in fcs:
             out[f"{f}.weight"] = p[f"{f}.weight"] * s
+            if shifts is not None:
+                out[f"{f}.bias"] = p[f"{f}.bias"] + p[f"{f}.weight"] @ shifts[key]
     s = scales["out"]
+    o_map = o_channel_to_v(block).to(s.device)
     out[f"{V_PROJ}.weight"] = out[f"{V_PROJ}.weight"] / s[:, None]
-    if f"{V_PROJ}.bias" in p:
-        out[f"{V_PROJ}.bias"] = p[f"{V_PROJ}.bias"] / s
-    out[f"{O_PROJ}.weight"] = p[f"{O_PROJ}.weight"] * s[o_channel_to_v(block).to(s.device)]
+    v_bias = out.get(f"{V_PROJ}.bias", p.get(f"{V_PROJ}.bias"))
+    if shifts is not None:
+        v_bias = v_bias - shifts["out"]
+        out[f"{O_PROJ}.bias"] = p[f"{O_PROJ}.bias"] + p[f"{O_PROJ}.weight"] @ shifts["out"][o_map]
+    if v_bias is not None:
+        out[f"{V_PROJ}.bias"] = v_bias / s
+    out[f"{O_PROJ}.weight"] = p[f"{O_PROJ}.weight"] * s[o_map]
     if "down" in scales:
         s = scales["down"]
         out[f"{UP_PROJ}.weight"] = out[f"{UP_PROJ}.weight"] / s[:, None]
+        up_bias = out.get(f"{UP_PROJ}.bias", p.get(f"{UP_PROJ}.bias"))
+        if up_bias is not None:
+            out[f"{UP_PROJ}.bias"] = up_bias / s
         out[f"{DOWN_PROJ}.weight"] = p[f"{DOWN_PROJ}.weight"] * s
     return out
 
 
 @torch.no_grad()
-def fold_(block: torch.nn.Module, scales: dict[str, torch.Tensor]) -> None:
-    """Apply the scaling to the block's parameters in place."""
-    new = transformed(block, scales)
+def fold_(
+    block: torch.nn.Module,
+    scales: dict[str, torch.Tensor],
+    shifts: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Apply the transformation to the block's parameters in place (adding the shift's
+    biases first)."""
+    if shifts is not None:
+        add_shift_biases(block)
+    new = transformed(block, scales, shifts)
     params = dict(block.named_parameters())
     for name, t in new.items():
         params[name].copy_(t)

@@ -52,7 +52,7 @@ def defaults(bits: int, act_bits: int | None = None) -> dict[str, dict]:
     8 and 20), so ``small`` keeps 5e-3."""
     aug = int(bits == 2)
     common = {"wd": 0.0, "aug_loss": aug, "let": 0, "alpha": let.default_alpha(act_bits),
-              "down_scale": 1}
+              "down_scale": 1, "shift": 0}
     return {
         "small": {"epochs": 6 if bits == 2 else 3, "lr": 0.1, "let_lr": LET_LR_SMALL, **common},
         "paper": {"epochs": 40 if bits == 2 else 20, "lr": 1e-2,
@@ -62,8 +62,8 @@ def defaults(bits: int, act_bits: int | None = None) -> dict[str, dict]:
 
 class OmniBlock:
     """A decoder block whose named linears run with LWC fake-quantized weights, after the LET
-    scaling when ``scales`` is given, and with per-token fake-quantized inputs when
-    ``act_bits`` is set."""
+    scaling (and shift) when ``scales`` (``shifts``) is given, and with per-token
+    fake-quantized inputs when ``act_bits`` is set."""
 
     def __init__(
         self,
@@ -72,11 +72,16 @@ class OmniBlock:
         spec: QuantSpec,
         scales: dict[str, torch.Tensor] | None = None,
         act_bits: int | None = None,
+        shifts: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.block, self.names, self.spec, self.act_bits = block, names, spec, act_bits
         modules = dict(block.named_modules())
         self.weights = {n: modules[n].weight.detach() for n in names}
         self.scales = {k: v.detach().clone().requires_grad_() for k, v in (scales or {}).items()}
+        self.shifts = None
+        if shifts is not None:
+            let.add_shift_biases(block)
+            self.shifts = {k: v.detach().clone().requires_grad_() for k, v in shifts.items()}
         # without LET the weights, hence their group min/max, stay fixed
         self.minmax = {} if self.scales else {
             n: group_min_max(w, spec) for n, w in self.weights.items()}
@@ -90,14 +95,14 @@ class OmniBlock:
         return [*self.up.values(), *self.low.values()]
 
     def let_parameters(self) -> list[torch.Tensor]:
-        return list(self.scales.values())
+        return [*self.scales.values(), *(self.shifts or {}).values()]
 
     def _float_tensors(self) -> dict[str, torch.Tensor]:
         """The block's tensors before weight quantization: LET-scaled, or as they are."""
         tensors = {f"{n}.weight": w for n, w in self.weights.items()}
         if self.scales:
             let.truncate_(self.scales)
-            tensors.update(let.transformed(self.block, self.scales))
+            tensors.update(let.transformed(self.block, self.scales, self.shifts))
         return tensors
 
     def forward(self, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -124,20 +129,20 @@ class OmniBlock:
             s, z = compute_qparams(w.cpu(), self.spec, xmin.cpu(), xmax.cpu())
             out[n] = quantize_with(w.cpu(), self.spec, s, z)
         if self.scales:
-            let.fold_(self.block, self.scales)
+            let.fold_(self.block, self.scales, self.shifts)
         return out
 
 
 def train_block(
     data: BlockData, spec: QuantSpec, settings: dict, act_bits: int | None = None
 ) -> dict[str, QuantizedWeight]:
-    """Learn one block's LWC logits (and LET scales with ``settings["let"]``); return its
-    quantized linears, the LET scaling folded into the block."""
+    """Learn one block's LWC logits (and LET scales and shifts with ``settings["let"]``,
+    ``["shift"]``); return its quantized linears, LET folded into the block."""
     block = data.block
     block.requires_grad_(False)
     names = list(data.linears)
-    scales = let.block_scales(data, settings) if int(settings["let"]) else None
-    omni = OmniBlock(block, names, spec, scales, act_bits)
+    scales, shifts = let.block_let(data, settings) if int(settings["let"]) else (None, None)
+    omni = OmniBlock(block, names, spec, scales, act_bits, shifts)
     x = data.quant_in
     targets = [data.fp_out]
     if int(settings["aug_loss"]):
@@ -170,6 +175,9 @@ def omniquant(
     model: torch.nn.Module, layers: list[str], ctx: CalibContext
 ) -> dict[str, QuantizedWeight]:
     resolve_settings(ctx, "omniquant", defaults(ctx.spec.bits, ctx.act_bits))
+    if int(ctx.settings["shift"]) and not int(ctx.settings["let"]):
+        raise LowbitError("omniquant: the shift is part of LET; add --let")
+    let.check_shift(ctx.settings, ctx.act_bits)
     ids = calibration_ids(ctx, int(ctx.settings["nsamples"]), int(ctx.settings["seqlen"]))
     return run_omniquant(model, layers, ctx, ids)
 

@@ -1,6 +1,6 @@
 """SmoothQuant-style scaling without training: LET's initial scales (:mod:`lowbit.calib.let`,
-``alpha``; ``down_scale`` 0 leaves out the up → down pair) folded into each block, then
-round-to-nearest weights. The ablation of OmniQuant's LET: the same transformation, not
+``alpha``; ``down_scale`` 0 leaves out the up → down pair; ``shift`` 1 adds the midpoint
+shifts, as Outlier Suppression+) folded into each block, then round-to-nearest weights. The ablation of OmniQuant's LET: the same transformation, not
 learned."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from lowbit.quantizer import QuantizedWeight, quantize
 def smoothquant(
     model: torch.nn.Module, layers: list[str], ctx: CalibContext
 ) -> dict[str, QuantizedWeight]:
-    defaults = {"alpha": let.default_alpha(ctx.act_bits), "down_scale": 1}
+    defaults = {"alpha": let.default_alpha(ctx.act_bits), "down_scale": 1, "shift": 0}
     resolve_settings(ctx, "smoothquant", {"small": defaults, "paper": defaults})
+    let.check_shift(ctx.settings, ctx.act_bits)
     ids = calibration_ids(ctx, int(ctx.settings["nsamples"]), int(ctx.settings["seqlen"]))
     return run_smoothquant(model, layers, ctx, ids)
 
@@ -35,7 +36,7 @@ def run_smoothquant(
     """SmoothQuant on the token windows ``ids`` [n, T], with ``ctx.settings`` resolved."""
 
     def block_fn(d: BlockData) -> dict[str, QuantizedWeight]:
-        let.fold_(d.block, let.block_scales(d, ctx.settings))
+        let.fold_(d.block, *let.block_let(d, ctx.settings))
         modules = dict(d.block.named_modules())
         return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in d.linears}
 

@@ -51,6 +51,8 @@ def _group_size(value: str) -> int:
 @click.option("--epochs", type=int, help="omniquant: epochs per block (overrides the preset)")
 @click.option("--let", is_flag=True,
               help="omniquant: learnable equivalent transformation (channel-wise scaling)")
+@click.option("--shift", is_flag=True,
+              help="omniquant --let / smoothquant, with --act-bits: also a channel-wise shift")
 @click.option("--alpha", type=float,
               help="omniquant --let / smoothquant: migration strength of the initial scales")
 @click.option("--act-order", is_flag=True,
@@ -60,7 +62,7 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
-              alpha: float | None, act_order: bool, resume: bool) -> None:
+              shift: bool, alpha: float | None, act_order: bool, resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
@@ -70,7 +72,7 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
     except ValueError:
         raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
-               "let": int(let) or None, "alpha": alpha, "act_order": int(act_order) or None,
+               "let": int(let) or None, "shift": int(shift) or None, "alpha": alpha, "act_order": int(act_order) or None,
                "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,

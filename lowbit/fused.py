@@ -8,7 +8,8 @@ each quantized linear ``L`` (e.g. ``model.layers.0.self_attn.q_proj``):
 * ``L.zeros``  uint8   [N, G]  integer zero points (asymmetric only)
 
 and every other tensor (norms, embeddings, biases) in its original dtype, plus
-``quantization_config.json``. ``docs/FORMAT.md`` is the normative description.
+``quantization_config.json``. Biases the architecture lacks (a LET shift's, on norms and
+linears) are stored like any bias and attached on load. ``docs/FORMAT.md`` is the normative description.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
+from lowbit.biases import attach_biases
 from lowbit.errors import LowbitError
 from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
 
@@ -164,6 +166,7 @@ def load_fused(folder: Path) -> FusedModel:
         tensors[f"{name}.weight"] = qw.dequantize(torch.float32)
     if getattr(config, "tie_word_embeddings", False):
         tensors.setdefault("lm_head.weight", tensors["model.embed_tokens.weight"])
+    attach_biases(model, tensors)  # a LET shift's biases on norms and linears
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:

@@ -36,7 +36,7 @@ def tiny_with_tokenizer(tiny_llama_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("method,extra", [
     ("omniquant", ["--epochs", "1"]),
-    ("omniquant", ["--epochs", "1", "--let", "--act-bits", "4"]),
+    ("omniquant", ["--epochs", "1", "--let", "--shift", "--act-bits", "4"]),
     ("smoothquant", ["--act-bits", "6", "--alpha", "0.6"]),
     ("gptq", ["--act-order"]),
     ("awq-clip", []),
@@ -54,7 +54,8 @@ def test_calibrate_cli_writes_a_loadable_fused_folder(tiny_with_tokenizer, tmp_p
     qconfig = read_qconfig(out)
     assert qconfig["settings"]["nsamples"] == 2 and qconfig["settings"]["preset"] == "small"
     if "--let" in extra:
-        assert qconfig["settings"]["let"] == 1 and qconfig["act_bits"] == 4
+        assert qconfig["settings"]["let"] == qconfig["settings"]["shift"] == 1
+        assert qconfig["act_bits"] == 4
     if "--alpha" in extra:
         assert qconfig["settings"]["alpha"] == 0.6 and qconfig["act_bits"] == 6
     fused = load_fused(out)
@@ -73,12 +74,17 @@ def test_unknown_preset_is_one_line_error(tiny_with_tokenizer, tmp_path):
                                 progress=False, settings={"preset": "huge"}))
 
 
-@pytest.mark.parametrize("method,match", [("rtn", "rtn takes no settings"),
-                                          ("gptq", "gptq does not take setting.s. let")])
+@pytest.mark.parametrize("method,extra,match", [
+    ("rtn", ["--let"], "rtn takes no settings"),
+    ("gptq", ["--let"], "gptq does not take setting.s. let"),
+    ("omniquant", ["--shift", "--act-bits", "4"], "shift is part of LET; add --let"),
+    ("omniquant", ["--let", "--shift"], "shift only moves quantized activations"),
+    ("smoothquant", ["--shift"], "shift only moves quantized activations"),
+])
 def test_settings_a_method_does_not_take_are_refused(tiny_with_tokenizer, tmp_path, method,
-                                                     match):
+                                                     extra, match):
     res = CliRunner().invoke(main, ["calibrate", str(tiny_with_tokenizer), "--method", method,
-                                    "--let", "-o", str(tmp_path / "o")])
+                                    *extra, "-o", str(tmp_path / "o")])
     assert res.exit_code != 0
     assert re.search(match, res.output) and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()

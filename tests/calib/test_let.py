@@ -8,6 +8,7 @@ import pytest
 import torch
 from blockwise_helpers import make_ctx, random_ids
 
+from lowbit.biases import add_bias
 from lowbit.calib import let, omniquant
 from lowbit.calib.blocks import (
     BlockData,
@@ -15,7 +16,7 @@ from lowbit.calib.blocks import (
     capture_block_inputs,
     decoder_layers,
     forward_all,
-    linear_input_absmax,
+    linear_input_range,
 )
 from lowbit.calib.omniquant import OmniBlock
 from lowbit.calib.smoothquant import run_smoothquant
@@ -24,26 +25,41 @@ from lowbit.models import load_torch_model
 from lowbit.quantizer import QuantSpec, quantize
 
 
+def _sizes(block: torch.nn.Module) -> dict[str, int]:
+    attn = block.self_attn
+    return {"qkv": attn.q_proj.in_features, "fc1": block.mlp.up_proj.in_features,
+            "out": attn.v_proj.out_features, "down": block.mlp.down_proj.in_features}
+
+
 def random_scales(block: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    attn = block.self_attn
-    sizes = {"qkv": attn.q_proj.in_features, "fc1": block.mlp.up_proj.in_features,
-             "out": attn.v_proj.out_features, "down": block.mlp.down_proj.in_features}
-    return {k: torch.exp(torch.randn(n, generator=g)) for k, n in sizes.items()}  # 0.05 … 20
+    return {k: torch.exp(torch.randn(n, generator=g)) for k, n in _sizes(block).items()}  # 0.05 … 20
 
 
+def random_shifts(block: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1000)
+    return {k: torch.randn(n, generator=g) for k, n in _sizes(block).items() if k != "down"}
+
+
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_folding_leaves_the_model_unchanged(family, tiny_llama_dir, tiny_qwen2_dir):
+def test_folding_leaves_the_model_unchanged(family, shift, tiny_llama_dir, tiny_qwen2_dir):
     model = load_torch_model(tiny_llama_dir if family == "llama" else tiny_qwen2_dir)
     ids = random_ids(2, 32)
     with torch.no_grad():
         before = model(ids).logits
         for i, block in enumerate(decoder_layers(model)):
-            let.fold_(block, random_scales(block, seed=i))
+            let.fold_(block, random_scales(block, seed=i),
+                      random_shifts(block, seed=i) if shift else None)
         after = model(ids).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    # and the fold did change the weights (GQA: o_proj's columns repeat v's scales per group)
     block = decoder_layers(model)[0]
+    # a shift becomes biases on both norms and on every linear but down_proj
+    biased = {n for n, p in block.named_parameters() if n.endswith(".bias") and p.any()}
+    want = {f"{n}.bias" for n in ("input_layernorm", "post_attention_layernorm", "mlp.gate_proj",
+                                  "mlp.up_proj", *(f"self_attn.{p}_proj" for p in "qkvo"))}
+    assert biased == (want if shift else set())  # the tiny Qwen2's q/k/v biases start at 0
+    # GQA: o_proj's columns repeat v's scales per group
     s = random_scales(block)["out"]
     assert block.self_attn.o_proj.in_features == 2 * s.numel()
 
@@ -55,8 +71,9 @@ def test_o_channel_map_follows_grouped_query_attention(tiny_llama_dir):
     np.testing.assert_array_equal(idx.numpy(), want)
 
 
-def test_initial_scales_follow_smoothquant(tiny_llama_dir):
-    model = load_torch_model(tiny_llama_dir)
+def _block_inputs(model_dir):
+    """Block 0 of a tiny model, its inputs, and every linear's inputs as NumPy [tokens, K]."""
+    model = load_torch_model(model_dir)
     x, kwargs = capture_block_inputs(model, random_ids(), torch.device("cpu"))
     block = decoder_layers(model)[0]
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -69,9 +86,17 @@ def test_initial_scales_follow_smoothquant(tiny_llama_dir):
         block(x, **kwargs)
     for h in hooks:
         h.remove()
-    absmax = linear_input_absmax(block, x, kwargs, names)
+    return block, x, kwargs, names, {n: np.concatenate(v) for n, v in seen.items()}
+
+
+def test_initial_scales_follow_smoothquant(tiny_llama_dir):
+    block, x, kwargs, names, seen = _block_inputs(tiny_llama_dir)
+    mods = dict(block.named_modules())
+    ranges = linear_input_range(block, x, kwargs, names)
     for n in names:
-        np.testing.assert_allclose(absmax[n].numpy(), np.abs(np.concatenate(seen[n])).max(0))
+        np.testing.assert_array_equal(ranges[n][0].numpy(), seen[n].min(0))
+        np.testing.assert_array_equal(ranges[n][1].numpy(), seen[n].max(0))
+    absmax = {n: torch.maximum(-lo, hi) for n, (lo, hi) in ranges.items()}
     alpha = 0.75
     scales = let.init_scales(block, absmax, alpha)
 
@@ -96,6 +121,21 @@ def test_initial_scales_follow_smoothquant(tiny_llama_dir):
     assert "down" not in let.init_scales(block, absmax, alpha, down=False)
 
 
+def test_initial_shifts_are_channel_midpoints(tiny_llama_dir):
+    block, x, kwargs, names, seen = _block_inputs(tiny_llama_dir)
+    shifts = let.init_shifts(block, linear_input_range(block, x, kwargs, names))
+    def mid(a: np.ndarray) -> np.ndarray:
+        return (a.min(0) + a.max(0)) / 2
+
+    np.testing.assert_allclose(shifts["qkv"].numpy(), mid(seen["self_attn.q_proj"]), rtol=1e-6)
+    np.testing.assert_allclose(shifts["fc1"].numpy(), mid(seen["mlp.gate_proj"]), rtol=1e-6)
+    # v channel (kv head k, dim j): the range over the query heads 2k, 2k+1 reading it
+    o_in = seen["self_attn.o_proj"].reshape(-1, 2, 2, 24)
+    want = (o_in.min((0, 2)) + o_in.max((0, 2))).reshape(-1) / 2
+    np.testing.assert_allclose(shifts["out"].numpy(), want, rtol=1e-6)
+    assert set(shifts) == {"qkv", "fc1", "out"}
+
+
 def _data(model_dir):
     model = load_torch_model(model_dir)
     x, kwargs = capture_block_inputs(model, random_ids(), torch.device("cpu"))
@@ -105,14 +145,15 @@ def _data(model_dir):
     return BlockData(0, block, {n: n for n in names}, kwargs, x, fp_out, x.clone())
 
 
-@pytest.mark.parametrize("act_bits", [None, 4])
-def test_one_let_lwc_step_lowers_the_block_loss(tiny_llama_dir, act_bits):
+@pytest.mark.parametrize("act_bits,shift", [(None, 0), (4, 0), (4, 1)])
+def test_one_let_lwc_step_lowers_the_block_loss(tiny_llama_dir, act_bits, shift):
     data = _data(tiny_llama_dir)
     data.block.requires_grad_(False)
     names = list(data.linears)
-    scales = let.init_scales(data.block, linear_input_absmax(data.block, data.fp_in, data.kwargs,
-                                                             names), 0.5)
-    omni = OmniBlock(data.block, names, QuantSpec(4, -1), scales, act_bits)
+    scales, shifts = let.block_let(data, {"alpha": 0.5, "down_scale": 1, "shift": shift})
+    assert (shifts is not None) == bool(shift)
+    omni = OmniBlock(data.block, names, QuantSpec(4, -1), scales, act_bits, shifts)
+    assert len(omni.let_parameters()) == 4 + 3 * shift
     opt = torch.optim.AdamW([{"params": omni.lwc_parameters(), "lr": 1e-2},
                              {"params": omni.let_parameters(), "lr": 5e-3}], weight_decay=0.0)
     x, target = data.quant_in[:1], data.fp_out[:1]
@@ -130,8 +171,8 @@ def test_export_is_what_training_saw(tiny_qwen2_dir):
     data = _data(tiny_qwen2_dir)
     data.block.requires_grad_(False)
     names = list(data.linears)
-    scales = random_scales(data.block)
-    omni = OmniBlock(data.block, names, QuantSpec(3, 32), scales, act_bits=6)
+    omni = OmniBlock(data.block, names, QuantSpec(3, 32), random_scales(data.block), act_bits=6,
+                     shifts=random_shifts(data.block))
     with torch.no_grad():
         trained = omni.forward(data.quant_in, data.kwargs)
     quantized = omni.export()
@@ -142,6 +183,35 @@ def test_export_is_what_training_saw(tiny_qwen2_dir):
         with act_quant(data.block, names, 6):
             folded = forward_all(data.block, data.quant_in, data.kwargs)
     torch.testing.assert_close(folded, trained, rtol=1e-4, atol=1e-4)
+
+
+def test_smoothquant_shift_removes_channel_offsets(tiny_llama_dir):
+    """Norms whose outputs sit far from 0 in a few channels stretch every token's range; the
+    midpoint shift takes the offset out of the quantized activations (W8A4 error)."""
+    def model_with_offsets():
+        model = load_torch_model(tiny_llama_dir)
+        with torch.no_grad():
+            for block in decoder_layers(model):
+                for norm in (block.input_layernorm, block.post_attention_layernorm):
+                    add_bias(norm)
+                    norm.bias[[3, 40, 77]] = torch.tensor([20.0, -15.0, 25.0])
+        return model
+
+    ids = random_ids(2, 32)
+    with torch.no_grad():
+        want = model_with_offsets()(ids).logits
+    errors = {}
+    for shift in (0, 1):
+        model = model_with_offsets()
+        defaults = {"small": {"alpha": 0.5, "down_scale": 1, "shift": shift}}
+        ctx = make_ctx(tiny_llama_dir, QuantSpec(8, -1), "smoothquant", defaults, nsamples=2,
+                       seqlen=32)
+        ctx.act_bits = 4
+        names = quantized_linear_names(model)
+        run_smoothquant(model, names, ctx, random_ids())
+        with torch.no_grad(), act_quant(model, names, 4):
+            errors[shift] = (model(ids).logits - want).pow(2).mean().item()
+    assert errors[1] < 0.5 * errors[0]
 
 
 def test_smoothquant_beats_rtn_on_activation_outliers(tiny_llama_dir):
@@ -171,18 +241,19 @@ def test_smoothquant_beats_rtn_on_activation_outliers(tiny_llama_dir):
         for n in quantized_linear_names(rtn):
             mods[n].weight.copy_(quantize(mods[n].weight, spec).dequantize())
     smooth = model_with_outliers()
-    defaults = {"small": {"alpha": 0.5, "down_scale": 1}}
+    defaults = {"small": {"alpha": 0.5, "down_scale": 1, "shift": 0}}
     ctx = make_ctx(tiny_llama_dir, spec, "smoothquant", defaults, nsamples=2, seqlen=32)
     ctx.act_bits = 4
     run_smoothquant(smooth, quantized_linear_names(smooth), ctx, random_ids())
     assert error(smooth) < 0.5 * error(rtn)
 
 
-def test_omniquant_let_resume_restores_folded_norms(tiny_llama_dir, isolated_cache, monkeypatch):
+def test_omniquant_let_resume_restores_folded_norms_and_biases(tiny_llama_dir, isolated_cache,
+                                                               monkeypatch):
     def run(**settings):
         model = load_torch_model(tiny_llama_dir)
         ctx = make_ctx(tiny_llama_dir, QuantSpec(4, -1), "omniquant", omniquant.defaults(4, 4),
-                       nsamples=2, seqlen=32, epochs=1, let=1, **settings)
+                       nsamples=2, seqlen=32, epochs=1, let=1, shift=1, **settings)
         ctx.act_bits = 4
         out = omniquant.run_omniquant(model, quantized_linear_names(model), ctx, random_ids())
         return model, out
@@ -205,6 +276,7 @@ def test_omniquant_let_resume_restores_folded_norms(tiny_llama_dir, isolated_cac
     for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
+    assert "model.layers.1.input_layernorm.bias" in model.state_dict()
 
 
 def test_let_checkpoint_converts_with_no_new_tensor(tiny_qwen2_dir, tmp_path, isolated_cache):
@@ -237,3 +309,37 @@ def test_let_checkpoint_converts_with_no_new_tensor(tiny_qwen2_dir, tmp_path, is
     state = read_mlc(asym).state_dict
     for name in quantized:
         assert torch.equal(state[f"{name}.weight"], fused.model.state_dict()[f"{name}.weight"])
+
+
+def test_shift_checkpoint_round_trips_with_its_biases(tiny_llama_dir, tmp_path, isolated_cache):
+    """W4A4 LET with shift on bias-free Llama: the fused folder stores the norm and linear
+    biases, loading attaches them and reproduces the calibrated model's logits exactly;
+    convert refuses the activation-quantized checkpoint in one line."""
+    from lowbit.compiler.convert import ConvertArgs, convert
+    from lowbit.errors import LowbitError
+    from lowbit.fused import load_fused, make_qconfig, save_fused
+
+    model = load_torch_model(tiny_llama_dir)
+    spec = QuantSpec(4, -1)
+    ctx = make_ctx(tiny_llama_dir, spec, "omniquant", omniquant.defaults(4, 4), nsamples=2,
+                   seqlen=32, epochs=1, let=1, shift=1)
+    ctx.act_bits = 4
+    layers = quantized_linear_names(model)
+    quantized = omniquant.run_omniquant(model, layers, ctx, random_ids())
+    fused_dir = tmp_path / "fused"
+    fused_dir.mkdir()
+    save_fused(fused_dir, model, quantized, make_qconfig("omniquant", spec, layers, 4),
+               tiny_llama_dir)
+    fused = load_fused(fused_dir)
+    state = fused.model.state_dict()
+    for name in ("input_layernorm", "post_attention_layernorm", "self_attn.o_proj", "mlp.up_proj"):
+        assert state[f"model.layers.0.{name}.bias"].abs().sum() > 0, name
+    assert "model.layers.0.mlp.down_proj.bias" not in state
+    x = random_ids(2, 16)
+    with torch.no_grad(), act_quant(model, layers, 4):
+        want = model(x).logits
+    with torch.no_grad():
+        torch.testing.assert_close(fused.model(x).logits, want, rtol=0, atol=0)
+    with pytest.raises(LowbitError, match="quantizes activations"):
+        convert(ConvertArgs(str(fused_dir), "q0f32", tmp_path / "q0", progress=False))
+    assert not (tmp_path / "q0").exists()
