@@ -62,11 +62,15 @@ def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
 
 
 def parse_settings(items: list[str]) -> dict:
-    """``["preset=small", "let=1"]`` → ``{"preset": "small", "let": 1}``."""
+    """``["preset=small", "let=1", "alpha=0.75"]`` → ``{"preset": "small", "let": 1,
+    "alpha": 0.75}``."""
     settings = {}
     for kv in items:
         k, _, v = kv.partition("=")
-        settings[k] = int(v) if v.isdigit() else v
+        try:
+            settings[k] = int(v) if v.isdigit() else float(v)
+        except ValueError:
+            settings[k] = v
     return settings
 
 
