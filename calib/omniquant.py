@@ -60,6 +60,11 @@ def defaults(bits: int, act_bits: int | None = None) -> dict[str, dict]:
     }
 
 
+def _trainable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fresh leaf copies of ``tensors`` that collect gradients."""
+    return {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
+
+
 class OmniBlock:
     """A decoder block whose named linears run with LWC fake-quantized weights, after the LET
     scaling (and shift) when ``scales`` (``shifts``) is given, and with per-token
@@ -77,11 +82,11 @@ class OmniBlock:
         self.block, self.names, self.spec, self.act_bits = block, names, spec, act_bits
         modules = dict(block.named_modules())
         self.weights = {n: modules[n].weight.detach() for n in names}
-        self.scales = {k: v.detach().clone().requires_grad_() for k, v in (scales or {}).items()}
+        self.scales = _trainable(scales or {})
         self.shifts = None
         if shifts is not None:
             let.add_shift_biases(block)
-            self.shifts = {k: v.detach().clone().requires_grad_() for k, v in shifts.items()}
+            self.shifts = _trainable(shifts)
         # without LET the weights, hence their group min/max, stay fixed
         self.minmax = {} if self.scales else {
             n: group_min_max(w, spec) for n, w in self.weights.items()}

@@ -1,7 +1,7 @@
 """SmoothQuant-style scaling without training: LET's initial scales (:mod:`lowbit.calib.let`,
 ``alpha``; ``down_scale`` 0 leaves out the up → down pair; ``shift`` 1 adds the midpoint
-shifts, as Outlier Suppression+) folded into each block, then round-to-nearest weights. The ablation of OmniQuant's LET: the same transformation, not
-learned."""
+shifts, as Outlier Suppression+) folded into each block, then round-to-nearest weights. The
+ablation of OmniQuant's LET: the same transformation, not learned."""
 
 from __future__ import annotations
 
