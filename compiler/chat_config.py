@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+from lowbit.artifact import CHAT_CONFIG
 from lowbit.compiler.loaders.llama import mlc_model_config
 from lowbit.errors import LowbitError
 
-CHAT_CONFIG_NAME = "mlc-chat-config.json"
 MLC_CHAT_CONFIG_VERSION = "0.1.0"
 # gen_config.py TOKENIZER_FILES, plus the HF chat template that newer tokenizers keep apart
 TOKENIZER_FILES = (
@@ -123,5 +123,5 @@ def write_chat_config(
             chat["tokenizer_files"].append(fname)
     if (folder / "chat_template.jinja").is_file():  # transformers ≥ 4.x keeps it apart
         shutil.copy2(folder / "chat_template.jinja", out / "chat_template.jinja")
-    (out / CHAT_CONFIG_NAME).write_text(json.dumps(chat, indent=2))
+    (out / CHAT_CONFIG).write_text(json.dumps(chat, indent=2))
     return chat

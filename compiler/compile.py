@@ -1,21 +1,20 @@
-"""``lowbit compile MLC_DIR --target llvm -o LIB.so``: one shared library for an MLC weight folder.
+"""``lowbit compile MLC_DIR --target T -o LIB``: one library for an MLC weight folder.
 
-The library holds the model's functions (MLC's llama exports plus ``prefill_all_logits``) and a
-``_metadata`` function returning JSON (model type, scheme, config, every parameter's name, shape
-and dtype), so a runtime can refuse an MLC folder that does not match it.
+The target preset (:mod:`lowbit.targets.presets`) supplies the TVM target, the pipeline, the
+compute dtype, the exporter and the device. The library holds the model's functions (MLC's llama
+exports plus ``prefill_all_logits``) and ``_metadata`` (:class:`lowbit.artifact.LibraryMetadata`:
+target, device, model type, scheme, config, every parameter's name, shape and dtype), so a runtime
+opens the right device and refuses an MLC folder that does not match.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lowbit.artifact import METADATA_FUNC, LibraryMetadata, read_chat_config, system_lib_prefix
 from lowbit.cache import atomic_file, check_output
-from lowbit.errors import LowbitError
-from lowbit.runtime.engine import METADATA_FUNC
-
-COMPUTE_DTYPE = "float32"  # activations, KV cache and accumulation on CPU
+from lowbit.targets.presets import CUDA_ARCHS, BuildOptions, Preset, get_preset
 
 
 @dataclass
@@ -24,72 +23,92 @@ class CompileArgs:
     target: str = "llvm"
     out: Path = Path("model.so")
     overwrite: bool = False
+    cuda_archs: tuple[str, ...] = CUDA_ARCHS
 
     def display(self) -> str:
-        return "  ".join(f"{k}={v}" for k, v in asdict(self).items())
+        shown = {k: v for k, v in asdict(self).items() if k != "cuda_archs" or self.target == "cuda"}
+        return "  ".join(f"{k}={v}" for k, v in shown.items())
 
 
-def read_chat_config(mlc_dir: Path) -> dict:
-    path = Path(mlc_dir) / "mlc-chat-config.json"
-    if not path.is_file():
-        raise LowbitError(f"{mlc_dir} is not an MLC model folder (no mlc-chat-config.json)")
-    chat = json.loads(path.read_text())
-    for key in ("model_type", "quantization", "model_config"):
-        if key not in chat:
-            raise LowbitError(f"{path} has no {key!r}")
-    return chat
-
-
-def export_model(model_type: str, model_config: dict, scheme_name: str, target):
-    """(relax IRModule with ``_metadata`` attached, metadata dict) for one model and scheme."""
+def export_model(chat: dict, preset: Preset, target):
+    """(relax IRModule with ``_metadata`` attached, its metadata) for the folder's model."""
     from tvm import relax
 
     from lowbit.compiler.models import create_model
     from lowbit.compiler.schemes import get_scheme
 
-    model = create_model(model_type, model_config, get_scheme(scheme_name), target, COMPUTE_DTYPE)
-    mod, named_params = model.export_tvm(spec=model.get_default_spec())
-    metadata = {
-        "format": 1,
-        "model_type": model_type,
-        "quantization": scheme_name,
-        "compute_dtype": COMPUTE_DTYPE,
-        "target": str(target),
-        "context_window_size": model.cfg.context_window_size,
-        "prefill_chunk_size": model.cfg.prefill_chunk_size,
-        "config": model.cfg.to_dict(),
-        "params": [
-            {"name": n, "shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for n, p in named_params
-        ],
-    }
+    model = create_model(chat["model_type"], chat["model_config"], get_scheme(chat["quantization"]),
+                         target, preset.compute_dtype)
+    with target:  # the fused kernels take the form the target's schedules expect
+        mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    metadata = LibraryMetadata(
+        model_type=chat["model_type"],
+        quantization=chat["quantization"],
+        target=preset.name,
+        device=preset.device,
+        compute_dtype=preset.compute_dtype,
+        context_window_size=model.cfg.context_window_size,
+        prefill_chunk_size=model.cfg.prefill_chunk_size,
+        config=model.cfg.to_dict(),
+        params=[{"name": n, "shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for n, p in named_params],
+        tvm_target=str(target),
+    )
+    if preset.system_lib:
+        metadata = replace(metadata, system_lib_prefix=system_lib_prefix(
+            metadata.model_type, metadata.quantization, metadata.to_json()))
+        mod = mod.with_attr("system_lib_prefix", metadata.system_lib_prefix)
     bb = relax.BlockBuilder()
     with bb.function(METADATA_FUNC, params=[]):
-        bb.emit_func_output(relax.expr.String(json.dumps(metadata)))
+        bb.emit_func_output(relax.expr.String(metadata.to_json()))
     mod[METADATA_FUNC] = bb.finalize()[METADATA_FUNC]
     return mod, metadata
+
+
+# Source-less code objects TVMScript's parser meets on the stack: code it compiled itself, and
+# the import machinery of modules imported lazily while it parses.
+PSEUDO_FILES = ("<ast>", "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+
+
+def _memoize_pseudo_file_modules() -> None:
+    """TVMScript calls ``inspect.stack()`` for every function it parses. For a frame whose file
+    is a pseudo name, ``inspect.getmodule`` finds no module and, since it caches only hits,
+    scans all of ``sys.modules`` again each time: with torch loaded, a GPU build spent 60–150 s
+    there. Record the same answer, no module, once."""
+    import inspect
+
+    for name in PSEUDO_FILES:
+        inspect.modulesbyfile.setdefault(name, "")  # sys.modules.get("") is None
+
+
+def build(chat: dict, preset: Preset, options: BuildOptions | None = None):
+    """(executable, metadata): the folder's model compiled for ``preset``, not yet written."""
+    from tvm import relax
+
+    _memoize_pseudo_file_modules()
+    target = preset.tvm_target(options or BuildOptions())
+    mod, metadata = export_model(chat, preset, target)
+    with target:
+        executable = relax.build(mod, target, relax_pipeline=preset.pipeline(target),
+                                 system_lib=preset.system_lib)
+    return executable, metadata
 
 
 def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     """Build ``args.out`` for the MLC folder ``args.mlc_dir``; returns the library path."""
     from tqdm import tqdm
 
-    from lowbit.compiler.pipeline import build
-    from lowbit.targets import get_preset
-
     preset = get_preset(args.target)
+    fmt = preset.library_format(args.out)
     check_output(args.out, args.overwrite)
+    fmt.check_tools()
     chat = read_chat_config(args.mlc_dir)
-    steps = tqdm(total=3, desc="compile", disable=not progress)
-    target = preset.tvm_target()
-    steps.set_postfix_str("export")
-    mod, _ = export_model(chat["model_type"], chat["model_config"], chat["quantization"], target)
+    options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
+    steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
+    executable, metadata = build(chat, preset, options)
     steps.update()
-    steps.set_postfix_str(f"build {target}")
-    executable = build(mod, target)
-    steps.update()
-    steps.set_postfix_str("link")
+    steps.set_postfix_str(f"write {fmt.what}")
     with atomic_file(Path(args.out), args.overwrite) as tmp:
-        preset.export(executable, Path(tmp))
+        fmt.export(executable, Path(tmp), replace(options, prefix=metadata.system_lib_prefix))
     steps.update()
     steps.close()
     return Path(args.out)

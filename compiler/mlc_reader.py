@@ -6,14 +6,13 @@ Codes are unpacked per the scheme's layout and dequantized as ``s·(q − z)`` i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lowbit.compiler.chat_config import CHAT_CONFIG_NAME
+from lowbit.artifact import read_chat_config
 from lowbit.compiler.loaders.llama import MlcParam, hf_config_from_mlc, mlc_params
 from lowbit.compiler.packing import unpack
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
@@ -56,10 +55,7 @@ def _dequantized(arrays: dict[str, np.ndarray], p: MlcParam, scheme: Scheme) -> 
 def read_mlc(folder: Path) -> MlcWeights:
     """Every parameter of an MLC folder as fp32 tensors under HF names (shards verified)."""
     folder = Path(folder)
-    path = folder / CHAT_CONFIG_NAME
-    if not path.is_file():
-        raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG_NAME})")
-    chat = json.loads(path.read_text())
+    chat = read_chat_config(folder)
     scheme = get_scheme(chat["quantization"])
     hf_config = hf_config_from_mlc(chat["model_type"], chat["model_config"])
     arrays, metadata = read_tensor_cache(folder)

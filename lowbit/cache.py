@@ -58,11 +58,12 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(out: Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary file path beside ``out``; move it into place only on success."""
+    """Yield a temporary file path beside ``out``, with the same suffix (writers that choose the
+    format by suffix see the right one); move it into place only on success."""
     out = Path(out)
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -157,14 +157,18 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 
 @main.command(name="compile")
 @click.argument("mlc_dir", type=click.Path(path_type=Path))
-@click.option("--target", default="llvm", show_default=True, help="target preset (llvm: this CPU)")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="library file (.so)")
+@click.option("--target", default="llvm", show_default=True, help="target preset (see `lowbit list targets`)")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="library file; its suffix picks the format where a target has several (.so, .a, .tar, .dylib)")
+@click.option("--arch", "archs", help="cuda: comma-separated SM architectures (default sm_80,sm_86,sm_89,sm_90a)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
-def compile_(mlc_dir: Path, target: str, out: Path, overwrite: bool) -> None:
-    """Compile the model of MLC_DIR (lowbit convert's output) into one shared library."""
+def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overwrite: bool) -> None:
+    """Compile the model of MLC_DIR (lowbit convert's output) into one library for a target."""
     from lowbit.compiler.compile import CompileArgs, compile_model
 
     args = CompileArgs(mlc_dir, target, out, overwrite)
+    if archs:
+        args.cuda_archs = tuple(a.strip() for a in archs.split(",") if a.strip())
     click.echo(f"compile: {args.display()}", err=True)
     click.echo(f"wrote {compile_model(args)}")
 
@@ -243,5 +247,7 @@ def list_(what: str | None) -> None:
         from lowbit.targets.presets import PRESETS
 
         click.echo("compile targets (lowbit compile --target):")
-        for name in PRESETS:
-            click.echo(f"  {name}")
+        for name, preset in PRESETS.items():
+            missing = preset.missing_tools()
+            status = "buildable here" if not missing else "needs " + "; ".join(missing)
+            click.echo(f"  {name:10s} {preset.summary} [{status}]")

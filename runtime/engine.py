@@ -8,7 +8,6 @@ prefills only the rest, in chunks of at most ``prefill_chunk_size`` tokens.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifact import (
+    METADATA_FUNC,
+    LibraryMetadata,
+    read_chat_config,
+    read_tensor_cache_index,
+)
 from lowbit.errors import LowbitError
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
-from lowbit.runtime.weights import load_params, read_tensor_cache_index
+from lowbit.runtime.weights import load_params
 
-CHAT_CONFIG = "mlc-chat-config.json"
-METADATA_FUNC = "_metadata"  # `lowbit compile` stores the library's JSON metadata here
 PAGE_SIZE = 16
 
 
@@ -58,13 +61,6 @@ class GenerationStats:
                 f"decode: {self.decode_tokens} tok, {self.decode_tok_s:.1f} tok/s")
 
 
-def read_chat_config(folder: Path) -> dict:
-    path = Path(folder) / CHAT_CONFIG
-    if not path.is_file():
-        raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG})")
-    return json.loads(path.read_text())
-
-
 def _as_list(value) -> list[int]:
     if value is None:
         return []
@@ -72,24 +68,30 @@ def _as_list(value) -> list[int]:
 
 
 class Engine:
-    """Loads weights once and runs sequences on one device (CPU by default)."""
+    """Loads weights once and runs sequences on the device the library was built for."""
 
     def __init__(self, model_dir: Path, model_lib: Path, *, max_batch_size: int = 1,
                  context_window: int | None = None, check_md5: bool = True):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
-        self.model_dir = Path(model_dir)
+        self.model_dir, lib = Path(model_dir), Path(model_lib)
         self.chat_config = read_chat_config(self.model_dir)
         self.cache_index = read_tensor_cache_index(self.model_dir)
-        self.device = tvm.cpu()
-        self.vm = VirtualMachine(self._load_library(Path(model_lib)), self.device)
-        self.metadata = self._library_metadata()
-        names = self._check_library(Path(model_lib))
+        library = _load_library(lib)
+        self.metadata = _library_metadata(library, lib)
+        self.device = _open_device(self.metadata.device if self.metadata else "cpu", lib)
+        self.vm = VirtualMachine(library, self.device)
+        if self.metadata is None:  # not built by lowbit: trust the folder's order
+            names = list(self.cache_index.records)
+        else:
+            self.metadata.check_chat_config(self.chat_config, lib.name, self.model_dir)
+            names = self.metadata.param_names(self.cache_index, lib.name)
         self.params = load_params(self.cache_index, names, self.device, check_md5)
-        limit = int(self.metadata.get("context_window_size") or self.chat_config["context_window_size"])
+        md = self.metadata
+        limit = int(md.context_window_size if md else self.chat_config["context_window_size"])
         self.context_window = min(context_window or limit, limit)
-        self.prefill_chunk = int(self.metadata.get("prefill_chunk_size") or self.chat_config["prefill_chunk_size"])
+        self.prefill_chunk = int(md.prefill_chunk_size if md else self.chat_config["prefill_chunk_size"])
         self.max_batch_size = max_batch_size
         shape = tvm.runtime.ShapeTuple
         self.kv = self.vm["create_paged_kv_cache"](
@@ -110,47 +112,6 @@ class Engine:
     @cached_property
     def template(self):
         return load_chat_template(self.model_dir, self.tokenizer, self.chat_config)
-
-    # -- loading -------------------------------------------------------------------------------
-    @staticmethod
-    def _load_library(path: Path):
-        import tvm
-
-        if not path.is_file():
-            raise LowbitError(f"model library {path} does not exist")
-        try:
-            return tvm.runtime.load_module(str(path))
-        except Exception as e:  # TVM raises its own error types
-            raise LowbitError(f"cannot load model library {path}: {str(e).splitlines()[0]}") from None
-
-    def _library_metadata(self) -> dict:
-        try:
-            fn = self.vm[METADATA_FUNC]
-        except Exception:  # noqa: BLE001 - a library without metadata (not built by lowbit/MLC)
-            return {}
-        return json.loads(str(fn()))
-
-    def _check_library(self, lib: Path) -> list[str]:
-        """Parameter names in the library's order, after checking they fit this folder's weights."""
-        md, cfg = self.metadata, self.chat_config
-        for key in ("model_type", "quantization"):
-            if key in md and md[key] != cfg.get(key):
-                raise LowbitError(f"model library {lib.name} is for {key} {md[key]!r} but "
-                                  f"{self.model_dir} has {cfg.get(key)!r}")
-        if "params" not in md:
-            return list(self.cache_index.records)
-        for p in md["params"]:
-            rec = self.cache_index.records.get(p["name"])
-            if rec is None:
-                raise LowbitError(f"model library {lib.name} needs weight {p['name']}, which "
-                                  f"{self.model_dir} lacks (wrong library for this folder?)")
-            want = tuple(p["shape"])
-            fits = len(want) == len(rec.shape) and all(
-                not isinstance(w, int) or w < 0 or w == h for w, h in zip(want, rec.shape, strict=True))
-            if not fits or p["dtype"] != rec.dtype:
-                raise LowbitError(f"model library {lib.name} expects {p['name']} as {p['dtype']}{list(want)}, "
-                                  f"{self.model_dir} has {rec.dtype}{list(rec.shape)} (wrong library for this folder?)")
-        return [p["name"] for p in md["params"]]
 
     # -- sequences ------------------------------------------------------------------------------
     def add_sequence(self, seq_id: int | None = None) -> int:
@@ -331,6 +292,48 @@ class Engine:
         if stats.finish_reason != "stop":
             if rest := stops.flush():
                 yield rest
+
+
+def _load_library(path: Path):
+    import tvm
+
+    if not path.is_file():
+        raise LowbitError(f"model library {path} does not exist")
+    try:
+        return tvm.runtime.load_module(str(path))
+    except Exception as e:  # TVM raises its own error types
+        raise LowbitError(f"cannot load model library {path}: {str(e).splitlines()[0]}") from None
+
+
+def _library_metadata(library, path: Path) -> LibraryMetadata | None:
+    """The library's metadata (None for a library lowbit did not build). Read through a CPU VM:
+    the metadata function is host code, whatever the library's device."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    try:
+        fn = VirtualMachine(library, tvm.cpu())[METADATA_FUNC]
+    except Exception:  # noqa: BLE001 - no such function
+        return None
+    try:
+        return LibraryMetadata.from_json(str(fn()))
+    except (ValueError, TypeError) as e:
+        raise LowbitError(f"model library {path} has unreadable metadata: {e}") from None
+
+
+def _open_device(name: str, lib: Path):
+    """The TVM device ``name`` (device 0), or a one-line error when this machine lacks it."""
+    import tvm
+
+    try:
+        device = tvm.runtime.device(name, 0)
+        present = device.exist
+    except Exception:  # noqa: BLE001 - runtime built without that device API
+        present = False
+    if not present:
+        raise LowbitError(f"model library {lib.name} runs on {name}, which this machine's TVM "
+                          f"runtime cannot open (compile for a target this machine has, e.g. llvm)")
+    return device
 
 
 class StopStrings:

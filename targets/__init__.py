@@ -1,5 +1,5 @@
-"""Compilation targets (presets as data)."""
+"""Compilation targets: one preset record per target, the CPU and GPU backends, exporters, tools."""
 
-from lowbit.targets.presets import PRESETS, Preset, detect_isa, get_preset
+from lowbit.targets.presets import PRESETS, BuildOptions, Preset, detect_isa, get_preset
 
-__all__ = ["PRESETS", "Preset", "detect_isa", "get_preset"]
+__all__ = ["PRESETS", "BuildOptions", "Preset", "detect_isa", "get_preset"]

@@ -1,12 +1,15 @@
-"""Compilation targets as data: name → TVM target, host, library kind and export function.
+"""Compilation targets as data: one :class:`Preset` record per ``lowbit compile --target``.
 
-Only ``llvm`` (this machine's CPU) for now; other targets arrive with their builds. The llvm
-preset picks ``mcpu`` from the host's instruction set (AVX-512 / AVX2 / generic x86-64, or the
-plain llvm target elsewhere), so the kernels use the widest vectors the host has.
+A preset owns everything that differs between targets: the TVM target and host, the backend
+whose relax pipeline schedules the kernels (``cpu`` or ``gpu``, modules of this package), the
+compute dtype, the library formats it can write (each with its exporter and the build tools that
+exporter needs) and the runtime device written into the library's metadata. ``lowbit compile``
+asks the preset for all of it; adding a target is adding a record here.
 """
 
 from __future__ import annotations
 
+import importlib
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.errors import LowbitError
+from lowbit.targets import cuda, export
+from lowbit.targets.tools import AARCH64_CXX, HOST_CXX, LLVM_AR, NVCC, ZIG, Tool
 
 # Host ISA → llvm target fields (x86-64 micro-architecture levels).
 LLVM_ISA = {
@@ -21,6 +26,7 @@ LLVM_ISA = {
     "avx2": {"kind": "llvm", "mcpu": "x86-64-v3"},
     "generic": {"kind": "llvm"},
 }
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")  # + PTX of the newest, for later GPUs
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -47,36 +53,124 @@ def detect_isa(flags: set[str], machine: str | None = None) -> str:
     return "generic"
 
 
-def _export_shared(executable, path: Path) -> None:
-    executable.export_library(str(path))
+def host_llvm() -> dict[str, Any]:
+    """This machine's CPU as an llvm target (widest vectors the host has)."""
+    return dict(LLVM_ISA[detect_isa(cpu_flags())])
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Per-build choices: CUDA architectures, and the symbol prefix of a system-lib build."""
+
+    cuda_archs: tuple[str, ...] = CUDA_ARCHS
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class LibraryFormat:
+    """One kind of file a target can write, chosen by the output's suffix."""
+
+    suffix: str
+    what: str
+    export: Callable[[Any, Path, BuildOptions], None]
+    tools: tuple[Tool, ...] = ()
+
+    def check_tools(self) -> None:
+        """A one-line error naming the first missing tool and how to install it."""
+        for tool in self.tools:
+            tool.command()
 
 
 @dataclass(frozen=True)
 class Preset:
-    """How to build for one target: TVM target dict, host, output library kind and exporter."""
+    """How to build for one target."""
 
     name: str
-    target: Callable[[], dict[str, Any]]
-    host: dict[str, Any] | None
-    library: str  # file suffix of the exported library
-    export: Callable[[Any, Path], None]
+    summary: str
+    device: str  # TVM runtime device the kernels run on
+    compute_dtype: str  # activations, KV cache and accumulation
+    backend: str  # module of this package that owns the relax pipeline: cpu or gpu
+    target: Callable[[BuildOptions], dict[str, Any]]
+    formats: tuple[LibraryFormat, ...]  # the first is the default
+    host: Callable[[], dict[str, Any]] | None = None
+    system_lib: bool = False  # a static archive whose symbols carry a per-model prefix
 
-    def tvm_target(self):
+    def tvm_target(self, options: BuildOptions | None = None):
         import tvm
 
-        t = self.target()
-        return tvm.target.Target(t, self.host) if self.host else tvm.target.Target(t)
+        t = self.target(options or BuildOptions())
+        return tvm.target.Target(t, self.host()) if self.host else tvm.target.Target(t)
+
+    def pipeline(self, target):
+        """The relax pipeline (a module pass) of this preset's backend for ``target``."""
+        return importlib.import_module(f"lowbit.targets.{self.backend}").pipeline(target)
+
+    def library_format(self, out: Path) -> LibraryFormat:
+        """The format whose suffix ``out`` has, or a one-line error listing the accepted ones."""
+        for fmt in self.formats:
+            if str(out).endswith(fmt.suffix):
+                return fmt
+        accepted = ", ".join(f"{f.suffix} ({f.what})" for f in self.formats)
+        raise LowbitError(f"target {self.name} writes {accepted}; got {Path(out).name}")
+
+    def missing_tools(self) -> list[str]:
+        """Install hints for the tools the default format lacks (``lowbit list targets``)."""
+        return [f"{t.name} ({t.install})" for t in self.formats[0].tools if t.find() is None]
 
 
-PRESETS: dict[str, Preset] = {
-    "llvm": Preset(
-        name="llvm",
-        target=lambda: dict(LLVM_ISA[detect_isa(cpu_flags())]),
-        host=None,
-        library="so",
-        export=_export_shared,
+def _cuda(options: BuildOptions) -> dict[str, Any]:
+    return {"kind": "cuda", "arch": min(options.cuda_archs)}  # the kernels must run on the oldest
+
+
+def _fixed(target: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    return lambda *_: dict(target)
+
+
+_SHARED = LibraryFormat(".so", "shared library", export.shared_library, (HOST_CXX,))
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset(
+        name="llvm", summary="this machine's CPU (host ISA detected), shared library",
+        device="cpu", compute_dtype="float32", backend="cpu",
+        target=lambda _: host_llvm(), formats=(_SHARED,),
     ),
-}
+    Preset(
+        name="aarch64", summary="aarch64 Linux CPU (NEON), cross-linked shared library",
+        device="cpu", compute_dtype="float32", backend="cpu",
+        target=_fixed({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}),
+        formats=(LibraryFormat(".so", "aarch64 shared library", export.aarch64_shared_library, (AARCH64_CXX,)),),
+    ),
+    Preset(
+        name="cuda", summary="NVIDIA GPUs: fatbin with cubins for --arch (default sm_80/86/89/90a) + PTX",
+        device="cuda", compute_dtype="float16", backend="gpu", target=_cuda, host=host_llvm,
+        formats=(LibraryFormat(".so", "shared library with a fatbin", cuda.cuda_library, (HOST_CXX, NVCC)),),
+    ),
+    Preset(
+        name="metal", summary="macOS on Apple silicon: Metal kernels, arm64 host code",
+        device="metal", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "metal"}),
+        host=_fixed({"kind": "llvm", "mtriple": f"arm64-apple-macos{export.MACOS_MIN}"}),
+        formats=(LibraryFormat(".dylib", "Mach-O dylib", export.macos_dylib, (ZIG,)),
+                 LibraryFormat(".tar", "Mach-O objects", export.object_tar)),
+    ),
+    Preset(
+        name="iphone", summary="iOS: Metal kernels in a prefixed static archive (MLC's libmodel_iphone.a)",
+        device="metal", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "metal"}),
+        host=_fixed({"kind": "llvm", "mtriple": f"arm64-apple-ios{export.IOS_MIN}"}), system_lib=True,
+        formats=(LibraryFormat(".a", "darwin static archive", export.darwin_archive, (LLVM_AR,)),),
+    ),
+    Preset(
+        name="android", summary="Android: OpenCL kernels, aarch64 host code in a prefixed static archive",
+        device="opencl", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "opencl"}),
+        host=_fixed({"kind": "llvm", "mtriple": "aarch64-linux-android"}), system_lib=True,
+        formats=(LibraryFormat(".a", "ELF static archive", export.elf_archive, (LLVM_AR,)),),
+    ),
+    Preset(
+        # fp32: neither NVIDIA's OpenCL nor PoCL has cl_khr_fp16 (use an f32 scheme, e.g. q4f32_1).
+        name="opencl", summary="OpenCL on Linux x86-64 (fp32 compute), shared library",
+        device="opencl", compute_dtype="float32", backend="gpu", target=_fixed({"kind": "opencl"}),
+        host=host_llvm, formats=(_SHARED,),
+    ),
+)}
 
 
 def get_preset(name: str) -> Preset:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
+from tvm.target import Target
 
 from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
 
@@ -89,14 +90,22 @@ def vector_lanes(scheme: Scheme, k: int) -> int:
     return math.gcd(lanes, k)
 
 
+def _cpu_schedule() -> bool:
+    """Whether the kernel is being exported for the CPU schedule (no GPU target in scope)."""
+    target = Target.current(allow_none=True)
+    return target is None or target.kind.name == "llvm"
+
+
 def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
     """A TE function ``f(x, *params) -> y`` for ``op.tensor_expr_op``: x [..., K] → y [..., N].
 
     With one row (decode) the dequantization is inline in the reduction. When the row (token)
-    count is symbolic (prefill), x is copied with its rows padded to a multiple of
-    :data:`GEMM_ROWS` (zeros), the weight gets its own ``q_dequant`` block (which the schedule
-    computes one N tile at a time) and a copy block keeps the real rows, so the scheduled row
-    tiles need no bounds predicate.
+    count is symbolic (prefill) and the kernel is for the CPU schedule, x is copied with its rows
+    padded to a multiple of :data:`GEMM_ROWS` (zeros), the weight gets its own ``q_dequant``
+    block (which the schedule computes one N tile at a time) and a copy block keeps the real
+    rows, so the scheduled row tiles need no bounds predicate. Exported under a GPU target
+    (``with target:``), prefill keeps the plain inline form that dlight's GPU rules schedule:
+    they would otherwise stage a whole output row of the padded block in shared memory.
     """
 
     def f(x: te.Tensor, *params: te.Tensor) -> te.Tensor:
@@ -108,7 +117,7 @@ def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
         k = te.reduce_axis((0, in_features), name="k")
         attrs = {LANES_ATTR: vector_lanes(scheme, in_features)}
         rows = lead[-1] if lead else None
-        if rows is None or isinstance(rows, (int, tirx.IntImm)):
+        if rows is None or isinstance(rows, (int, tirx.IntImm)) or not _cpu_schedule():
             return te.compute(
                 (*lead, n_dim), lambda *i: te.sum(x[(*i[:-1], k)] * deq(i[-1], k), axis=k),
                 name=MATMUL_BLOCK, attrs=attrs,

@@ -5,8 +5,9 @@ Parameters carry the converter's (= MLC's) names and storage dtypes: ``model.emb
 ``model.layers.{i}.self_attn.qkv_proj`` (q, k, v rows), ``o_proj``, ``mlp.gate_up_proj`` (gate
 rows, then up rows), ``down_proj``, the norms, ``lm_head`` when untied; a quantized linear holds
 ``q_weight``/``q_scale`` (``q_zero`` when asymmetric) instead of ``weight``. Activations, the KV
-cache and every accumulation are in ``compute_dtype`` (fp32 on CPU: x86 has no fast fp16 math);
-stored fp16 parameters are widened inside the kernels that read them.
+cache and every accumulation are in the target's compute dtype (fp32 on CPU: x86 has no fast fp16
+math; fp16 on GPUs); stored parameters are cast inside the kernels that read them, and logits
+always come out in fp32.
 """
 
 from __future__ import annotations
@@ -228,9 +229,12 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, _edge_scheme(scheme))
 
     def get_logits(self, h: Tensor) -> Tensor:
+        """Logits in fp32 whatever the compute dtype (sampling and scoring read them as fp32)."""
         if self.cfg.tie_word_embeddings:
-            return self.model.embed_tokens.lm_head_forward(h)
-        return self.lm_head(h)
+            logits = self.model.embed_tokens.lm_head_forward(h)
+        else:
+            logits = self.lm_head(h)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.model.embed_tokens(input_ids)

@@ -70,7 +70,7 @@ def test_pipeline_marks_every_primfunc_noalias():
     import tvm
     from tvm.script import tirx as T
 
-    from lowbit.compiler.pipeline import mark_all_noalias
+    from lowbit.targets.cpu import mark_all_noalias
 
     @T.prim_func(private=True)
     def plain(a: T.Buffer((4,), "float32"), b: T.Buffer((4,), "float32")):

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lowbit.compiler.tensor_cache import CACHE_JSON, read_tensor_cache, write_tensor_cache
+from lowbit.artifact import TENSOR_CACHE
+from lowbit.compiler.tensor_cache import read_tensor_cache, write_tensor_cache
 from lowbit.errors import LowbitError
 
 
@@ -38,7 +39,7 @@ def test_tvm_loader_reads_what_we_wrote(tmp_path, arrays):
 
 
 def _shard(tmp_path):
-    info = json.loads((tmp_path / CACHE_JSON).read_text())
+    info = json.loads((tmp_path / TENSOR_CACHE).read_text())
     return tmp_path / info["records"][0]["dataPath"]
 
 
@@ -55,6 +56,6 @@ def test_truncated_missing_corrupt_shard(tmp_path, arrays):
     shard.unlink()
     with pytest.raises(LowbitError, match="missing weight shard"):
         read_tensor_cache(tmp_path)
-    (tmp_path / CACHE_JSON).unlink()
+    (tmp_path / TENSOR_CACHE).unlink()
     with pytest.raises(LowbitError, match="not an MLC weight folder"):
         read_tensor_cache(tmp_path)

@@ -8,8 +8,9 @@ import io
 import numpy as np
 import pytest
 
+from lowbit.artifact import read_tensor_cache_index
 from lowbit.errors import LowbitError
-from lowbit.runtime.weights import load_params, read_tensor_cache_index
+from lowbit.runtime.weights import load_params
 
 
 @pytest.fixture()

@@ -39,5 +39,5 @@ def test_llvm_preset_builds_a_tvm_target():
     preset = PRESETS["llvm"]
     target = preset.tvm_target()
     assert target.kind.name == "llvm"
-    assert preset.library == "so"
-    assert preset.target() in LLVM_ISA.values()
+    assert preset.formats[0].suffix == ".so"
+    assert preset.target(None) in LLVM_ISA.values()

@@ -1,4 +1,6 @@
-"""The relax pipeline for CPU: stock legalization and fusion, then our schedules, then lowering.
+"""The CPU backend's relax pipeline: stock legalization and fusion, our schedules, lowering.
+
+Used by the ``llvm`` (host) and ``aarch64`` targets.
 
 Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
 1. library dispatch (sampling, sort/scan);
@@ -11,10 +13,10 @@ Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 from tvm.s_tir import dlight
 
 from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
+from lowbit.targets.phases import phased_pipeline
 
 
 @tvm.transform.module_pass(opt_level=0, name="MarkAllNoAlias")
@@ -35,26 +37,9 @@ def mark_all_noalias(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.
     return out
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """The module pass :func:`tvm.compile` runs as ``relax_pipeline`` for an llvm target."""
+def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The relax pipeline for an llvm target: stock legalization and fusion, then our schedules."""
     from tvm.relax.backend.cpu_generic import pipeline as stock
 
-    @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            seq = tvm.transform.Sequential(
-                stock.library_dispatch_passes(target)
-                + stock.legalize_passes(target)
-                + [dlight.ApplyDefaultSchedule(QuantMatmulCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction()),
-                   mark_all_noalias]
-                + stock.dataflow_lower_passes(target)
-                + stock.finalize_passes(target)
-            )
-            return seq(mod)
-
-    return _pipeline
-
-
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Compile an exported relax module for ``target`` (llvm) with :func:`cpu_pipeline`."""
-    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    rules = dlight.ApplyDefaultSchedule(QuantMatmulCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
+    return phased_pipeline(target, stock, stock.legalize_passes(target) + [rules, mark_all_noalias])

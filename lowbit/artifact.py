@@ -1,0 +1,197 @@
+"""The MLC artifact contract: file names, readers and the compiled library's metadata.
+
+An MLC model is a weight folder (``mlc-chat-config.json``, ``tensor-cache.json``,
+``params_shard_*.bin``, tokenizer files) plus a model library built for one target. Convert
+writes the folder, compile writes the library, and the runtime, the server and the app packager
+read both through this module. It imports neither torch nor the TVM compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+
+CHAT_CONFIG = "mlc-chat-config.json"
+TENSOR_CACHE = "tensor-cache.json"
+METADATA_FUNC = "_metadata"  # every library lowbit compiles returns its metadata JSON here
+METADATA_FORMAT = 2
+CHAT_CONFIG_KEYS = ("model_type", "quantization", "model_config")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LowbitError(f"{path} is not a valid {what} (bad JSON: {e})") from None
+
+
+def read_chat_config(folder: Path) -> dict:
+    """``mlc-chat-config.json`` of an MLC folder, with the keys every stage needs checked."""
+    path = Path(folder) / CHAT_CONFIG
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG})")
+    chat = _read_json(path, "chat config")
+    if not isinstance(chat, dict):
+        raise LowbitError(f"{path} is not a JSON object")
+    for key in CHAT_CONFIG_KEYS:
+        if key not in chat:
+            raise LowbitError(f"{path} has no {key!r}")
+    if not isinstance(chat["model_config"], dict):
+        raise LowbitError(f"{path}: 'model_config' is not an object")
+    return chat
+
+
+# -- tensor-cache.json ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamRecord:
+    """One tensor of the cache: where it lives and what it is."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    encoding: str  # "raw" or "f32-to-bf16"
+    shard: str
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class TensorCache:
+    """The parsed ``tensor-cache.json`` of an MLC folder."""
+
+    folder: Path
+    records: dict[str, ParamRecord]  # in file order
+    shards: list[dict]
+    metadata: dict
+
+
+def read_tensor_cache_index(folder: Path) -> TensorCache:
+    """Parse ``tensor-cache.json`` (no shard is read)."""
+    folder = Path(folder)
+    path = folder / TENSOR_CACHE
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not an MLC weight folder (no {TENSOR_CACHE})")
+    info = _read_json(path, "tensor cache index")
+    try:
+        records = {
+            r["name"]: ParamRecord(
+                r["name"], tuple(r["shape"]), r["dtype"], r.get("format", "raw"),
+                shard["dataPath"], r["byteOffset"], r["nbytes"],
+            )
+            for shard in info["records"]
+            for r in shard["records"]
+        }
+    except (KeyError, TypeError) as e:
+        raise LowbitError(f"{path} is not a valid tensor cache index ({type(e).__name__}: {e})") from None
+    return TensorCache(folder, records, info["records"], info.get("metadata", {}))
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_shards(cache: TensorCache, check_md5: bool = True) -> None:
+    """Every shard exists with the recorded size (and md5), else a one-line :class:`LowbitError`."""
+    for shard in cache.shards:
+        path = cache.folder / shard["dataPath"]
+        if not path.is_file():
+            raise LowbitError(f"missing weight shard {path}")
+        size = path.stat().st_size
+        if size != shard["nbytes"]:
+            raise LowbitError(f"weight shard {path} has {size} bytes, expected {shard['nbytes']} (truncated?)")
+        if check_md5 and "md5sum" in shard and _md5(path) != shard["md5sum"]:
+            raise LowbitError(f"weight shard {path} fails its md5 check (corrupted)")
+
+
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def record_array(rec: ParamRecord, shard: np.ndarray) -> np.ndarray:
+    """The record's data from its shard's bytes (uint8): a view when no decoding is needed."""
+    buf = shard[rec.offset : rec.offset + rec.nbytes]
+    if rec.dtype == "bfloat16" or (rec.encoding == "f32-to-bf16" and rec.dtype == "float32"):
+        return _bf16_to_f32(buf.view(np.uint16)).reshape(rec.shape)
+    return buf.view(np.dtype(rec.dtype)).reshape(rec.shape)
+
+
+# -- the library's metadata ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class LibraryMetadata:
+    """What a compiled library is for; ``lowbit compile`` stores it as JSON in ``_metadata``.
+
+    ``device`` is the TVM runtime device the library's kernels run on (``cpu``, ``cuda``,
+    ``metal``, ``opencl``, ``webgpu``); ``params`` lists every weight the library takes, in
+    argument order, as ``{"name", "shape", "dtype"}`` (a negative or symbolic dimension matches
+    any size). This schema is lowbit's own: MLC-LLM's runtime does not read it.
+    """
+
+    model_type: str
+    quantization: str
+    target: str  # the lowbit target preset (llvm, cuda, iphone, …)
+    device: str
+    compute_dtype: str
+    context_window_size: int
+    prefill_chunk_size: int
+    config: dict = field(default_factory=dict)
+    params: list[dict] = field(default_factory=list)
+    tvm_target: str = ""
+    system_lib_prefix: str = ""  # static (system-lib) builds: the prefix of every symbol
+    format: int = METADATA_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LibraryMetadata:
+        """Parse the JSON; libraries of format 1 (CPU only, before targets) still load."""
+        raw = json.loads(text)
+        fmt = int(raw.get("format", 1))
+        if fmt > METADATA_FORMAT:
+            raise LowbitError(f"model library metadata format {fmt} is newer than this lowbit "
+                              f"understands ({METADATA_FORMAT}): upgrade lowbit")
+        if fmt == 1:
+            raw = {**raw, "tvm_target": raw.get("target", ""), "target": "llvm", "device": "cpu"}
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def param_names(self, cache: TensorCache, library: str) -> list[str]:
+        """The library's parameter names, after checking the folder's weights fit them."""
+        for p in self.params:
+            rec = cache.records.get(p["name"])
+            if rec is None:
+                raise LowbitError(f"model library {library} needs weight {p['name']}, which "
+                                  f"{cache.folder} lacks (wrong library for this folder?)")
+            want = tuple(p["shape"])
+            fits = len(want) == len(rec.shape) and all(
+                not isinstance(w, int) or w < 0 or w == h for w, h in zip(want, rec.shape, strict=True))
+            if not fits or p["dtype"] != rec.dtype:
+                raise LowbitError(f"model library {library} expects {p['name']} as {p['dtype']}{list(want)}, "
+                                  f"{cache.folder} has {rec.dtype}{list(rec.shape)} (wrong library for this folder?)")
+        return [p["name"] for p in self.params]
+
+    def check_chat_config(self, chat: dict, library: str, folder: Path) -> None:
+        """Refuse a folder whose model type or scheme differs from the library's."""
+        for key in ("model_type", "quantization"):
+            if getattr(self, key) != chat.get(key):
+                raise LowbitError(f"model library {library} is for {key} {getattr(self, key)!r} but "
+                                  f"{folder} has {chat.get(key)!r}")
+
+
+def system_lib_prefix(model_type: str, quantization: str, metadata_json: str) -> str:
+    """MLC's static-library prefix, ``<model_type>_<quantization>_<hash>_``: two models (or two
+    builds of one) linked into the same app never share a symbol."""
+    digest = hashlib.sha256(metadata_json.encode()).hexdigest()[:8]
+    clean = "".join(c if c.isalnum() else "_" for c in f"{model_type}_{quantization}")
+    return f"{clean}_{digest}_"

@@ -1,0 +1,64 @@
+"""The GPU backends' relax pipeline: TVM's stock GPU phases with dlight's GPU schedule rules.
+
+Used by ``cuda``, ``metal``, ``iphone``, ``opencl``, ``android`` and ``webgpu``. The rules are
+the stock list of ``relax.backend.gpu_generic`` (Matmul, GEMV, Reduction, GeneralReduction,
+Fallback) with two changes the fused dequantize→matmul kernels need:
+
+* a rule that raises on a kernel counts as "does not apply" and the next rule is tried: on CUDA,
+  Matmul's tensor-core path raises a ``ScheduleError`` on the prefill kernels (their dequantized
+  weight panel is a block of its own), which then fall to GEMV/Fallback;
+* Metal leaves Matmul out: its simdgroup tensorization crashes the process on those kernels.
+
+These are generic schedules; lowbit's own fused GPU kernels replace them for the quantized
+matmuls (the "GPU kernels" issue).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight
+
+from lowbit.targets.phases import phased_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+class FallThrough(dlight.ScheduleRule):
+    """``rule``, except that an exception while scheduling means "not applicable"."""
+
+    def __init__(self, rule: dlight.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except RuntimeError as e:  # ScheduleError and TVM's internal errors
+            name = func.attrs.get("global_symbol", "?") if func.attrs else "?"
+            logger.debug("%s does not schedule %s: %s", type(self.rule).__name__, name,
+                         str(e).strip().splitlines()[-1])
+            return None
+
+    def is_target_available(self, target) -> bool:
+        return self.rule.is_target_available(target)
+
+
+def schedule_rules(target: tvm.target.Target) -> list[dlight.ScheduleRule]:
+    """dlight's GPU rules for ``target``, in the order they are tried."""
+    rules = [dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+    if target.kind.name != "metal":
+        rules.insert(0, dlight.gpu.Matmul())
+    return [FallThrough(r) for r in rules]
+
+
+def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The relax pipeline for a GPU target: stock legalization and fusion, dlight's GPU rules."""
+    from tvm.relax.backend.gpu_generic import pipeline as stock
+
+    return phased_pipeline(target, stock, [
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(),
+        dlight.ApplyDefaultSchedule(*schedule_rules(target)),
+    ])

@@ -1,0 +1,73 @@
+"""Build tools a target needs: how each is found and how to install it.
+
+A missing tool is reported in one line, naming the tool and its install command, before anything
+is compiled or written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+
+
+def _which(*names: str) -> Callable[[], list[str] | None]:
+    def find() -> list[str] | None:
+        for name in names:
+            if path := shutil.which(name):
+                return [path]
+        return None
+
+    return find
+
+
+def _find_nvcc() -> list[str] | None:
+    roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    for root in filter(None, roots):
+        if (Path(root) / "bin" / "nvcc").is_file():
+            return [str(Path(root) / "bin" / "nvcc")]
+    if path := shutil.which("nvcc"):
+        return [path]
+    spec = importlib.util.find_spec("nvidia")  # PyPI nvidia-cuda-nvcc
+    for base in (spec.submodule_search_locations if spec else []) or []:
+        for nvcc in sorted(Path(base).glob("*/bin/nvcc")):
+            return [str(nvcc)]
+    return None
+
+
+def _find_zig() -> list[str] | None:
+    if importlib.util.find_spec("ziglang") is not None:  # PyPI ziglang
+        return [sys.executable, "-m", "ziglang"]
+    return _which("zig")()
+
+
+@dataclass(frozen=True)
+class Tool:
+    """An external program: ``find`` returns its command line (argv prefix) or None."""
+
+    name: str
+    find: Callable[[], list[str] | None]
+    install: str
+
+    def command(self) -> list[str]:
+        """The argv prefix to run the tool, or a one-line error saying how to install it."""
+        found = self.find()
+        if found is None:
+            raise LowbitError(f"{self.name} not found: {self.install}")
+        return found
+
+
+HOST_CXX = Tool("g++", _which("g++", "c++", "clang++"), "install a C++ compiler (apt-get install g++)")
+AARCH64_CXX = Tool("aarch64-linux-gnu-g++", _which("aarch64-linux-gnu-g++"),
+                   "apt-get install g++-aarch64-linux-gnu")
+NVCC = Tool("nvcc", _find_nvcc,
+            "install the CUDA toolkit, or pip install nvidia-cuda-nvcc nvidia-cuda-cccl (or set CUDA_PATH)")
+LLVM_AR = Tool("llvm-ar", _which("llvm-ar", *(f"llvm-ar-{v}" for v in range(22, 13, -1))),
+               "apt-get install llvm (a Mach-O linker needs llvm-ar's darwin archives; GNU ar will not do)")
+ZIG = Tool("zig", _find_zig, "pip install ziglang (links Mach-O and Android shared objects)")
