@@ -170,6 +170,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         device="opencl", compute_dtype="float32", backend="gpu", target=_fixed({"kind": "opencl"}),
         host=host_llvm, formats=(_SHARED,),
     ),
+    Preset(
+        name="webgpu", summary="WebGPU: WGSL kernels, wasm32 host objects (link with emcc + TVM's web runtime)",
+        device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
+        host=_fixed({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}), system_lib=True,
+        formats=(LibraryFormat(".tar", "wasm objects", export.object_tar),),
+    ),
 )}
 
 

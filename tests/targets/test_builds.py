@@ -2,11 +2,12 @@
 
 No GPU here: each library is checked on the artifact itself (object formats, symbols, linking two
 models into one app) and its kernels are compiled by a real implementation of the API where this
-machine has one (PoCL for OpenCL, clang for OpenCL C 2.0).
+machine has one (PoCL for OpenCL, lavapipe through wgpu for WGSL, clang for OpenCL C 2.0).
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -174,6 +175,34 @@ def test_metal_objects_and_dylib(tiny_mlc, tmp_path):
                              capture_output=True, text=True, check=True).stdout
     assert "MH_DYLIB" in headers or "DYLIB" in headers
     assert "platform macos" in headers or "platform 1" in headers
+
+
+def test_webgpu_wasm_objects_and_wgsl_compiles(tiny_mlc, tmp_path):
+    wgpu = require_module("wgpu", "compiles WGSL on lavapipe")
+    tar = tmp_path / "model.tar"
+    executable, meta = build_library(tiny_mlc("q4f16_1"), "webgpu", tar)
+    assert meta.device == "webgpu"
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        t.extractall(tmp_path / "objects", filter="data")
+    objects = sorted((tmp_path / "objects").glob("*.o"))
+    assert objects and all(o.read_bytes()[:4] == b"\0asm" for o in objects)
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        require("mesa-vulkan-drivers-missing", "lavapipe runs Vulkan on the CPU")
+    assert "shader-f16" in adapter.features, "the adapter cannot compile fp16 WGSL"
+    # WebGPU's default limits (e.g. 16 KiB of workgroup storage): what a browser grants
+    device = adapter.request_device_sync(required_features=["shader-f16"])
+    kernels = kernel_sources(executable, "webgpu")
+    for name, src in kernels.items():
+        entry = re.search(r"@compute[^\n]*\nfn (\w+)\(", src)
+        try:
+            module = device.create_shader_module(code=src)
+            device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": entry[1]})
+        except Exception as e:  # wgpu raises its own validation error types
+            pytest.fail(f"{name}: {e}")
+    assert len(kernels) > 20
 
 
 def test_wrong_suffix_and_missing_tool_are_one_line_errors(tiny_mlc, tmp_path, monkeypatch):
