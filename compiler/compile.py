@@ -104,11 +104,11 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     chat = read_chat_config(args.mlc_dir)
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
-    executable, metadata = build(chat, preset, options)
+    executable, _ = build(chat, preset, options)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
     with atomic_file(Path(args.out), args.overwrite) as tmp:
-        fmt.export(executable, Path(tmp), replace(options, prefix=metadata.system_lib_prefix))
+        fmt.export(executable, Path(tmp), options)
     steps.update()
     steps.close()
     return Path(args.out)

@@ -60,10 +60,9 @@ def host_llvm() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Per-build choices: CUDA architectures, and the symbol prefix of a system-lib build."""
+    """Per-build choices (the system-lib prefix is not one: it comes from the metadata)."""
 
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
-    prefix: str = ""
 
 
 @dataclass(frozen=True)

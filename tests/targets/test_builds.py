@@ -33,7 +33,7 @@ def build_library(mlc: Path, target: str, out: Path):
     preset's exporter for that suffix (what ``lowbit compile`` does, minus the CLI)."""
     preset = get_preset(target)
     executable, metadata = build(read_chat_config(mlc), preset)
-    preset.library_format(out).export(executable, out, BuildOptions(prefix=metadata.system_lib_prefix))
+    preset.library_format(out).export(executable, out, BuildOptions())
     return executable, metadata
 
 
