@@ -190,8 +190,9 @@ class LibraryMetadata:
 
 
 def system_lib_prefix(model_type: str, quantization: str, metadata_json: str) -> str:
-    """MLC's static-library prefix, ``<model_type>_<quantization>_<hash>_``: two models (or two
-    builds of one) linked into the same app never share a symbol."""
+    """MLC's static-library prefix, ``<model_type>_<quantization>_<hash>_``, the hash over the
+    library's metadata (config, target, parameters): two different models linked into one app
+    never share a symbol, and the same model built again keeps its prefix."""
     digest = hashlib.sha256(metadata_json.encode()).hexdigest()[:8]
     clean = "".join(c if c.isalnum() else "_" for c in f"{model_type}_{quantization}")
     return f"{clean}_{digest}_"

@@ -45,7 +45,7 @@ def test_metadata_round_trip_and_old_format():
         LibraryMetadata.from_json(json.dumps({**old, "format": METADATA_FORMAT + 1}))
 
 
-def test_system_lib_prefix_is_a_c_identifier_per_build():
+def test_system_lib_prefix_is_a_c_identifier_per_model():
     a = system_lib_prefix("qwen2", "w4a16g128asym", '{"a": 1}')
     assert a.startswith("qwen2_w4a16g128asym_") and a.endswith("_") and a.replace("_", "").isalnum()
     assert a == system_lib_prefix("qwen2", "w4a16g128asym", '{"a": 1}')
