@@ -79,9 +79,11 @@ class Engine:
         self.chat_config = read_chat_config(self.model_dir)
         self.cache_index = read_tensor_cache_index(self.model_dir)
         library = _load_library(lib)
-        self.metadata = _library_metadata(library, lib)
+        cpu_vm = VirtualMachine(library, tvm.cpu())  # the metadata function is host code
+        self.metadata = _library_metadata(cpu_vm, lib)
         self.device = _open_device(self.metadata.device if self.metadata else "cpu", lib)
-        self.vm = VirtualMachine(library, self.device)
+        on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        self.vm = cpu_vm if on_cpu else VirtualMachine(library, self.device)
         if self.metadata is None:  # not built by lowbit: trust the folder's order
             names = list(self.cache_index.records)
         else:
@@ -305,14 +307,10 @@ def _load_library(path: Path):
         raise LowbitError(f"cannot load model library {path}: {str(e).splitlines()[0]}") from None
 
 
-def _library_metadata(library, path: Path) -> LibraryMetadata | None:
-    """The library's metadata (None for a library lowbit did not build). Read through a CPU VM:
-    the metadata function is host code, whatever the library's device."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
+def _library_metadata(vm, path: Path) -> LibraryMetadata | None:
+    """The library's metadata (None for a library lowbit did not build)."""
     try:
-        fn = VirtualMachine(library, tvm.cpu())[METADATA_FUNC]
+        fn = vm[METADATA_FUNC]
     except Exception:  # noqa: BLE001 - no such function
         return None
     try:

@@ -46,16 +46,20 @@ NVCC_FLAGS = ("-O3", "-w", "--use_fast_math", "--expt-relaxed-constexpr",
               "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__")
 
 
+def sm_version(arch: str) -> tuple[int, str]:
+    """``sm_90a`` → (90, "a"), or a one-line error for anything that is not an SM architecture."""
+    m = re.fullmatch(r"sm_(\d+)([af]?)", arch)
+    if not m:
+        raise LowbitError(f"bad CUDA architecture {arch!r} (expected e.g. sm_80 or sm_90a)")
+    return int(m[1]), m[2]
+
+
 def gencode_flags(archs: tuple[str, ...]) -> list[str]:
     """``-gencode`` flags: a cubin per ``sm_XY[a]`` and PTX of the newest for later GPUs."""
-    flags, numbers = [], []
-    for arch in archs:
-        m = re.fullmatch(r"sm_(\d+)([af]?)", arch)
-        if not m:
-            raise LowbitError(f"bad CUDA architecture {arch!r} (expected e.g. sm_80 or sm_90a)")
-        flags += ["-gencode", f"arch=compute_{m[1]}{m[2]},code=sm_{m[1]}{m[2]}"]
-        numbers.append(int(m[1]))
-    newest = max(numbers)
+    flags = []
+    for number, suffix in map(sm_version, archs):
+        flags += ["-gencode", f"arch=compute_{number}{suffix},code=sm_{number}{suffix}"]
+    newest = max(number for number, _ in map(sm_version, archs))
     return [*flags, "-gencode", f"arch=compute_{newest},code=compute_{newest}"]
 
 

@@ -31,8 +31,9 @@ def run_tool(argv: list[str], what: str) -> None:
         raise LowbitError(f"{what} failed ({Path(argv[0]).name} exit {proc.returncode}): {last[0]}")
 
 
-def shared_library(executable, out: Path, _options: BuildOptions) -> None:
-    """A shared library linked by the host C++ compiler."""
+def tvm_export(executable, out: Path, _options: BuildOptions) -> None:
+    """TVM's own export, by suffix: a shared library linked by the host C++ compiler (``.so``)
+    or the host objects, device code embedded in ``devc.o``, in a tar (``.tar``)."""
     executable.export_library(str(out))
 
 
@@ -41,11 +42,6 @@ def aarch64_shared_library(executable, out: Path, _options: BuildOptions) -> Non
     from tvm.support import cc
 
     executable.export_library(str(out), fcompile=cc.cross_compiler(AARCH64_CXX.command()[0]))
-
-
-def object_tar(executable, out: Path, _options: BuildOptions) -> None:
-    """The host objects (device code embedded in ``devc.o``) in a tar, to link elsewhere."""
-    executable.export_library(str(out))
 
 
 def _objects(executable, workdir: Path) -> list[Path]:

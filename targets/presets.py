@@ -118,14 +118,15 @@ class Preset:
 
 
 def _cuda(options: BuildOptions) -> dict[str, Any]:
-    return {"kind": "cuda", "arch": min(options.cuda_archs)}  # the kernels must run on the oldest
+    """The kernels must run on the oldest architecture asked for (checked here, before building)."""
+    return {"kind": "cuda", "arch": min(options.cuda_archs, key=cuda.sm_version)}
 
 
 def _fixed(target: dict[str, Any]) -> Callable[..., dict[str, Any]]:
     return lambda *_: dict(target)
 
 
-_SHARED = LibraryFormat(".so", "shared library", export.shared_library, (HOST_CXX,))
+_SHARED = LibraryFormat(".so", "shared library", export.tvm_export, (HOST_CXX,))
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
@@ -149,7 +150,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         device="metal", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "metal"}),
         host=_fixed({"kind": "llvm", "mtriple": f"arm64-apple-macos{export.MACOS_MIN}"}),
         formats=(LibraryFormat(".dylib", "Mach-O dylib", export.macos_dylib, (ZIG,)),
-                 LibraryFormat(".tar", "Mach-O objects", export.object_tar)),
+                 LibraryFormat(".tar", "Mach-O objects", export.tvm_export)),
     ),
     Preset(
         name="iphone", summary="iOS: Metal kernels in a prefixed static archive (MLC's libmodel_iphone.a)",
@@ -173,7 +174,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         name="webgpu", summary="WebGPU: WGSL kernels, wasm32 host objects (link with emcc + TVM's web runtime)",
         device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
         host=_fixed({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}), system_lib=True,
-        formats=(LibraryFormat(".tar", "wasm objects", export.object_tar),),
+        formats=(LibraryFormat(".tar", "wasm objects", export.tvm_export),),
     ),
 )}
 

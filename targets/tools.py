@@ -27,18 +27,22 @@ def _which(*names: str) -> Callable[[], list[str] | None]:
     return find
 
 
+def nvidia_wheel_binary(name: str) -> str | None:
+    """``name`` from a PyPI ``nvidia-*`` wheel (``site-packages/nvidia/*/bin/NAME``), if installed."""
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations if spec else []) or []:
+        for path in sorted(Path(base).glob(f"*/bin/{name}")):
+            return str(path)
+    return None
+
+
 def _find_nvcc() -> list[str] | None:
     roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
     for root in filter(None, roots):
         if (Path(root) / "bin" / "nvcc").is_file():
             return [str(Path(root) / "bin" / "nvcc")]
-    if path := shutil.which("nvcc"):
-        return [path]
-    spec = importlib.util.find_spec("nvidia")  # PyPI nvidia-cuda-nvcc
-    for base in (spec.submodule_search_locations if spec else []) or []:
-        for nvcc in sorted(Path(base).glob("*/bin/nvcc")):
-            return [str(nvcc)]
-    return None
+    path = shutil.which("nvcc") or nvidia_wheel_binary("nvcc")  # PyPI nvidia-cuda-nvcc
+    return [path] if path else None
 
 
 def _find_zig() -> list[str] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import require
+from target_checks import require
 
 from lowbit.artifact import LibraryMetadata
 from lowbit.cache import cache_dir

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import device_module, kernel_sources, require, require_any, require_module
+from target_checks import device_module, kernel_sources, require, require_any, require_module
 
 from lowbit.artifact import read_chat_config
 from lowbit.cli import main

@@ -3,7 +3,6 @@ CUDA C source left to compile at load time."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,22 +10,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import require
+from target_checks import require
 
 from lowbit.cli import main
 from lowbit.errors import LowbitError
+from lowbit.targets import BuildOptions, get_preset
 from lowbit.targets.cuda import CudaPayload, blob_entries, gencode_flags
-from lowbit.targets.tools import NVCC
+from lowbit.targets.tools import NVCC, nvidia_wheel_binary
 
 BLOB_SYMBOL = "__tvm_ffi__library_bin"
 
 
 def cuobjdump() -> str:
-    spec = importlib.util.find_spec("nvidia")  # PyPI nvidia-cuda-cuobjdump
-    for base in (spec.submodule_search_locations if spec else []) or []:
-        for path in Path(base).glob("*/bin/cuobjdump"):
-            return str(path)
-    for path in (shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"):
+    for path in (nvidia_wheel_binary("cuobjdump"), shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"):
         if path and os.path.isfile(path):
             return path
     return require("cuobjdump", "lists a fatbin's cubins (pip install nvidia-cuda-cuobjdump)")
@@ -56,6 +52,13 @@ def test_gencode_flags():
         "-gencode", "arch=compute_90,code=compute_90"]
     with pytest.raises(LowbitError, match="bad CUDA architecture 'ampere'"):
         gencode_flags(("ampere",))
+
+
+def test_cuda_target_builds_for_the_oldest_arch_and_refuses_bad_ones():
+    preset = get_preset("cuda")
+    assert preset.target(BuildOptions(cuda_archs=("sm_100", "sm_90a", "sm_80")))["arch"] == "sm_80"
+    with pytest.raises(LowbitError, match="bad CUDA architecture 'ampere'"):
+        preset.target(BuildOptions(cuda_archs=("sm_80", "ampere")))
 
 
 def test_cuda_library_holds_a_fatbin_per_arch(tiny_mlc, tmp_path):
