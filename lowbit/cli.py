@@ -221,6 +221,29 @@ def chat(**kw) -> None:
     run_chat(_generate_args(**kw))
 
 
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--model-lib", type=click.Path(path_type=Path), required=True, help="compiled library (lowbit compile)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--model-id", help="the id clients name in requests  [default: MODEL_DIR's name]")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="sequences generating at once")
+@click.option("--max-total-tokens", type=int, default=16384, show_default=True,
+              help="KV cache pool, in tokens, shared by all sequences")
+@click.option("--prefill-chunk", type=int, default=256, show_default=True,
+              help="prompt tokens per prefill step, interleaved with decode steps")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="requests waiting beyond the batch; more get 503")
+@click.option("--api-key", envvar="LOWBIT_API_KEY", help="require Authorization: Bearer KEY (or $LOWBIT_API_KEY)")
+@click.option("--context-window", type=int, help="cap the context window")
+def serve(**kw) -> None:
+    """Serve a compiled model over an OpenAI-compatible REST API (/v1/chat/completions, …)."""
+    from lowbit.serve.server import ServeArgs
+    from lowbit.serve.server import serve as run_server
+
+    run_server(ServeArgs(**kw))
+
+
 @main.command(name="list")
 @click.argument("what", required=False, type=click.Choice(["models", "methods", "schemes", "targets"]))
 def list_(what: str | None) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lowbit.errors import LowbitError
+from lowbit.runtime.batching import BatchEngine, Delta, Done, Request, Usage
 from lowbit.runtime.engine import Engine, GenerationConfig, GenerationStats
 from lowbit.runtime.sampler import SamplingParams
 
@@ -60,16 +61,12 @@ def generation_config(args: GenerateArgs, engine: Engine, chat: bool) -> Generat
                             engine.default_stop_token_ids())
 
 
-def open_engine(args: GenerateArgs) -> Engine:
-    return Engine(args.model_dir, args.model_lib, context_window=args.context_window)
-
-
 def run_prompt(args: GenerateArgs, out: TextIO | None = None) -> GenerationStats:
     """Generate once from ``args.prompt``, streaming the text to ``out`` (stdout)."""
     out = out or sys.stdout
     if not args.prompt:
         raise LowbitError("--prompt is empty")
-    engine = open_engine(args)
+    engine = Engine(args.model_dir, args.model_lib, context_window=args.context_window)
     if args.chat_template:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         text = engine.template.render(messages + [{"role": "user", "content": args.prompt}])
@@ -85,30 +82,36 @@ def run_prompt(args: GenerateArgs, out: TextIO | None = None) -> GenerationStats
 
 
 class ChatSession:
-    """A multi-turn conversation on one engine sequence; each turn reuses the cached prefix."""
+    """A multi-turn conversation on the batching engine (the server's); each turn forks the
+    cached sequence of the turns before it, so only the new turn is prefilled."""
 
-    SEQ = 0
-
-    def __init__(self, engine: Engine, config: GenerationConfig, system: str | None = None):
-        self.engine, self.config, self.system = engine, config, system
+    def __init__(self, batch: BatchEngine, config: GenerationConfig, system: str | None = None):
+        self.batch, self.config, self.system = batch, config, system
         self.messages: list[dict[str, str]] = []
+        self.last_usage = Usage()
+        self.finish_reason = ""
         self.reset()
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
-        if self.engine.has_sequence(self.SEQ):
-            self.engine.rewind(self.SEQ, 0)
 
     def reply(self, user: str, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Stream the assistant's answer to ``user``; the (possibly partial) answer joins the history."""
+        engine = self.batch.engine
+        self.finish_reason = ""
         self.messages.append({"role": "user", "content": user})
-        text = self.engine.template.render(self.messages)
-        ids = self.engine.tokenizer.encode(text, add_special_tokens=False)
-        answer = []
+        ids = engine.tokenizer.encode(engine.template.render(self.messages), add_special_tokens=False)
+        answer: list[str] = []
         try:
-            for delta in self.engine.generate(ids, self.config, self.SEQ, should_stop):
-                answer.append(delta)
-                yield delta
+            for event in self.batch.stream(Request(ids, self.config), should_stop, keep_prefix=True):
+                if isinstance(event, Delta):
+                    answer.append(event.text)
+                    self.finish_reason = event.finish_reason or self.finish_reason
+                    yield event.text
+                elif isinstance(event, Done):
+                    self.last_usage = event.usage
+                else:
+                    raise LowbitError(event.message)
         except LowbitError:
             self.messages.pop()
             raise
@@ -133,11 +136,18 @@ def _interruptible() -> Iterator[Callable[[], bool]]:
 def chat(args: GenerateArgs, stdin: TextIO | None = None, out: TextIO | None = None) -> None:
     """The interactive loop: a line is a user turn; Ctrl-C stops a reply, Ctrl-D or /exit leaves."""
     stdin, out = stdin or sys.stdin, out or sys.stdout
-    engine = open_engine(args)
-    session = ChatSession(engine, generation_config(args, engine, chat=True), args.system)
+    engine = Engine(args.model_dir, args.model_lib, max_batch_size=2, context_window=args.context_window)
+    batch = BatchEngine(engine, max_running=1).start()
+    out.write(f"lowbit chat: {args.model_dir} ({engine.chat_config.get('quantization')}). {HELP}\n")
+    try:
+        _chat_loop(ChatSession(batch, generation_config(args, engine, chat=True), args.system), stdin, out)
+    finally:
+        batch.shutdown(drain=False)
+
+
+def _chat_loop(session: ChatSession, stdin: TextIO, out: TextIO) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
-    out.write(f"lowbit chat: {args.model_dir} ({engine.chat_config.get('quantization')}). {HELP}\n")
     while True:
         try:
             line = input(">>> ") if stdin is sys.stdin else _read_line(stdin, out)
@@ -156,7 +166,7 @@ def chat(args: GenerateArgs, stdin: TextIO | None = None, out: TextIO | None = N
             session.reset()
             out.write("(conversation reset)\n")
         elif line == "/stats":
-            out.write(engine.last_stats.summary() + "\n")
+            out.write(session.last_usage.summary() + "\n")
         elif line == "/help" or line.startswith("/"):
             out.write(HELP + "\n")
         else:
@@ -181,6 +191,6 @@ def _answer(session: ChatSession, line: str, out: TextIO) -> None:
     except LowbitError as e:  # e.g. the conversation outgrew the context window
         out.write(f"\nerror: {e} (use /reset)\n")
         return
-    if session.engine.last_stats.finish_reason == "interrupted":
+    if session.finish_reason == "interrupted":
         out.write(" [interrupted]")
     out.write("\n")

@@ -3,14 +3,15 @@
 The library exports what MLC-LLM's llama model exports (``embed``, ``prefill``, ``decode``,
 ``create_paged_kv_cache``, ``_metadata``; params packed as the last argument). Each sequence's
 tokens in the cache are tracked, so a new request for a sequence reuses the common prefix and
-prefills only the rest, in chunks of at most ``prefill_chunk_size`` tokens.
+prefills only the rest, in chunks of at most ``prefill_chunk_size`` tokens. The KV cache is one
+pool of :data:`PAGE_SIZE`-token pages shared by all sequences; forks share their parent's pages.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -71,7 +72,10 @@ class Engine:
     """Loads weights once and runs sequences on the device the library was built for."""
 
     def __init__(self, model_dir: Path, model_lib: Path, *, max_batch_size: int = 1,
-                 context_window: int | None = None, check_md5: bool = True):
+                 context_window: int | None = None, max_total_tokens: int | None = None,
+                 prefill_chunk: int | None = None, check_md5: bool = True):
+        """``max_batch_size``: sequences held at once; ``max_total_tokens``: the KV pool (default
+        one context window per sequence); ``prefill_chunk``: at most the library's chunk size."""
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -93,16 +97,22 @@ class Engine:
         md = self.metadata
         limit = int(md.context_window_size if md else self.chat_config["context_window_size"])
         self.context_window = min(context_window or limit, limit)
-        self.prefill_chunk = int(md.prefill_chunk_size if md else self.chat_config["prefill_chunk_size"])
+        library_chunk = int(md.prefill_chunk_size if md else self.chat_config["prefill_chunk_size"])
+        self.prefill_chunk = min(prefill_chunk or library_chunk, library_chunk)
+        if self.prefill_chunk < 1 or max_batch_size < 1 or (max_total_tokens or 1) < 1:
+            raise LowbitError("the prefill chunk, batch size and KV pool must be positive")
         self.max_batch_size = max_batch_size
+        self.max_total_tokens = max_total_tokens or self.context_window * max_batch_size
         shape = tvm.runtime.ShapeTuple
         self.kv = self.vm["create_paged_kv_cache"](
-            shape([max_batch_size]), shape([self.context_window * max_batch_size]),
-            shape([self.prefill_chunk]), shape([PAGE_SIZE]), shape([0]),
+            shape([max_batch_size]), shape([self.max_total_tokens]),
+            shape([library_chunk]), shape([PAGE_SIZE]), shape([0]),
         )
         self._f = {name: tvm.get_global_func(f"vm.builtin.{name}") for name in (
             "kv_state_add_sequence", "kv_state_remove_sequence", "kv_state_fork_sequence",
-            "kv_state_popn", "kv_state_begin_forward", "kv_state_end_forward")}
+            "kv_state_popn", "kv_state_begin_forward", "kv_state_end_forward",
+            "attention_kv_cache_get_num_available_pages")}
+        self.total_pages = self.free_pages()
         self._tokens: dict[int, list[int]] = {}  # sequence id → tokens in the KV cache
         self.last_stats = GenerationStats()
 
@@ -126,18 +136,27 @@ class Engine:
         self._tokens[seq_id] = []
         return seq_id
 
-    def fork_sequence(self, parent: int, seq_id: int | None = None) -> int:
-        """A new sequence sharing ``parent``'s cached tokens (pages are shared, not copied)."""
+    def fork_sequence(self, parent: int, seq_id: int | None = None, length: int | None = None) -> int:
+        """A new sequence sharing the first ``length`` (default all) of ``parent``'s cached tokens
+        (whole pages are shared, not copied)."""
         seq_id = self._new_id() if seq_id is None else seq_id
         if len(self._tokens) >= self.max_batch_size:
             raise LowbitError(f"the engine holds at most {self.max_batch_size} sequences")
-        self._f["kv_state_fork_sequence"](self.kv, self._known(parent), seq_id, -1)
-        self._tokens[seq_id] = list(self._tokens[parent])
+        cached = self._tokens[self._known(parent)]
+        length = len(cached) if length is None else length
+        if not 0 < length <= len(cached):
+            raise LowbitError(f"cannot fork {length} of sequence {parent}'s {len(cached)} tokens")
+        self._f["kv_state_fork_sequence"](self.kv, parent, seq_id, -1 if length == len(cached) else length)
+        self._tokens[seq_id] = cached[:length]
         return seq_id
 
     def remove_sequence(self, seq_id: int) -> None:
         self._f["kv_state_remove_sequence"](self.kv, self._known(seq_id))
         del self._tokens[seq_id]
+
+    def free_pages(self) -> int:
+        """KV pages no sequence holds."""
+        return int(self._f["attention_kv_cache_get_num_available_pages"](self.kv))
 
     def has_sequence(self, seq_id: int) -> bool:
         return seq_id in self._tokens
@@ -264,36 +283,62 @@ class Engine:
 
     def _decode_loop(self, seq_id: int, logits: np.ndarray, config: GenerationConfig,
                      stats: GenerationStats, should_stop: Callable[[], bool] | None) -> Iterator[str]:
-        sampler = Sampler(config.sampling)
-        stop_ids = set(config.stop_token_ids)
-        stream, stops = StreamDecoder(self.tokenizer), StopStrings(config.stop_strings)
+        gen = Generation(self.tokenizer, config)
         t0 = time.perf_counter()
         while True:
             if should_stop is not None and should_stop():
-                stats.finish_reason = "interrupted"
-                break
-            token = sampler(logits, self._tokens[seq_id])
-            stats.decode_tokens += 1
-            if token in stop_ids:
-                stats.finish_reason = "stop"
-                break
-            text, hit = stops.push(stream.push(token))
-            if text:
-                yield text
-            if hit:
-                stats.finish_reason = "stop"
-                break
-            if stats.decode_tokens >= config.max_new_tokens:
-                stats.finish_reason = "length"
-                break
-            if len(self._tokens[seq_id]) + 1 > self.context_window:
-                stats.finish_reason = "context"
+                gen.finish("interrupted")
+            else:
+                room = self.context_window - len(self._tokens[seq_id])
+                token, text = gen.push(logits, self._tokens[seq_id], room)
+                if text:
+                    yield text
+            if gen.finish_reason:
                 break
             logits = self.decode(seq_id, token)
+        stats.decode_tokens, stats.finish_reason = gen.sampled, gen.finish_reason
         stats.decode_seconds = time.perf_counter() - t0
-        if stats.finish_reason != "stop":
-            if rest := stops.flush():
-                yield rest
+        if rest := gen.flush():
+            yield rest
+
+
+class Generation:
+    """One sequence's generation: samples each next token and turns it into text, stopping on a
+    stop token (not emitted), a stop string (cut before it), the token budget or the context."""
+
+    def __init__(self, tokenizer: Tokenizer, config: GenerationConfig, seed_offset: int = 0):
+        params = config.sampling
+        if seed_offset and params.seed is not None:  # n > 1: each choice draws its own stream
+            params = replace(params, seed=params.seed + seed_offset)
+        self.config, self.sampler = config, Sampler(params)
+        self.stream, self.stops = StreamDecoder(tokenizer), StopStrings(config.stop_strings)
+        self.stop_ids = set(config.stop_token_ids)
+        self.sampled = 0  # tokens sampled, the stop token included
+        self.finish_reason = ""  # "stop", "length", "context" or "interrupted" once finished
+
+    def push(self, logits: np.ndarray, history: Sequence[int], room: int) -> tuple[int, str]:
+        """Sample from ``logits`` (``history``: the tokens so far, ``room``: KV slots left);
+        (the token to feed next, the text that may be emitted now)."""
+        token = self.sampler(logits, history)
+        self.sampled += 1
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+            return token, ""
+        text, hit = self.stops.push(self.stream.push(token))
+        if hit:
+            self.finish_reason = "stop"
+        elif self.sampled >= self.config.max_new_tokens:
+            self.finish_reason = "length"
+        elif room < 1:
+            self.finish_reason = "context"
+        return token, text
+
+    def finish(self, reason: str) -> None:
+        self.finish_reason = self.finish_reason or reason
+
+    def flush(self) -> str:
+        """Text held back as a possible stop string's start, once finished other than by one."""
+        return "" if self.finish_reason == "stop" else self.stops.flush()
 
 
 def _load_library(path: Path):

@@ -41,15 +41,14 @@ def test_q0f32_greedy_run_equals_torch(bundled_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["w4a16g128asym"])  # q4f16_1 passes too (CI time)
-def test_quantized_greedy_equals_torch_where_the_margin_allows(bundled_dir, tmp_path_factory, scheme):
+def test_quantized_greedy_equals_torch_where_the_margin_allows(bundled_w4):  # q4f16_1 passes too
     """Teacher-forced on PyTorch's greedy tokens (same dequantized weights): logits agree, and the
     argmax agrees wherever PyTorch's top-2 margin exceeds the logits' tolerance."""
     from lowbit.compiler.mlc_reader import load_mlc_model
     from lowbit.runtime.engine import Engine
 
     tol = 2e-3  # fp32 compute; fp16 scales are dequantized exactly on both sides
-    mlc, lib = _build(bundled_dir, tmp_path_factory, scheme)
+    mlc, lib = bundled_w4.mlc_dir, bundled_w4.lib
     model = load_mlc_model(mlc)
     engine = Engine(mlc, lib)
     decided = 0

@@ -93,7 +93,9 @@ def test_chat_in_a_terminal(tiny_chat):
     assert _turn(term, "And then?") == _reference_reply(tiny_chat, tokenizer, model, messages)
 
     stats = _turn(term, "/stats")
-    assert re.fullmatch(r"prefill: \d+ tok, [\d.]+ tok/s; decode: \d+ tok, [\d.]+ tok/s", stats)
+    assert re.fullmatch(r"prefill: \d+ tok \((\d+) cached\), [\d.]+ tok/s; decode: \d+ tok, [\d.]+ tok/s; "
+                        r"first token after [\d.]+ s", stats)
+    assert int(re.search(r"\((\d+) cached\)", stats).group(1)) > 0  # the second turn reused the first
     assert _turn(term, "/reset") == "(conversation reset)"
     assert _turn(term, "Hi there") == first  # the history is gone
 

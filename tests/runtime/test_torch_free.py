@@ -1,5 +1,6 @@
-"""The runtime needs neither torch nor the TVM compiler: generate in a venv that has only
-``apache-tvm`` (runtime-only mode), ``tokenizers``, NumPy, jinja2, click and lowbit (no deps)."""
+"""The runtime and the server need neither torch nor the TVM compiler: generate and serve in a venv
+that has only ``apache-tvm`` (runtime-only mode), ``tokenizers``, NumPy, jinja2, click, the
+server's ASGI stack and lowbit (no deps)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 from lowbit.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIME_DEPS = ["apache-tvm==0.27.0.post1", "tokenizers", "numpy", "jinja2", "click", "setuptools>=77"]
+RUNTIME_DEPS = ["apache-tvm==0.27.0.post1", "tokenizers", "numpy", "jinja2", "click", "setuptools>=77",
+                "fastapi", "uvicorn", "prometheus-client", "httpx"]  # httpx: the test client
 
 
 def _pip(venv: Path, *args: str) -> None:
@@ -66,6 +68,22 @@ def test_generation_without_torch(tiny_chat, tmp_path):
     assert result.stdout == tokenizer.decode(ref) + "\n"
 
     # the same process shape, asserting what was (not) loaded
+    # the server's app, in-process: a completion equal to `lowbit run`'s, and still no torch
+    check = (
+        "import sys; from fastapi.testclient import TestClient; "
+        "from lowbit.serve.app import ServeArgs, create_app; "
+        f"app = create_app(ServeArgs({str(tiny_chat.mlc_dir)!r}, {str(tiny_chat.lib)!r}))\n"
+        "with TestClient(app) as c:\n"
+        "    import time\n"
+        "    while c.get('/health').status_code != 200: time.sleep(0.1)\n"
+        f"    r = c.post('/v1/completions', json={{'prompt': {prompt!r}, 'max_tokens': 12, 'temperature': 0}})\n"
+        "    print(r.json()['choices'][0]['text'])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    out = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == result.stdout
+
     check = (
         "import sys; from lowbit.runtime.engine import Engine; "
         f"e = Engine({str(tiny_chat.mlc_dir)!r}, {str(tiny_chat.lib)!r}); "

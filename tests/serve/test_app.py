@@ -1,0 +1,89 @@
+"""The app in-process on the tiny model: loading, a full queue, the request models, CLI errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from lowbit.cli import main
+from lowbit.runtime.batching import Request
+from lowbit.runtime.engine import GenerationConfig
+from lowbit.serve import protocol
+from lowbit.serve.app import ServeArgs, Server, create_app
+
+
+def _wait(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_loading_then_a_full_queue_get_503_with_retry_after(tiny_chat, monkeypatch):
+    release, load = threading.Event(), Server.load
+
+    def slow_load(self):
+        release.wait(60)
+        load(self)
+
+    monkeypatch.setattr(Server, "load", slow_load)
+    app = create_app(ServeArgs(tiny_chat.mlc_dir, tiny_chat.lib, max_batch=1, max_queue=1))
+    with TestClient(app) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json() == {"status": "loading"} and r.headers["retry-after"]
+        r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+        release.set()
+        _wait(lambda: c.get("/health").status_code == 200)
+
+        batch = app.state.server.batch
+        ids = batch.engine.tokenizer.encode("A long story:")
+        running = batch.submit(Request(ids, GenerationConfig(5000)), lambda ev: None)
+        _wait(lambda: batch.snapshot().running == 1)
+        queued = batch.submit(Request(ids, GenerationConfig(4)), lambda ev: None)
+        r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "queue_full"
+        batch.cancel(running)
+        batch.cancel(queued)
+        _wait(lambda: batch.snapshot().running == batch.snapshot().queued == 0)
+        r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        metrics = c.get("/metrics").text
+        assert 'lowbit_requests_total{endpoint="/v1/completions",status="503"} 2.0' in metrics
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}, "presence_penalty"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_fields_not_supported_yet_are_refused_by_name(body, field):
+    with pytest.raises(ValidationError) as e:
+        protocol.ChatCompletionRequest.model_validate(body)
+    assert e.value.errors()[0]["type"] == "not_supported" and e.value.errors()[0]["ctx"]["field"] == field
+
+
+def test_defaults_clients_send_are_accepted():
+    req = protocol.ChatCompletionRequest.model_validate({
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "tools": [], "stop": "END",
+        "max_completion_tokens": 5, "max_tokens": 9,
+    })
+    assert req.messages[0].text() == "ab" and req.stop == ["END"] and req.token_budget == 5
+    assert protocol.CompletionRequest.model_validate({"prompt": "x", "stop": None}).stop == []
+    with pytest.raises(ValidationError):
+        protocol.CompletionRequest.model_validate({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
+
+
+def test_serve_refuses_a_missing_library_in_one_line(tiny_chat, tmp_path):
+    result = CliRunner().invoke(main, ["serve", str(tiny_chat.mlc_dir), "--model-lib", str(tmp_path / "no.so")])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert "does not exist" in result.output
+    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--model-lib", str(tiny_chat.lib)])
+    assert result.exit_code == 1 and "mlc-chat-config.json" in result.output
