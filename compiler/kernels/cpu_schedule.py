@@ -85,11 +85,12 @@ def gemm_tile(target: Target) -> tuple[int, int]:
 
 
 # Batch-decode register tile (rows of x, output features, k lanes) by llvm ``mcpu``: rows × features
-# vector accumulators of k lanes, summed across lanes once per tile. 4 × 2 (8 registers) was the
-# fastest of {2, 4} × {1, 2, 3, 4} on AVX2 at the bundled model's shapes for 1–32 rows; AVX-512
+# vector accumulators of k lanes, summed across lanes once per tile. On AVX2, at the bundled model's
+# shapes, 2 × 4 (8 registers, rows padded to 2) matched 4 × 2 (rows padded to 4) at 8 and 32
+# sequences and was ~15% faster at one; 1 × 8, 1 × 4, 2 × 2, 4 × 1 and 4 × 3 were slower. AVX-512
 # takes the same tile with 16 lanes (not measured: no AVX-512 host). Rows must divide BATCH_ROWS.
-BATCH_TILES = {"x86-64-v4": (4, 2, 16), "x86-64-v3": (4, 2, 8)}
-DEFAULT_BATCH_TILE = (4, 2, 4)
+BATCH_TILES = {"x86-64-v4": (2, 4, 16), "x86-64-v3": (2, 4, 8)}
+DEFAULT_BATCH_TILE = (2, 4, 4)
 BATCH_CHUNK = 8  # batch decode: output features per parallel task (its dequantized panel)
 
 

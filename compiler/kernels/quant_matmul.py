@@ -36,7 +36,7 @@ FORM_ATTR = "lowbit.form"  # block annotation: the CPU schedule the form is for
 GEMV, GEMM, BATCH = "gemv", "gemm", "batch"
 RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
 GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
-BATCH_ROWS = 4  # batch decode: sequence counts are padded to a multiple of this
+BATCH_ROWS = 2  # batch decode: sequence counts are padded to a multiple of this
 
 
 def _u32(v) -> tirx.PrimExpr:

@@ -25,7 +25,7 @@ from lowbit.runtime.engine import Engine
 # come from summation order only, for the fp16-stored schemes as for the fp32 ones.
 ATOL = 1e-4
 PROMPT, DECODE_STEPS = 24, 16
-BATCH = 5  # batch_decode rows: one whole row tile of the batch kernel and a partial one
+BATCH = 5  # batch_decode rows: whole row tiles of the batch kernel and a partial one
 
 
 def compiled_engine(mlc_dir, tmp_path) -> Engine:
