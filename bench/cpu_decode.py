@@ -1,13 +1,19 @@
 """CPU prefill and decode speed: lowbit-compiled 4-bit schemes vs PyTorch eager fp32, same prompt.
 
     python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,w4a16g128asym]
-                               [--prompt-tokens 128] [--new-tokens 32]
+                               [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32]
+                               [--build-dir DIR]
 
-Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (reused when present),
-then times prefill of the same prompt and greedy decode in the same run. Writes a list of rows
-(engine, scheme, threads, prompt_tokens, new_tokens, prefill_tok_s, decode_tok_s) to
-``bench/results/cpu_decode.json`` and prints a markdown table. Each engine gets a warm-up run,
-then the best of three; run it on an idle machine.
+Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
+reused when present), then times prefill of the same prompt and greedy decode in the same run.
+Writes a list of rows (engine, scheme, threads, prompt_tokens, new_tokens, prefill_tok_s,
+decode_tok_s) to ``bench/results/cpu_decode.json`` and prints a markdown table. Each engine gets a
+warm-up run, then the best of three; run it on an idle machine.
+
+With ``--batch-sizes``, each scheme's ``batch_decode`` is timed too: B sequences holding the
+prompt, then ``--new-tokens`` greedy steps of one ``batch_decode`` call for all B; the aggregate
+decode tok/s (B × steps / seconds) goes to ``bench/results/cpu_batch_decode.json`` and a second
+table, with its ratio to the single-sequence decode above.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
+BATCH_RESULTS = Path(__file__).parent / "results" / "cpu_batch_decode.json"
 
 
 @dataclass
@@ -33,6 +40,16 @@ class Row:
     new_tokens: int
     prefill_tok_s: float
     decode_tok_s: float
+
+
+@dataclass
+class BatchRow:
+    scheme: str
+    threads: int
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    decode_tok_s: float  # aggregate over the batch
 
 
 def prompt_ids(folder: Path, n: int) -> list[int]:
@@ -104,8 +121,40 @@ def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int) ->
         return t1 - t0, time.perf_counter() - t1
 
     prefill, decode = best_of(run)
-    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
-    return Row("lowbit-llvm", scheme, threads, len(ids), new, len(ids) / prefill, new / decode)
+    return Row("lowbit-llvm", scheme, tvm_threads(), len(ids), new, len(ids) / prefill, new / decode)
+
+
+def tvm_threads() -> int:
+    return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+
+
+def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
+                sizes: list[int]) -> list[BatchRow]:
+    """Aggregate ``batch_decode`` tok/s at each batch size (best of :data:`REPEATS` after a
+    warm-up); every sequence holds the prompt, and is rewound to it before each run."""
+    from lowbit.runtime.engine import Engine
+
+    engine = Engine(mlc, lib, max_batch_size=max(sizes), context_window=len(ids) + new + 16)
+    first = int(np.argmax(engine.prefill(engine.add_sequence(0), ids)))
+    for seq in range(1, max(sizes)):
+        engine.fork_sequence(0, seq)
+    rows = []
+    for b in sizes:
+        _, seconds = best_of(lambda b=b: _batch_run(engine, b, len(ids), first, new))
+        rows.append(BatchRow(scheme, tvm_threads(), b, len(ids), new, b * new / seconds))
+    return rows
+
+
+def _batch_run(engine, b: int, prompt: int, first: int, new: int) -> tuple[float, float]:
+    """(0, seconds of ``new`` greedy batch_decode steps of sequences 0..b-1 from the prompt)."""
+    seqs = list(range(b))
+    for seq in seqs:
+        engine.rewind(seq, prompt)
+    tokens = [first] * b
+    t0 = time.perf_counter()
+    for _ in range(new):
+        tokens = [int(t) for t in np.argmax(engine.decode_batch(seqs, tokens), axis=1)]
+    return 0.0, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -117,15 +166,20 @@ def main() -> None:
     ap.add_argument("--schemes", default="q4f16_1,q4f32_1,w4a16g128asym")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--batch-sizes", default="", help="also time batch_decode, e.g. 1,8,32")
+    ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     args = ap.parse_args()
 
     folder = resolve_model(args.model)
     ids = prompt_ids(folder, args.prompt_tokens)
-    root = cache_dir() / "bench" / "cpu_decode"
-    rows = [bench_torch(folder, ids, args.new_tokens)]
+    root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    rows, batch_rows = [bench_torch(folder, ids, args.new_tokens)], []
     for scheme in args.schemes.split(","):
         mlc, lib = build_scheme(args.model, scheme, root)
         rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens))
+        if sizes:
+            batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
     with atomic_file(RESULTS) as tmp:
         tmp.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     base = rows[0]
@@ -134,6 +188,21 @@ def main() -> None:
     for r in rows:
         print(f"| {r.engine} | {r.scheme} | {r.threads} | {r.prefill_tok_s:.1f} | "
               f"{r.decode_tok_s:.1f} | {r.decode_tok_s / base.decode_tok_s:.2f}× |")
+    if batch_rows:
+        print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows[1:]})
+
+
+def print_batch(rows: list[BatchRow], single: dict[str, float]) -> None:
+    """Write the batch rows and print them with their ratio to one sequence's ``decode``."""
+    from lowbit.cache import atomic_file
+
+    with atomic_file(BATCH_RESULTS) as tmp:
+        tmp.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    print("\n| scheme | threads | batch | aggregate decode tok/s | vs one sequence's decode |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.scheme} | {r.threads} | {r.batch} | {r.decode_tok_s:.1f} | "
+              f"{r.decode_tok_s / single[r.scheme]:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """Hand CPU schedules for the fused quantized matmul (:mod:`.quant_matmul`), as a dlight rule.
 
-* GEMV (decode: one token per sequence): the reduction is split into vectors of ``lanes`` consecutive k
+* GEMV (decode: one token of one sequence): the reduction is split into vectors of ``lanes`` consecutive k
   (the block's ``lowbit.vector_lanes`` annotation: one packed word's codes, so every lane reads
   the same word and scale and only its shift differs) with ``rfactor``; output rows in chunks of
   ``rows`` (4), chunks in parallel, each chunk's lanes summed right after it (TVM-NOTES' recipe).
   The weight is dequantized inline, never stored.
-* GEMM (prefill: a symbolic row count, padded to :data:`GEMM_ROWS`): output features in tiles of
+* GEMM (prefill: a symbolic token count, padded to :data:`GEMM_ROWS`): output features in tiles of
   ``tn``, tiles in parallel. Each tile first dequantizes its ``tn × K`` weight panel once, k-major
   (the ``q_dequant`` block, for every row of x; the whole weight is never materialised), then a
   register micro-kernel runs over the rows: ``tm`` rows × ``tn`` features of fp32 accumulators,
   per k one broadcast of x and ``tm`` vector FMAs against the panel's ``tn`` floats. The tile
   (:data:`GEMM_TILES`) depends on the vector registers of the target's ``mcpu``.
+* Batch decode (one token for each of a symbolic number of sequences, padded to
+  :data:`BATCH_ROWS`): output features in chunks of :data:`BATCH_CHUNK`, chunks in parallel. Each
+  chunk first dequantizes its weight rows once, k-contiguous and a packed word per vector as in
+  the GEMV, then a register micro-kernel runs over the rows: ``tm`` rows × ``tn`` features of
+  ``lanes``-wide accumulators (partial sums over k, an ``rfactor``), per k vector ``tm`` loads of
+  x, ``tn`` of the panel and ``tm × tn`` FMAs, the lanes summed once per tile (:data:`BATCH_TILES`).
 
 Other blocks of the fused PrimFunc are inlined (casts, reshapes) or placed after each tile
 (bias / residual adds, the padded-row copy).
@@ -18,6 +24,7 @@ Other blocks of the fused PrimFunc are inlined (casts, reshapes) or placed after
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -25,8 +32,13 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 
 from lowbit.compiler.kernels.quant_matmul import (
+    BATCH,
+    BATCH_ROWS,
     DEQUANT_BLOCK,
+    FORM_ATTR,
+    GEMM,
     GEMM_ROWS,
+    GROUP_ATTR,
     LANES_ATTR,
     MATMUL_BLOCK,
     PAD_BLOCK,
@@ -72,6 +84,22 @@ def gemm_tile(target: Target) -> tuple[int, int]:
     return tile
 
 
+# Batch-decode register tile (rows of x, output features, k lanes) by llvm ``mcpu``: rows × features
+# vector accumulators of k lanes, summed across lanes once per tile. On AVX2, at the bundled model's
+# shapes, 2 × 4 (8 registers, rows padded to 2) matched 4 × 2 (rows padded to 4) at 8 and 32
+# sequences and was ~15% faster at one; 1 × 8, 1 × 4, 2 × 2, 4 × 1 and 4 × 3 were slower. AVX-512
+# takes the same tile with 16 lanes (not measured: no AVX-512 host). Rows must divide BATCH_ROWS.
+BATCH_TILES = {"x86-64-v4": (2, 4, 16), "x86-64-v3": (2, 4, 8)}
+DEFAULT_BATCH_TILE = (2, 4, 4)
+BATCH_CHUNK = 8  # batch decode: output features per parallel task (its dequantized panel)
+
+
+def batch_tile(target: Target) -> tuple[int, int, int]:
+    tile = BATCH_TILES.get(str(target.attrs.get("mcpu", "")), DEFAULT_BATCH_TILE)
+    assert BATCH_ROWS % tile[0] == 0
+    return tile
+
+
 @dataclass(frozen=True)
 class QuantMatmulCPU(dlight.ScheduleRule):
     """dlight rule scheduling every PrimFunc whose reduction block is ``q_matmul``."""
@@ -85,12 +113,15 @@ class QuantMatmulCPU(dlight.ScheduleRule):
         main = _find(sch, MATMUL_BLOCK)
         if main is None:
             return None
+        form = str(sch.get(main).annotations.get(FORM_ATTR, ""))
         deq = _find(sch, DEQUANT_BLOCK)
         epilogues = _split_others(sch, main, keep=(DEQUANT_BLOCK, PAD_BLOCK))
-        if deq is None:
-            self._gemv(sch, main, epilogues)
-        else:
+        if form == GEMM:
             self._gemm(sch, main, deq, epilogues, *gemm_tile(target))
+        elif form == BATCH:
+            self._batch(sch, main, deq, epilogues, *batch_tile(target))
+        else:
+            self._gemv(sch, main, epilogues)
         return sch
 
     def _gemv(self, sch, block, epilogues) -> None:
@@ -131,5 +162,41 @@ class QuantMatmulCPU(dlight.ScheduleRule):
             dn, dk = sch.get_loops(deq)[-2:]
             sch.reorder(dk, dn)
             sch.vectorize(dn)
+        for ep in epilogues:
+            sch.reverse_compute_at(ep, no)
+
+    def _batch(self, sch, block, deq, epilogues, tm: int, tn: int, width: int) -> None:
+        *lead, n, k = sch.get_loops(block)
+        k_extent = int(sch.get(k).extent)
+        _, ki = sch.split(k, [None, math.gcd(width, k_extent)])
+        rf = sch.rfactor(ki, len(lead) + 1)  # rf block: lanes partial sums per (row, feature)
+        *lead, n, ko, ki = sch.get_loops(rf)
+        m = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        n_extent = int(sch.get(n).extent)
+        tn = next(t for t in (tn, 2, 1) if n_extent % t == 0)
+        chunk = next(c for c in (BATCH_CHUNK, 4, 2, 1) if c % tn == 0 and n_extent % c == 0)
+        mo, mi = sch.split(m, [None, tm])
+        no, nt, ni = sch.split(n, [None, chunk // tn, tn])
+        # row tiles outside feature tiles: a row tile of x stays in L1 while the chunk's panel
+        # streams past it (the other order re-reads all of x from L2 for each feature tile)
+        sch.reorder(no, mo, nt, ko, mi, ni, ki)
+        sch.parallel(no)
+        sch.unroll(mi)
+        sch.unroll(ni)
+        sch.vectorize(ki)
+        sch.decompose_reduction(rf, ko)
+        sch.reverse_compute_at(block, nt)  # sum the lanes of each register tile right after it
+        # the chunk's weight rows, dequantized once for all rows of x, k-contiguous: one packed
+        # word's codes per vector as in the GEMV, in a loop per scale group so that the scale is
+        # loaded and converted once per group
+        sch.compute_at(deq, no)
+        dk = sch.get_loops(deq)[-1]
+        word = int(sch.get(block).annotations.get(LANES_ATTR, 1))
+        group = math.gcd(int(sch.get(block).annotations.get(GROUP_ATTR, word)), k_extent)
+        if group > word and group % word == 0:
+            _, _, dki = sch.split(dk, [None, group // word, word])
+        else:
+            _, dki = sch.split(dk, [None, word])
+        sch.vectorize(dki)
         for ep in epilogues:
             sch.reverse_compute_at(ep, no)

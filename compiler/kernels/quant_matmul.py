@@ -28,11 +28,15 @@ from tvm.target import Target
 from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
 
 MATMUL_BLOCK = "q_matmul"  # the schedule rule finds fused kernels by this block name
-DEQUANT_BLOCK = "q_dequant"  # GEMM only: the weight panel the schedule dequantizes per N tile
-PAD_BLOCK = "q_pad_rows"  # GEMM only: x with its rows padded to a multiple of GEMM_ROWS
+DEQUANT_BLOCK = "q_dequant"  # GEMM / batch: the weight panel the schedule dequantizes per N tile
+PAD_BLOCK = "q_pad_rows"  # GEMM / batch: x with its rows padded to a multiple of the row tile
 LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize together
+GROUP_ATTR = "lowbit.group_size"  # block annotation (padded forms): k per scale
+FORM_ATTR = "lowbit.form"  # block annotation: the CPU schedule the form is for
+GEMV, GEMM, BATCH = "gemv", "gemm", "batch"
 RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
 GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
+BATCH_ROWS = 2  # batch decode: sequence counts are padded to a multiple of this
 
 
 def _u32(v) -> tirx.PrimExpr:
@@ -99,13 +103,19 @@ def _cpu_schedule() -> bool:
 def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
     """A TE function ``f(x, *params) -> y`` for ``op.tensor_expr_op``: x [..., K] → y [..., N].
 
-    With one row (decode) the dequantization is inline in the reduction. When the row (token)
-    count is symbolic (prefill) and the kernel is for the CPU schedule, x is copied with its rows
-    padded to a multiple of :data:`GEMM_ROWS` (zeros), the weight gets its own ``q_dequant``
-    block (which the schedule computes one N tile at a time) and a copy block keeps the real
-    rows, so the scheduled row tiles need no bounds predicate. Exported under a GPU target
-    (``with target:``), prefill keeps the plain inline form that dlight's GPU rules schedule:
-    they would otherwise stage a whole output row of the padded block in shared memory.
+    The form depends on which leading axis of x is symbolic (the block's ``lowbit.form``):
+
+    * none (decode, one row): :data:`GEMV`, the dequantization inline in the reduction;
+    * the last, tokens (prefill): :data:`GEMM`, rows padded to :data:`GEMM_ROWS`;
+    * an earlier one, sequences (batch decode, x [B, 1, K]): :data:`BATCH`, rows padded to
+      :data:`BATCH_ROWS`.
+
+    In the padded forms x is copied with zero rows appended, the weight gets its own
+    ``q_dequant`` block (which the schedule computes one N tile at a time, for all rows) and a
+    copy block keeps the real rows, so the scheduled row tiles need no bounds predicate. Exported
+    under a GPU target (``with target:``) every kernel keeps the inline form that dlight's GPU
+    rules schedule: they would otherwise stage a whole output row of the padded block in shared
+    memory.
     """
 
     def f(x: te.Tensor, *params: te.Tensor) -> te.Tensor:
@@ -115,26 +125,28 @@ def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
             raise ValueError(f"input has K={k_dim}, weight expects {in_features}")
         n_dim = params[0].shape[0]
         k = te.reduce_axis((0, in_features), name="k")
-        attrs = {LANES_ATTR: vector_lanes(scheme, in_features)}
-        rows = lead[-1] if lead else None
-        if rows is None or isinstance(rows, (int, tirx.IntImm)) or not _cpu_schedule():
+        lanes = vector_lanes(scheme, in_features)
+        symbolic = [a for a, d in enumerate(lead) if not isinstance(d, (int, tirx.IntImm))]
+        if not symbolic or not _cpu_schedule():
             return te.compute(
                 (*lead, n_dim), lambda *i: te.sum(x[(*i[:-1], k)] * deq(i[-1], k), axis=k),
-                name=MATMUL_BLOCK, attrs=attrs,
+                name=MATMUL_BLOCK, attrs={LANES_ATTR: lanes, FORM_ATTR: GEMV},
             )
-        padded = (rows + GEMM_ROWS - 1) // GEMM_ROWS * GEMM_ROWS
+        axis = symbolic[-1]
+        form, tile = (GEMM, GEMM_ROWS) if axis == len(lead) - 1 else (BATCH, BATCH_ROWS)
+        rows = lead[axis]
+        group = getattr(scheme, "group_size", lanes)
+        padded = [*lead[:axis], (rows + tile - 1) // tile * tile, *lead[axis + 1:]]
         w = te.compute((n_dim, in_features), deq, name=DEQUANT_BLOCK)
         xp = te.compute(
-            (*lead[:-1], padded, in_features),
-            lambda *i: tirx.if_then_else(i[-2] < rows, x[i], tirx.const(0, x.dtype)),
+            (*padded, in_features),
+            lambda *i: tirx.if_then_else(i[axis] < rows, x[i], tirx.const(0, x.dtype)),
             name=PAD_BLOCK,
         )
-
-        def body(*i):
-            *b, t, n = i
-            return te.sum(xp[(*b, t, k)] * w[n, k], axis=k)
-
-        y = te.compute((*lead[:-1], padded, n_dim), body, name=MATMUL_BLOCK, attrs=attrs)
+        y = te.compute(
+            (*padded, n_dim), lambda *i: te.sum(xp[(*i[:-1], k)] * w[i[-1], k], axis=k),
+            name=MATMUL_BLOCK, attrs={LANES_ATTR: lanes, FORM_ATTR: form, GROUP_ATTR: group},
+        )
         return te.compute((*lead, n_dim), lambda *i: y[i], name="q_matmul_rows")
 
     return f

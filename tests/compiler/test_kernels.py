@@ -3,6 +3,8 @@
 The NumPy side packs codes itself (independently of ``compiler/packing.py``), following the layouts
 of ``docs/FORMAT.md``: symmetric plain words (8 or 10 codes), asymmetric plain words (8 or 16) and
 3-bit bit-planes per run of 32. K is odd or not a multiple of the group (partial last group).
+Each form is built with a symbolic row axis where the model has one: tokens (prefill, GEMM) or
+sequences (batch decode).
 """
 
 from __future__ import annotations
@@ -10,10 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import te
+from tvm import s_tir, te
 
-from lowbit.compiler.kernels.cpu_schedule import GEMM_TILES, QuantMatmulCPU
-from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
+from lowbit.compiler.kernels.cpu_schedule import BATCH_TILES, GEMM_TILES, QuantMatmulCPU
+from lowbit.compiler.kernels.quant_matmul import (
+    BATCH,
+    FORM_ATTR,
+    GEMM,
+    GEMV,
+    MATMUL_BLOCK,
+    q_embed_te,
+    q_matmul_te,
+)
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, get_scheme
 from lowbit.targets.presets import LLVM_ISA, cpu_flags, detect_isa
 
@@ -61,20 +71,32 @@ def _quantized_case(scheme, n: int, k: int, rng):
     return params, dequant_np(codes, scales, zeros, scheme)
 
 
-def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool, target=TARGET):
-    b, m, k = inputs[0].shape
-    lead = (b, te.var("m", "int64") if m_symbolic else m, k)
-    x = te.placeholder(lead, "float32", name="x")
+def _build(f, inputs: list[np.ndarray], symbolic: int | None, target=TARGET):
+    """(compiled kernel, schedule, form) of ``f`` for x shaped like ``inputs[0]``, with axis
+    ``symbolic`` of x (0: sequences, 1: tokens) a variable."""
+    shape = list(inputs[0].shape)
+    if symbolic is not None:
+        shape[symbolic] = te.var("rows", "int64")
+    x = te.placeholder(shape, "float32", name="x")
     ps = [te.placeholder(a.shape, str(a.dtype), name=f"p{i}") for i, a in enumerate(inputs[1:])]
-    y = f(x, *ps)
-    func = te.create_prim_func([x, *ps, y])
+    func = te.create_prim_func([x, *ps, f(x, *ps)])
+    plain = s_tir.Schedule(func)
+    form = str(plain.get(plain.get_sblock(MATMUL_BLOCK)).annotations[FORM_ATTR])
     sch = QuantMatmulCPU().apply(func, target, False)
     mod = sch.mod if sch is not None else tvm.IRModule({"main": func})
-    lib = tvm.compile(mod, target=target)
+    return tvm.compile(mod, target=target), sch, form
+
+
+def _call(lib, inputs: list[np.ndarray], out_shape) -> np.ndarray:
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
     lib(*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    return out.numpy(), sch
+    return out.numpy()
+
+
+def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool, target=TARGET):
+    lib, sch, _ = _build(f, inputs, 1 if m_symbolic else None, target)
+    return _call(lib, inputs, out_shape), sch
 
 
 SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2a16g32asym", "w3a16g32asym"]
@@ -109,6 +131,60 @@ def test_gemm_register_tiles(isa, name, n, m):
     x = rng.standard_normal((1, m, 136)).astype(np.float32)
     got, _ = _run(q_matmul_te(scheme, 136), [x, *params], (1, m, n), True, target)
     np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+BATCHES = [1, 3, 8, 17, 32]  # sequences: one, a partial row tile, whole tiles, one past, the most
+
+
+@pytest.mark.parametrize("name", [*SCHEMES, "q0f16", "q0f32"])
+@pytest.mark.parametrize(("n", "k"), [(37, 200), (40, 320)])
+def test_batch_decode_matmul_matches_numpy(name, n, k):
+    """Batch decode (x [B, 1, K], B symbolic): one kernel for every B. N = 37 leaves no whole
+    feature tile, N = 40 is an odd number of 8-feature chunks; K = 200 ends in a partial group (and
+    a partial 3-bit run), K = 320 is whole groups of each scheme (64 of the 128-groups, as K = 576
+    is at g128), the path that loads each scale once per group."""
+    rng = np.random.default_rng(hash((name, n, k)) % 2**32)
+    scheme = get_scheme(name)
+    if isinstance(scheme, NoQuant):
+        params = [rng.standard_normal((n, k)).astype(scheme.model_dtype)]
+        w = params[0].astype(np.float32)
+    else:
+        params, w = _quantized_case(scheme, n, k, rng)
+    xs = {b: rng.standard_normal((b, 1, k)).astype(np.float32) for b in BATCHES}
+    lib, sch, form = _build(q_matmul_te(scheme, k), [xs[1], *params], symbolic=0)
+    assert form == BATCH and sch is not None
+    for b, x in xs.items():
+        got = _call(lib, [x, *params], (b, 1, n))
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4, err_msg=f"B={b}")
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("name", ["q4f16_1", "w3a16g64asym"])
+def test_batch_register_tiles(isa, name):
+    """Each ISA's batch-decode tile (``BATCH_TILES``: its k lanes divide K = 576, as the bundled
+    model's) on whole and partial row tiles."""
+    if isa == "avx512" and HOST_ISA != "avx512" or isa == "avx2" and HOST_ISA == "generic":
+        pytest.skip(f"host cannot run {isa} code")
+    target = tvm.target.Target(LLVM_ISA[isa])
+    assert isa == "generic" or str(target.attrs["mcpu"]) in BATCH_TILES
+    rng = np.random.default_rng(hash((isa, name)) % 2**32)
+    scheme = get_scheme(name)
+    params, w = _quantized_case(scheme, 48, 576, rng)
+    xs = [rng.standard_normal((b, 1, 576)).astype(np.float32) for b in (4, 5)]
+    lib, _, _ = _build(q_matmul_te(scheme, 576), [xs[0], *params], 0, target)
+    for x in xs:
+        got = _call(lib, [x, *params], (len(x), 1, 48))
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("symbolic", "form"), [(None, GEMV), (1, GEMM), (0, BATCH)])
+def test_form_follows_the_symbolic_axis(symbolic, form):
+    """decode [1, 1, K] keeps the GEMV; prefill [1, tokens, K] the GEMM; batch decode
+    [sequences, 1, K] the batch form."""
+    scheme = get_scheme("q4f16_1")
+    params, _ = _quantized_case(scheme, 8, 64, np.random.default_rng(4))
+    x = np.zeros((1, 1, 64), np.float32)
+    assert _build(q_matmul_te(scheme, 64), [x, *params], symbolic)[2] == form
 
 
 def test_fused_matmul_padding_codes_not_read():

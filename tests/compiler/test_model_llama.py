@@ -5,6 +5,7 @@ gives a transformers model with the dequantized weights, (b) our relax model com
 runs on the packed weights. Both compute in fp32, so logits agree to ``ATOL`` (measured ~4e-7):
 prefill (last position), every position (``prefill_all_logits``), then 16 decode steps fed the
 reference's greedy tokens; greedy tokens are compared where the top-2 margin exceeds ``ATOL``.
+Then ``batch_decode`` of several sequences of different lengths ≡ ``decode`` of each alone.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from lowbit.runtime.engine import Engine
 # come from summation order only, for the fp16-stored schemes as for the fp32 ones.
 ATOL = 1e-4
 PROMPT, DECODE_STEPS = 24, 16
+BATCH = 5  # batch_decode rows: whole row tiles of the batch kernel and a partial one
 
 
 def compiled_engine(mlc_dir, tmp_path) -> Engine:
     lib = compile_model(CompileArgs(mlc_dir, "llvm", tmp_path / "model.so"), progress=False)
-    return Engine(mlc_dir, lib, context_window=128)
+    return Engine(mlc_dir, lib, max_batch_size=1 + 2 * BATCH, context_window=128)
 
 
 def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
@@ -63,6 +65,24 @@ def check_compiled_matches_torch(hf_dir, scheme: str, tmp_path) -> None:
         seq.append(int(np.argmax(want)))
         logits = engine.decode(0, seq[-1])
         _assert_close(logits, ref_logits(seq)[-1], f"decode step {step}")
+    check_batch_decode_matches_decode(engine, 0, vocab)
+
+
+def check_batch_decode_matches_decode(engine: Engine, parent: int, vocab: int) -> None:
+    """Sequences forked from ``parent`` and grown by 0..BATCH-1 tokens, each with a twin: one
+    ``batch_decode`` of all of them ≡ ``decode`` of each twin alone."""
+    rng = np.random.default_rng(1)
+    seqs, twins = [], []
+    for i in range(BATCH):
+        seq = engine.fork_sequence(parent)
+        if i:
+            engine.prefill(seq, rng.integers(0, vocab, i).tolist())
+        seqs.append(seq)
+        twins.append(engine.fork_sequence(seq))
+    tokens = rng.integers(0, vocab, BATCH).tolist()
+    batch = engine.decode_batch(seqs, tokens)
+    for i, (twin, token) in enumerate(zip(twins, tokens, strict=True)):
+        _assert_close(batch[i], engine.decode(twin, token), f"batch_decode row {i}")
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))

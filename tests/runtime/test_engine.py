@@ -110,6 +110,8 @@ def test_batch_decode_of_forked_sequences(engine, torch_model):
     for row, prefix, token in zip(logits, (ids, ids[:3], ids), (7, 8, 9), strict=True):
         np.testing.assert_allclose(row, _torch_logits(torch_model, prefix + [token]), atol=ATOL)
     assert engine.sequence_tokens(other) == ids[:3] + [8]
+    (single,) = engine.decode_batch([other], [5])  # the batch kernels with one row
+    np.testing.assert_allclose(single, _torch_logits(torch_model, ids[:3] + [8, 5]), atol=ATOL)
     engine.remove_sequence(child)
     engine.remove_sequence(other)
 
