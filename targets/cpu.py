@@ -5,18 +5,41 @@ Used by the ``llvm`` (host) and ``aarch64`` targets.
 Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
 1. library dispatch (sampling, sort/scan);
 2. legalize + fuse (the fused dequant→matmul PrimFuncs take their bias/SiLU epilogues here);
-3. schedule: :class:`QuantMatmulCPU` for every fused quantized matmul, dlight's CPU GEMV and
-   Reduction rules for the rest (norms, softmax);
+3. schedule: :class:`QuantMatmulCPU` for every fused quantized matmul, :class:`OneRowSerial`
+   for one-row reductions (decode's norms), dlight's CPU GEMV and Reduction rules for the rest
+   (norms over many rows, softmax);
 4. dataflow lowering and VM finalization.
 """
 
 from __future__ import annotations
 
 import tvm
+from tvm import s_tir
 from tvm.s_tir import dlight
 
 from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
 from lowbit.targets.phases import phased_pipeline
+
+
+class OneRowSerial(dlight.ScheduleRule):
+    """Leave a reduction over a single row (an RMS norm of one token: a few hundred floats) as
+    plain serial loops. dlight's CPU Reduction rule parallelizes such a function over the
+    weight-cast block's axis and recomputes the whole norm inside it, once per element (576× on
+    the bundled model: half of a decode step)."""
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        reductions = [b for b in blocks if any(iv.iter_type == tvm.tirx.IterVar.CommReduce
+                                               for iv in sch.get(b).iter_vars)]
+        if not reductions:
+            return None
+        one_row = all(isinstance(iv.dom.extent, tvm.tirx.IntImm) and int(iv.dom.extent) == 1
+                      for b in reductions for iv in sch.get(b).iter_vars
+                      if iv.iter_type == tvm.tirx.IterVar.DataPar)
+        return sch if one_row else None
 
 
 @tvm.transform.module_pass(opt_level=0, name="MarkAllNoAlias")
@@ -37,9 +60,14 @@ def mark_all_noalias(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.
     return out
 
 
+def schedule_rules() -> tvm.transform.Pass:
+    """Phase 3: the first rule that applies schedules each PrimFunc."""
+    return dlight.ApplyDefaultSchedule(QuantMatmulCPU(), OneRowSerial(), dlight.cpu.GEMV(),
+                                       dlight.cpu.Reduction())
+
+
 def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """The relax pipeline for an llvm target: stock legalization and fusion, then our schedules."""
     from tvm.relax.backend.cpu_generic import pipeline as stock
 
-    rules = dlight.ApplyDefaultSchedule(QuantMatmulCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
-    return phased_pipeline(target, stock, stock.legalize_passes(target) + [rules, mark_all_noalias])
+    return phased_pipeline(target, stock, stock.legalize_passes(target) + [schedule_rules(), mark_all_noalias])
