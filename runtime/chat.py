@@ -13,7 +13,6 @@ from typing import TextIO
 from lowbit.errors import LowbitError
 from lowbit.runtime.batching import BatchEngine, Delta, Done, Request, Usage
 from lowbit.runtime.engine import Engine, GenerationConfig, GenerationStats
-from lowbit.runtime.sampler import SamplingParams
 
 HELP = "commands: /reset (forget the conversation), /stats (speed of the last reply), /help, /exit"
 
@@ -37,26 +36,11 @@ class GenerateArgs:
     context_window: int | None = None
 
 
-def _default(value, config: dict, key: str, fallback):
-    if value is not None:
-        return value
-    return config.get(key) if config.get(key) is not None else fallback
-
-
 def generation_config(args: GenerateArgs, engine: Engine, chat: bool) -> GenerationConfig:
     """Sampling from the arguments, else from ``mlc-chat-config.json`` (as mlc_llm does)."""
-    cfg = engine.chat_config
-    sampling = SamplingParams(
-        temperature=float(_default(args.temperature, cfg, "temperature", 0.0)),
-        top_p=float(_default(args.top_p, cfg, "top_p", 1.0)),
-        top_k=args.top_k,
-        repetition_penalty=float(_default(args.repetition_penalty, cfg, "repetition_penalty", 1.0)),
-        seed=args.seed,
-    )
-    stops = list(args.stop)
-    conv = cfg.get("conv_template")
-    if chat and isinstance(conv, dict):
-        stops += conv.get("stop_str") or []
+    sampling = engine.sampling_params(args.temperature, args.top_p, args.top_k,
+                                      args.repetition_penalty, args.seed)
+    stops = list(args.stop) + (engine.chat_stop_strings() if chat else [])
     return GenerationConfig(args.max_new_tokens, sampling, tuple(dict.fromkeys(stops)),
                             engine.default_stop_token_ids())
 

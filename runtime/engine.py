@@ -244,6 +244,27 @@ class Engine:
             raise LowbitError(f"{total} tokens exceed the context window of {self.context_window}")
 
     # -- generation -----------------------------------------------------------------------------
+    def sampling_params(self, temperature: float | None = None, top_p: float | None = None,
+                        top_k: int = 0, repetition_penalty: float | None = None,
+                        seed: int | None = None) -> SamplingParams:
+        """The given sampling, the rest from ``mlc-chat-config.json`` (as mlc_llm does)."""
+        cfg = self.chat_config
+
+        def pick(value: float | None, key: str, fallback: float) -> float:
+            if value is not None:
+                return float(value)
+            return float(cfg[key]) if cfg.get(key) is not None else fallback
+
+        return SamplingParams(temperature=pick(temperature, "temperature", 0.0),
+                              top_p=pick(top_p, "top_p", 1.0), top_k=top_k,
+                              repetition_penalty=pick(repetition_penalty, "repetition_penalty", 1.0),
+                              seed=seed)
+
+    def chat_stop_strings(self) -> list[str]:
+        """The stop strings of the folder's ``conv_template`` (for chat-formatted prompts)."""
+        conv = self.chat_config.get("conv_template")
+        return list(conv.get("stop_str") or []) if isinstance(conv, dict) else []
+
     def default_stop_token_ids(self) -> tuple[int, ...]:
         ids = _as_list(self.chat_config.get("eos_token_id"))
         conv = self.chat_config.get("conv_template")

@@ -27,7 +27,6 @@ from lowbit.runtime.batching import BatchEngine, Delta, Done, Event, Failed, Que
 from lowbit.runtime.batching import Request as EngineRequest
 from lowbit.runtime.batching import Usage as EngineUsage
 from lowbit.runtime.engine import GenerationConfig
-from lowbit.runtime.sampler import SamplingParams
 from lowbit.serve import protocol as p
 from lowbit.serve.metrics import Metrics
 
@@ -168,17 +167,7 @@ class Server:
                    extra_stops: list[str]) -> GenerationConfig:
         """Sampling from the request, else from ``mlc-chat-config.json`` (as mlc_llm does)."""
         engine = self.ready().engine
-        cfg = engine.chat_config
-
-        def pick(value, key: str, fallback: float) -> float:
-            if value is not None:
-                return float(value)
-            return float(cfg[key]) if cfg.get(key) is not None else fallback
-
-        sampling = SamplingParams(
-            temperature=pick(req.temperature, "temperature", 0.0), top_p=pick(req.top_p, "top_p", 1.0),
-            repetition_penalty=pick(None, "repetition_penalty", 1.0), seed=req.seed,
-        )
+        sampling = engine.sampling_params(req.temperature, req.top_p, seed=req.seed)
         budget = req.token_budget or max(engine.context_window - prompt_len, 1)
         stops = tuple(dict.fromkeys([*req.stop, *extra_stops]))
         return GenerationConfig(budget, sampling, stops, self.stop_ids)
@@ -299,9 +288,8 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
         except Exception as e:  # noqa: BLE001 - the model's own template refused the conversation
             raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
         ids = engine.tokenizer.encode(text, add_special_tokens=False)
-        conv = engine.chat_config.get("conv_template")
-        stops = (conv.get("stop_str") or []) if isinstance(conv, dict) else []
-        run = Run(server, EngineRequest(ids, server.generation(req, len(ids), stops), req.n), http)
+        run = Run(server, EngineRequest(ids, server.generation(req, len(ids), engine.chat_stop_strings()),
+                                        req.n), http)
         rid = p.new_id("chatcmpl")
         if req.stream:
             return StreamingResponse(_chat_stream(run, rid, model, req), media_type="text/event-stream")

@@ -67,9 +67,13 @@ def test_generation_without_torch(tiny_chat, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == tokenizer.decode(ref) + "\n"
 
-    # the same process shape, asserting what was (not) loaded
+    def run_python(code: str) -> str:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
     # the server's app, in-process: a completion equal to `lowbit run`'s, and still no torch
-    check = (
+    assert run_python(
         "import sys; from fastapi.testclient import TestClient; "
         "from lowbit.serve.app import ServeArgs, create_app; "
         f"app = create_app(ServeArgs({str(tiny_chat.mlc_dir)!r}, {str(tiny_chat.lib)!r}))\n"
@@ -79,17 +83,12 @@ def test_generation_without_torch(tiny_chat, tmp_path):
         f"    r = c.post('/v1/completions', json={{'prompt': {prompt!r}, 'max_tokens': 12, 'temperature': 0}})\n"
         "    print(r.json()['choices'][0]['text'])\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
-    )
-    out = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == result.stdout
+    ) == result.stdout
 
-    check = (
+    # the same process shape, asserting what was (not) loaded
+    assert run_python(
         "import sys; from lowbit.runtime.engine import Engine; "
         f"e = Engine({str(tiny_chat.mlc_dir)!r}, {str(tiny_chat.lib)!r}); "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
         "import tvm\ntry:\n    from tvm import relax\nexcept Exception:\n    print('runtime-only')"
-    )
-    out = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "runtime-only"
+    ).strip() == "runtime-only"
