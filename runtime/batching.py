@@ -27,15 +27,19 @@ import numpy as np
 
 from lowbit.errors import LowbitError
 from lowbit.runtime.engine import PAGE_SIZE, Engine, Generation, GenerationConfig
+from lowbit.runtime.logprobs import TokenLogprob, token_logprob
+from lowbit.runtime.tokenizer import StreamDecoder
 
 
 @dataclass(frozen=True)
 class Request:
-    """A prompt (token ids) and how to continue it; ``n`` independent choices share the prompt."""
+    """A prompt (token ids) and how to continue it; ``n`` independent choices share the prompt.
+    ``prompt_logprobs``: score the prompt's tokens too, with this many top alternatives."""
 
     prompt: Sequence[int]
     config: GenerationConfig
     n: int = 1
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,14 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None = None  # "stop", "length", "context" or "interrupted"
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind ``text``, when asked for
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """The prompt's tokens with their logprobs (the first has none), before any Delta."""
+
+    logprobs: tuple[TokenLogprob, ...]
 
 
 @dataclass
@@ -92,7 +104,7 @@ class Failed:
     message: str
 
 
-Event = Delta | Done | Failed
+Event = Delta | PromptScores | Done | Failed
 
 
 class QueueFull(LowbitError):
@@ -128,6 +140,9 @@ class _Job:
     cancelled: bool = False
     keep_prefix: bool = True  # when cancelled: cache its sequences instead of freeing them
     first_token: float = 0.0
+    scores: list[TokenLogprob] = field(default_factory=list)  # prompt logprobs so far
+    last_row: np.ndarray | None = None  # logits of the last prompt token scored
+    decoder: StreamDecoder | None = None  # the prompt's text, token by token
 
     @property
     def generating(self) -> list[_Choice]:
@@ -301,9 +316,9 @@ class BatchEngine:
         e, prompt = self.engine, job.pending
         job.usage = Usage(prompt_tokens=len(prompt), choices=job.request.n,
                           queue_seconds=time.perf_counter() - job.submitted)
-        job.choices = [_Choice(i, Generation(e.tokenizer, job.request.config, i))
-                       for i in range(job.request.n)]
-        parent, shared = self._longest_prefix(prompt)
+        job.choices = [_Choice(i, e.generation(job.request.config, i)) for i in range(job.request.n)]
+        scoring = job.request.prompt_logprobs is not None  # every prompt token is run, none reused
+        parent, shared = self._longest_prefix(prompt) if not scoring else (-1, 0)
         self._make_room(sequences=1, pages=0)
         if shared:
             self._cache.move_to_end(parent)
@@ -352,7 +367,12 @@ class BatchEngine:
         chunk = job.pending[: e.prefill_chunk]
         self._make_room(sequences=0, pages=pages_for(len(chunk)) + 1)
         t0 = time.perf_counter()
-        logits = e.prefill(first.seq_id, chunk)
+        if job.request.prompt_logprobs is None:
+            logits = e.prefill(first.seq_id, chunk)
+        else:
+            rows = e.all_logits(first.seq_id, chunk)
+            self._score(job, chunk, rows)
+            logits = rows[-1]
         dt = time.perf_counter() - t0
         job.usage.prefill_seconds += dt
         del job.pending[: len(chunk)]
@@ -363,10 +383,26 @@ class BatchEngine:
         self._make_room(sequences=len(job.choices) - 1, pages=0)
         for choice in job.choices[1:]:
             choice.seq_id = e.fork_sequence(first.seq_id)
+        if job.request.prompt_logprobs is not None:
+            job.emit(PromptScores(tuple(job.scores)))
         job.first_token = time.perf_counter()
         job.usage.first_token_seconds = job.first_token - job.submitted
         for choice in job.choices:
             self._sample(job, choice, logits)
+
+    def _score(self, job: _Job, chunk: list[int], rows: np.ndarray) -> None:
+        """Each chunk token's logprob under the logits of the position before it."""
+        e, top = self.engine, job.request.prompt_logprobs
+        if not job.scores:
+            job.decoder = StreamDecoder(e.tokenizer)
+        for j, token in enumerate(chunk):
+            text = job.decoder.push(token)
+            prev = rows[j - 1] if j else job.last_row
+            if prev is None:
+                job.scores.append(TokenLogprob(token, text, e.grammars.token_bytes(token), None))
+            else:
+                job.scores.append(token_logprob(prev, token, text, top, e.grammars.token_bytes))
+        job.last_row = rows[-1]
 
     def _decode(self, choices: list[_Choice]) -> None:
         e = self.engine
@@ -386,12 +422,12 @@ class BatchEngine:
         e = self.engine
         history = e.sequence_tokens(choice.seq_id)
         choice.token, text = choice.gen.push(logits, history, e.context_window - len(history))
-        self._generated_tokens += 1
+        self._generated_tokens += choice.token >= 0
         if choice.gen.finish_reason:
             text += choice.gen.flush()
-            job.emit(Delta(choice.index, text, choice.gen.finish_reason))
+            job.emit(Delta(choice.index, text, choice.gen.finish_reason, choice.gen.take_logprobs()))
         elif text:
-            job.emit(Delta(choice.index, text))
+            job.emit(Delta(choice.index, text, logprobs=choice.gen.take_logprobs()))
 
     def _retire(self, job: _Job) -> None:
         """End a running job: emit what is left, then cache or free its sequences."""
@@ -413,7 +449,8 @@ class BatchEngine:
         for choice in job.choices:
             if not choice.gen.finish_reason:
                 choice.gen.finish("interrupted")
-                job.emit(Delta(choice.index, choice.gen.flush(), "interrupted"))
+                text = choice.gen.flush()
+                job.emit(Delta(choice.index, text, "interrupted", choice.gen.take_logprobs()))
         u = job.usage
         u.completion_tokens = sum(c.gen.sampled for c in job.choices)
         if job.first_token:

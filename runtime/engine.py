@@ -24,6 +24,8 @@ from lowbit.artifact import (
     read_tensor_cache_index,
 )
 from lowbit.errors import LowbitError
+from lowbit.runtime.grammar import Grammars
+from lowbit.runtime.logprobs import LogprobTrack, TokenLogprob
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
 from lowbit.runtime.weights import load_params
@@ -39,6 +41,8 @@ class GenerationConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_strings: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    grammar: str | None = None  # compiled by :class:`Grammars`: the output must follow it
+    logprobs: int | None = None  # report each token's logprob and this many top alternatives
 
 
 @dataclass
@@ -120,6 +124,15 @@ class Engine:
     def tokenizer(self) -> Tokenizer:
         """Loaded on first use: scoring token ids (perplexity) needs no tokenizer files."""
         return Tokenizer(self.model_dir)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Constrained decoding and token bytes (llguidance's tokenizer, built on first use)."""
+        return Grammars(self.tokenizer.to_json(), self.vocab_size, self.default_stop_token_ids())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.chat_config["vocab_size"])
 
     @cached_property
     def template(self):
@@ -246,8 +259,9 @@ class Engine:
     # -- generation -----------------------------------------------------------------------------
     def sampling_params(self, temperature: float | None = None, top_p: float | None = None,
                         top_k: int = 0, repetition_penalty: float | None = None,
-                        seed: int | None = None) -> SamplingParams:
-        """The given sampling, the rest from ``mlc-chat-config.json`` (as mlc_llm does)."""
+                        seed: int | None = None, **penalties) -> SamplingParams:
+        """The given sampling, the rest from ``mlc-chat-config.json`` (as mlc_llm does);
+        ``penalties``: ``presence_penalty``, ``frequency_penalty``, ``logit_bias``."""
         cfg = self.chat_config
 
         def pick(value: float | None, key: str, fallback: float) -> float:
@@ -258,7 +272,7 @@ class Engine:
         return SamplingParams(temperature=pick(temperature, "temperature", 0.0),
                               top_p=pick(top_p, "top_p", 1.0), top_k=top_k,
                               repetition_penalty=pick(repetition_penalty, "repetition_penalty", 1.0),
-                              seed=seed)
+                              seed=seed, **penalties)
 
     def chat_stop_strings(self) -> list[str]:
         """The stop strings of the folder's ``conv_template`` (for chat-formatted prompts)."""
@@ -274,6 +288,11 @@ class Engine:
         if eos is not None and self.tokenizer.token_id(eos) is not None:
             ids.append(self.tokenizer.token_id(eos))
         return tuple(dict.fromkeys(ids))
+
+    def generation(self, config: GenerationConfig, seed_offset: int = 0) -> Generation:
+        """A sequence's sampler and detokenizer for ``config`` (choice ``seed_offset`` of n)."""
+        needs_grammars = config.grammar is not None or config.logprobs is not None
+        return Generation(self.tokenizer, config, seed_offset, self.grammars if needs_grammars else None)
 
     def generate(self, ids: Sequence[int], config: GenerationConfig, seq_id: int = 0,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
@@ -304,7 +323,7 @@ class Engine:
 
     def _decode_loop(self, seq_id: int, logits: np.ndarray, config: GenerationConfig,
                      stats: GenerationStats, should_stop: Callable[[], bool] | None) -> Iterator[str]:
-        gen = Generation(self.tokenizer, config)
+        gen = self.generation(config)
         t0 = time.perf_counter()
         while True:
             if should_stop is not None and should_stop():
@@ -324,28 +343,44 @@ class Engine:
 
 
 class Generation:
-    """One sequence's generation: samples each next token and turns it into text, stopping on a
-    stop token (not emitted), a stop string (cut before it), the token budget or the context."""
+    """One sequence's generation: samples each next token (within the grammar, if any) and turns
+    it into text, stopping on a stop token (not emitted), a stop string (cut before it), the token
+    budget or the context. ``grammars`` is needed for a grammar or logprobs."""
 
-    def __init__(self, tokenizer: Tokenizer, config: GenerationConfig, seed_offset: int = 0):
+    def __init__(self, tokenizer: Tokenizer, config: GenerationConfig, seed_offset: int = 0,
+                 grammars: Grammars | None = None):
         params = config.sampling
         if seed_offset and params.seed is not None:  # n > 1: each choice draws its own stream
             params = replace(params, seed=params.seed + seed_offset)
         self.config, self.sampler = config, Sampler(params)
         self.stream, self.stops = StreamDecoder(tokenizer), StopStrings(config.stop_strings)
         self.stop_ids = set(config.stop_token_ids)
+        if (config.grammar is not None or config.logprobs is not None) and grammars is None:
+            raise LowbitError("a grammar or logprobs needs the engine's grammars")
+        self.constraint = grammars.constraint(config.grammar) if config.grammar is not None else None
+        self.logprobs = (LogprobTrack(config.logprobs, grammars.token_bytes)
+                         if config.logprobs is not None else None)
         self.sampled = 0  # tokens sampled, the stop token included
         self.finish_reason = ""  # "stop", "length", "context" or "interrupted" once finished
 
     def push(self, logits: np.ndarray, history: Sequence[int], room: int) -> tuple[int, str]:
         """Sample from ``logits`` (``history``: the tokens so far, ``room``: KV slots left);
-        (the token to feed next, the text that may be emitted now)."""
-        token = self.sampler(logits, history)
+        (the token to feed next, the text that may be emitted now). A zero token budget
+        finishes at once ("length") without sampling."""
+        if self.config.max_new_tokens < 1:
+            self.finish_reason = "length"
+            return -1, ""
+        token = self.sampler(logits, history, self.constraint.allowed() if self.constraint else None)
         self.sampled += 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return token, ""
-        text, hit = self.stops.push(self.stream.push(token))
+        piece = self.stream.push(token)
+        if self.logprobs is not None:
+            self.logprobs.add(logits, token, piece)
+        text, hit = self.stops.push(piece)
         if hit:
             self.finish_reason = "stop"
         elif self.sampled >= self.config.max_new_tokens:
@@ -360,6 +395,12 @@ class Generation:
     def flush(self) -> str:
         """Text held back as a possible stop string's start, once finished other than by one."""
         return "" if self.finish_reason == "stop" else self.stops.flush()
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The logprobs of the tokens behind the text emitted since the last call."""
+        if self.logprobs is None:
+            return ()
+        return self.logprobs.release(self.stops.emitted, final=bool(self.finish_reason))
 
 
 def _load_library(path: Path):

@@ -11,10 +11,11 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from lowbit.errors import LowbitError
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Message = dict[str, Any]  # {"role", "content"} (+ "tool_calls", "tool_call_id" in tool conversations)
 
 
 class Tokenizer:
@@ -35,6 +36,10 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def to_json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text."""
+        return self._tok.to_str()
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -76,6 +81,7 @@ class JinjaTemplate:
 
     def __init__(self, source: str, tokenizer: Tokenizer):
         import jinja2
+        import jinja2.meta
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message: str):
@@ -86,21 +92,32 @@ class JinjaTemplate:
         env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, indent=indent, ensure_ascii=False)
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self.source = source
         self._template = env.from_string(source)
         self._specials = {k: tokenizer.special_token(k) for k in ("bos_token", "eos_token")}
+        self.takes_tools = "tools" in jinja2.meta.find_undeclared_variables(env.parse(source))
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
+        """The prompt; ``tools``: OpenAI-shaped tool definitions, for templates that take them."""
+        extra = {"tools": tools} if tools else {}
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                     **self._specials)
+                                     **self._specials, **extra)
 
 
 class ConvTemplate:
     """MLC's ``conv_template`` (``protocol/conversation_protocol.py``'s prompt layout)."""
 
+    source = ""
+    takes_tools = False
+
     def __init__(self, conv: dict):
         self.conv = conv
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
+        if tools:
+            raise LowbitError("an MLC conv_template takes no tools")
         c = self.conv
         system = c.get("system_message", "")
         rest = list(messages)

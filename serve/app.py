@@ -23,11 +23,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lowbit.errors import LowbitError
-from lowbit.runtime.batching import BatchEngine, Delta, Done, Event, Failed, QueueFull, Refused
+from lowbit.runtime.batching import (
+    BatchEngine,
+    Delta,
+    Done,
+    Event,
+    Failed,
+    PromptScores,
+    QueueFull,
+    Refused,
+)
 from lowbit.runtime.batching import Request as EngineRequest
 from lowbit.runtime.batching import Usage as EngineUsage
 from lowbit.runtime.engine import GenerationConfig
+from lowbit.runtime.grammar import GrammarError
+from lowbit.runtime.logprobs import TokenLogprob
 from lowbit.serve import protocol as p
+from lowbit.serve import tools
 from lowbit.serve.metrics import Metrics
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "context": "length", "interrupted": "abort"}
@@ -142,6 +154,7 @@ class Server:
                             context_window=a.context_window, max_total_tokens=a.max_total_tokens,
                             prefill_chunk=a.prefill_chunk)
             engine.template  # noqa: B018 - load the tokenizer and template now, not on the first request
+            engine.grammars  # noqa: B018 - and llguidance's tokenizer (~0.5 s)
             self.stop_ids = engine.default_stop_token_ids()
             self.batch = BatchEngine(engine, a.max_batch, a.max_queue).start()
         except LowbitError as e:
@@ -167,10 +180,35 @@ class Server:
                    extra_stops: list[str]) -> GenerationConfig:
         """Sampling from the request, else from ``mlc-chat-config.json`` (as mlc_llm does)."""
         engine = self.ready().engine
-        sampling = engine.sampling_params(req.temperature, req.top_p, seed=req.seed)
-        budget = req.token_budget or max(engine.context_window - prompt_len, 1)
+        bad = [t for t, _ in req.bias if t >= engine.vocab_size]
+        if bad:
+            raise APIError(400, f"logit_bias: token id {bad[0]} is outside the vocabulary of "
+                           f"{engine.vocab_size}", param="logit_bias", code="invalid_value")
+        sampling = engine.sampling_params(req.temperature, req.top_p, seed=req.seed,
+                                          presence_penalty=req.presence_penalty,
+                                          frequency_penalty=req.frequency_penalty, logit_bias=req.bias)
+        budget = req.token_budget
+        if budget is None:
+            budget = max(engine.context_window - prompt_len, 1)
         stops = tuple(dict.fromkeys([*req.stop, *extra_stops]))
-        return GenerationConfig(budget, sampling, stops, self.stop_ids)
+        return GenerationConfig(budget, sampling, stops, self.stop_ids, self.grammar(req), req.top_count)
+
+    def grammar(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> str | None:
+        """The compiled grammar the output must follow: a forced tool call, or the response format."""
+        grammars = self.ready().engine.grammars
+        forced = isinstance(req, p.ChatCompletionRequest) and req.uses_tools and req.tool_choice not in (None, "auto")
+        try:
+            if forced:
+                return grammars.lark(tools.forced_call_grammar(req.tools, req.tool_choice, req.parallel_tool_calls))
+            fmt = req.response_format
+            if fmt is None or fmt.type == "text":
+                return None
+            if fmt.type == "json_object":
+                return grammars.json_schema(None)
+            return grammars.json_schema(fmt.json_schema.json_schema or {})
+        except GrammarError as e:
+            param = "tools" if forced else "response_format"
+            raise APIError(400, f"{param}: {e}", param=param, code="invalid_value") from None
 
 
 def _usage(u: EngineUsage) -> p.Usage:
@@ -281,10 +319,14 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
     async def chat_completions(req: p.ChatCompletionRequest, http: Request):
         model = server.check_model(req.model)
         engine = server.ready().engine
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+        if req.tools:
+            try:
+                tools.check_template(engine.template)
+            except tools.ToolsNotSupported as e:
+                raise APIError(400, str(e), param="tools", code="unsupported_parameter") from None
         try:
-            text = engine.template.render(messages)
+            text = engine.template.render([_template_message(m) for m in req.messages],
+                                          tools=[t.model_dump(exclude_none=True) for t in req.tools or []])
         except Exception as e:  # noqa: BLE001 - the model's own template refused the conversation
             raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
         ids = engine.tokenizer.encode(text, add_special_tokens=False)
@@ -293,12 +335,11 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
         rid = p.new_id("chatcmpl")
         if req.stream:
             return StreamingResponse(_chat_stream(run, rid, model, req), media_type="text/event-stream")
-        texts, reasons, usage = await _collect(run, req.n)
-        if usage is None:  # the client went away
+        out = await _collect(run, req.n)
+        if out.usage is None:  # the client went away
             return Response(status_code=499)
-        choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=texts[i]), finish_reason=reasons[i])
-                   for i in range(req.n)]
-        return p.ChatCompletion(id=rid, model=model, choices=choices, usage=usage)
+        choices = [_chat_choice(req, i, out.texts[i], out.reasons[i], out.logprobs[i]) for i in range(req.n)]
+        return p.ChatCompletion(id=rid, model=model, choices=choices, usage=out.usage)
 
     @v1.post("/completions", response_model=None)
     async def completions(req: p.CompletionRequest, http: Request):
@@ -307,20 +348,29 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
         if isinstance(req.prompt, str):
             ids = engine.tokenizer.encode(req.prompt)
         else:
-            vocab = int(engine.chat_config.get("vocab_size", 0)) or None
-            bad = [t for t in req.prompt if t < 0 or (vocab and t >= vocab)]
+            bad = [t for t in req.prompt if not 0 <= t < engine.vocab_size]
             if bad:
                 raise APIError(400, f"prompt: token id {bad[0]} is outside the vocabulary", param="prompt")
             ids = list(req.prompt)
-        run = Run(server, EngineRequest(ids, server.generation(req, len(ids), []), req.n), http)
+        scoring = req.echo and req.logprobs is not None  # the prompt's tokens get logprobs too
+        run = Run(server, EngineRequest(ids, server.generation(req, len(ids), []), req.n,
+                                        req.logprobs if scoring else None), http)
+        echo = None  # the echoed prompt when it is not scored (scored: the scored tokens' text)
+        if req.echo and not scoring:
+            echo = req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(ids)
         rid = p.new_id("cmpl")
         if req.stream:
-            return StreamingResponse(_completion_stream(run, rid, model, req), media_type="text/event-stream")
-        texts, reasons, usage = await _collect(run, req.n)
-        if usage is None:
+            return StreamingResponse(_completion_stream(run, rid, model, req, echo),
+                                     media_type="text/event-stream")
+        out = await _collect(run, req.n)
+        if out.usage is None:
             return Response(status_code=499)
-        choices = [p.CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i]) for i in range(req.n)]
-        return p.Completion(id=rid, model=model, choices=choices, usage=usage)
+        echoed = "".join(e.text for e in out.prompt) if scoring else echo or ""
+        choices = [p.CompletionChoice(
+            index=i, text=echoed + out.texts[i], finish_reason=out.reasons[i],
+            logprobs=None if req.logprobs is None else _completion_logprobs([*out.prompt, *out.logprobs[i]], 0),
+        ) for i in range(req.n)]
+        return p.Completion(id=rid, model=model, choices=choices, usage=out.usage)
 
     app.include_router(v1)
 
@@ -339,29 +389,110 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
     return app
 
 
-async def _collect(run: Run, n: int) -> tuple[list[str], list[str | None], p.Usage | None]:
-    """Each choice's whole text and finish reason, and the usage (None if the client left)."""
-    texts, reasons, usage = [""] * n, [None] * n, None
+@dataclass
+class _Outcome:
+    """A whole run: each choice's text, finish reason and logprobs; the prompt's scores; usage."""
+
+    texts: list[str]
+    reasons: list[str | None]
+    logprobs: list[list[TokenLogprob]]
+    prompt: tuple[TokenLogprob, ...] = ()
+    usage: p.Usage | None = None  # None: the client went away
+
+
+async def _collect(run: Run, n: int) -> _Outcome:
+    out = _Outcome([""] * n, [None] * n, [[] for _ in range(n)])
     async for ev in run.events_until_done():
         if isinstance(ev, Delta):
-            texts[ev.index] += ev.text
-            reasons[ev.index] = FINISH_REASONS.get(ev.finish_reason, ev.finish_reason)
+            out.texts[ev.index] += ev.text
+            out.logprobs[ev.index] += ev.logprobs
+            out.reasons[ev.index] = FINISH_REASONS.get(ev.finish_reason, ev.finish_reason)
+        elif isinstance(ev, PromptScores):
+            out.prompt = ev.logprobs
         elif isinstance(ev, Done):
-            usage = _usage(ev.usage)
-    return texts, reasons, usage
+            out.usage = _usage(ev.usage)
+    return out
+
+
+def _template_message(m: p.ChatMessage) -> dict:
+    """A request message as HF chat templates take it (tool-call arguments as a dict)."""
+    msg: dict = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    if m.tool_calls:
+        msg["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                             for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        msg["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        msg["name"] = m.name
+    return msg
+
+
+def _arguments(text: str) -> dict | str:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _chat_choice(req: p.ChatCompletionRequest, index: int, text: str, reason: str | None,
+                 logprobs: list[TokenLogprob]) -> p.ChatChoice:
+    content, calls = (tools.parse_calls(text, req.tools) if req.uses_tools else (text, []))
+    return p.ChatChoice(index=index, message=p.AssistantMessage(content=content, tool_calls=calls or None),
+                        finish_reason="tool_calls" if calls else reason,
+                        logprobs=_chat_logprobs(logprobs) if req.logprobs else None)
+
+
+def _token_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _chat_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> p.ChoiceLogprobs:
+    return p.ChoiceLogprobs(content=[
+        p.TokenLogprob(token=e.text, logprob=e.logprob, bytes=list(e.bytes),
+                       top_logprobs=[p.TopLogprob(token=_token_text(b), logprob=lp, bytes=list(b))
+                                     for _, b, lp in e.top])
+        for e in entries])
+
+
+def _completion_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int) -> p.CompletionLogprobs:
+    """The legacy shape; ``offset``: where the first token's text starts in the choice's text."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.text)
+    return p.CompletionLogprobs(
+        tokens=[e.text for e in entries], token_logprobs=[e.logprob for e in entries],
+        top_logprobs=[None if e.logprob is None else {_token_text(b): lp for _, b, lp in e.top} for e in entries],
+        text_offset=offsets)
 
 
 async def _chat_stream(run: Run, rid: str, model: str, req: p.ChatCompletionRequest):
     def chunk(choices, usage=None) -> str:
         return _sse(p.ChatCompletionChunk(id=rid, model=model, choices=choices, usage=usage))
 
+    held = [""] * req.n  # with tools: a choice's text, sent once it is known whether it calls
+    held_logprobs: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
     for i in range(req.n):
         yield chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))])
     async for ev in _relay(run):
-        if isinstance(ev, Delta):
+        if isinstance(ev, Delta) and req.uses_tools:
+            held[ev.index] += ev.text
+            held_logprobs[ev.index] += ev.logprobs
+            if ev.finish_reason is None:
+                continue
+            whole = _chat_choice(req, ev.index, held[ev.index], FINISH_REASONS.get(ev.finish_reason),
+                                 held_logprobs[ev.index])
+            calls = [p.ToolCallDelta(index=k, **c.model_dump()) for k, c in enumerate(whole.message.tool_calls or [])]
+            delta = p.ChatDelta(content=whole.message.content, tool_calls=calls or None)
+            yield chunk([p.ChatChunkChoice(index=ev.index, delta=delta, finish_reason=whole.finish_reason,
+                                           logprobs=whole.logprobs)])
+        elif isinstance(ev, Delta):
             reason = FINISH_REASONS.get(ev.finish_reason, ev.finish_reason)
             delta = p.ChatDelta(content=ev.text) if ev.text else p.ChatDelta()
-            yield chunk([p.ChatChunkChoice(index=ev.index, delta=delta, finish_reason=reason)])
+            yield chunk([p.ChatChunkChoice(index=ev.index, delta=delta, finish_reason=reason,
+                                           logprobs=_chat_logprobs(ev.logprobs) if req.logprobs else None)])
         elif isinstance(ev, Done) and req.include_usage:
             yield chunk([], _usage(ev.usage))
         elif isinstance(ev, str):
@@ -369,12 +500,23 @@ async def _chat_stream(run: Run, rid: str, model: str, req: p.ChatCompletionRequ
     yield _sse("[DONE]")
 
 
-async def _completion_stream(run: Run, rid: str, model: str, req: p.CompletionRequest):
+async def _completion_stream(run: Run, rid: str, model: str, req: p.CompletionRequest, echo: str | None):
+    offsets = [0] * req.n  # characters of each choice's text sent so far
+
+    def chunk(index: int, text: str, reason: str | None = None, entries=()) -> str:
+        logprobs = None if req.logprobs is None else _completion_logprobs(entries, offsets[index])
+        offsets[index] += len(text)
+        choice = p.CompletionChoice(index=index, text=text, finish_reason=reason, logprobs=logprobs)
+        return _sse(p.Completion(id=rid, model=model, choices=[choice]))
+
+    for i in range(req.n if echo else 0):
+        yield chunk(i, echo)
     async for ev in _relay(run):
-        if isinstance(ev, Delta):
-            reason = FINISH_REASONS.get(ev.finish_reason, ev.finish_reason)
-            choice = p.CompletionChoice(index=ev.index, text=ev.text, finish_reason=reason)
-            yield _sse(p.Completion(id=rid, model=model, choices=[choice]))
+        if isinstance(ev, PromptScores):
+            for i in range(req.n):
+                yield chunk(i, "".join(e.text for e in ev.logprobs), entries=ev.logprobs)
+        elif isinstance(ev, Delta):
+            yield chunk(ev.index, ev.text, FINISH_REASONS.get(ev.finish_reason, ev.finish_reason), ev.logprobs)
         elif isinstance(ev, Done) and req.include_usage:
             yield _sse(p.Completion(id=rid, model=model, choices=[], usage=_usage(ev.usage)))
         elif isinstance(ev, str):

@@ -17,6 +17,7 @@ from lowbit.runtime.sampler import (
     Sampler,
     SamplingParams,
     apply_repetition_penalty,
+    log_softmax,
     sampling_probs,
     top_k_mask,
     top_p_mask,
@@ -85,8 +86,73 @@ def test_seeded_sampling_is_reproducible_and_follows_the_distribution():
     np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / len(a)))  # 4 sigma
 
 
+def _openai_reference(logits: np.ndarray, generated: list[int], presence: float, frequency: float,
+                      bias: dict[int, float], temperature: float) -> np.ndarray:
+    """OpenAI's documented formula, token by token: mu[j] + bias[j] - c[j]*frequency - (c[j]>0)*presence;
+    then softmax(mu / T)."""
+    mu = logits.astype(np.float64).copy()
+    for j in range(mu.size):
+        c = generated.count(j)
+        mu[j] += bias.get(j, 0.0) - c * frequency - (1.0 if c > 0 else 0.0) * presence
+    e = np.exp((mu - mu.max()) / temperature)
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("presence,frequency,bias", [
+    (1.5, 0.0, {}), (0.0, 0.7, {}), (-1.0, 0.5, {}), (0.3, -0.4, {2: 3.0, 5: -2.5}), (0.0, 0.0, {7: -100.0}),
+])
+def test_penalties_and_logit_bias_follow_openai_formulas(presence, frequency, bias):
+    logits = _logits(5, n=8)
+    generated = [3, 3, 1, 3, 6]
+    params = SamplingParams(temperature=0.8, presence_penalty=presence, frequency_penalty=frequency,
+                            logit_bias=tuple(bias.items()), seed=7)
+    ref = _openai_reference(logits, generated, presence, frequency, bias, 0.8)
+    counts = {t: generated.count(t) for t in set(generated)}
+    sampler = Sampler(params)
+    sampler.counts = dict(counts)
+    np.testing.assert_allclose(sampling_probs(sampler.adjusted(logits), params), ref, atol=1e-6)
+    draws = []  # each draw from the same history: fresh counts, one seeded stream
+    for _ in range(4000):
+        sampler.counts = dict(counts)
+        draws.append(sampler(logits))
+    freq = np.bincount(draws, minlength=logits.size) / len(draws)
+    np.testing.assert_allclose(freq, ref, atol=4 * np.sqrt(0.25 / len(draws)))
+    if bias.get(7) == -100.0:
+        assert 7 not in draws
+
+
+def test_frequency_penalty_counts_the_samplers_own_picks():
+    """Greedy with a frequency penalty: each pick lowers that token, as the NumPy loop predicts."""
+    logits = _logits(9, n=6) * 0.3
+    params = SamplingParams(frequency_penalty=0.4, presence_penalty=0.1)
+    sampler, got = Sampler(params), []
+    for _ in range(12):
+        got.append(sampler(logits))
+    expected = []
+    for _ in range(12):
+        ref = _openai_reference(logits, expected, 0.1, 0.4, {}, 1.0)
+        expected.append(int(np.argmax(ref)))
+    assert got == expected and len(set(got)) > 1
+
+
+def test_logit_bias_of_100_forces_a_token_and_a_mask_excludes_tokens():
+    logits = _logits(4, n=10)
+    assert Sampler(SamplingParams(logit_bias=((8, 100.0),)))(logits) == 8
+    allowed = np.zeros(10, dtype=bool)
+    allowed[[1, 4]] = True
+    draws = {Sampler(SamplingParams(temperature=1.0, seed=s))(logits, allowed=allowed) for s in range(200)}
+    assert draws == {1, 4}
+
+
+def test_log_softmax_matches_torch():
+    logits = _logits(12, n=4096) * 3
+    np.testing.assert_allclose(log_softmax(logits), torch.log_softmax(torch.tensor(logits, dtype=torch.float64), -1),
+                               atol=1e-12)
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),
-                                dict(repetition_penalty=0)])
+                                dict(repetition_penalty=0), dict(presence_penalty=2.5),
+                                dict(frequency_penalty=-3), dict(logit_bias=((1, 101.0),))])
 def test_bad_params_are_one_line_errors(kw):
     with pytest.raises(LowbitError):
         SamplingParams(**kw)

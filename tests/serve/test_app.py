@@ -59,11 +59,11 @@ def test_loading_then_a_full_queue_get_503_with_retry_after(tiny_chat, monkeypat
 
 
 @pytest.mark.parametrize("body,field", [
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
-    ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}, "presence_penalty"),
-    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}, "functions"),
+    ({"messages": [{"role": "user", "content": "x"}], "audio": {"voice": "alloy"}}, "audio"),
+    ({"messages": [{"role": "user", "content": "x"}], "prediction": {"type": "content"}}, "prediction"),
 ])
-def test_fields_not_supported_yet_are_refused_by_name(body, field):
+def test_fields_not_supported_are_refused_by_name(body, field):
     with pytest.raises(ValidationError) as e:
         protocol.ChatCompletionRequest.model_validate(body)
     assert e.value.errors()[0]["type"] == "not_supported" and e.value.errors()[0]["ctx"]["field"] == field
@@ -73,12 +73,38 @@ def test_defaults_clients_send_are_accepted():
     req = protocol.ChatCompletionRequest.model_validate({
         "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
         "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "tools": [], "stop": "END",
+        "functions": [], "service_tier": "auto", "response_format": {"type": "text"}, "tool_choice": "none",
         "max_completion_tokens": 5, "max_tokens": 9,
     })
     assert req.messages[0].text() == "ab" and req.stop == ["END"] and req.token_budget == 5
     assert protocol.CompletionRequest.model_validate({"prompt": "x", "stop": None}).stop == []
     with pytest.raises(ValidationError):
         protocol.CompletionRequest.model_validate({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"top_logprobs": 3}, "top_logprobs needs logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "less than or equal to 20"),
+    ({"presence_penalty": 2.5}, "less than or equal to 2"),
+    ({"logit_bias": {"12": 101}}, "[-100, 100]"),
+    ({"logit_bias": {"x": 1}}, "token ids"),
+    ({"tool_choice": "required"}, "tool_choice needs tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "not in tools"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "pattern"),
+    ({"response_format": {"type": "json_schema"}}, "json_schema is given exactly"),
+    ({"response_format": {"type": "xml"}}, "json_schema"),
+])
+def test_bad_sampling_logprobs_tools_and_formats_are_refused(body, message):
+    with pytest.raises(ValidationError) as e:
+        protocol.ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **body})
+    assert message in str(e.value)
+
+
+def test_completion_max_tokens_0_needs_echo():
+    with pytest.raises(ValidationError, match="needs echo"):
+        protocol.CompletionRequest.model_validate({"prompt": "x", "max_tokens": 0})
+    assert protocol.CompletionRequest.model_validate({"prompt": "x", "max_tokens": 0, "echo": True}).max_tokens == 0
 
 
 def test_serve_refuses_a_missing_library_in_one_line(tiny_chat, tmp_path):
