@@ -143,6 +143,7 @@ class _Job:
     scores: list[TokenLogprob] = field(default_factory=list)  # prompt logprobs so far
     last_row: np.ndarray | None = None  # logits of the last prompt token scored
     decoder: StreamDecoder | None = None  # the prompt's text, token by token
+    error: str = ""  # set when the job failed on its own (its grammar): retired with Failed
 
     @property
     def generating(self) -> list[_Choice]:
@@ -421,7 +422,12 @@ class BatchEngine:
     def _sample(self, job: _Job, choice: _Choice, logits: np.ndarray) -> None:
         e = self.engine
         history = e.sequence_tokens(choice.seq_id)
-        choice.token, text = choice.gen.push(logits, history, e.context_window - len(history))
+        try:
+            choice.token, text = choice.gen.push(logits, history, e.context_window - len(history))
+        except LowbitError as err:  # this request's grammar broke: it fails alone, at the next step
+            job.error, job.cancelled, job.keep_prefix = str(err), True, False
+            choice.gen.finish("interrupted")
+            return
         self._generated_tokens += choice.token >= 0
         if choice.gen.finish_reason:
             text += choice.gen.flush()
@@ -446,6 +452,9 @@ class BatchEngine:
         self._finish(job)
 
     def _finish(self, job: _Job) -> None:
+        if job.error:
+            job.emit(Failed(job.error))
+            return
         for choice in job.choices:
             if not choice.gen.finish_reason:
                 choice.gen.finish("interrupted")

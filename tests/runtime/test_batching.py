@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from lowbit.errors import LowbitError
-from lowbit.runtime.batching import BatchEngine, Delta, Done, QueueFull, Refused, Request
+from lowbit.runtime.batching import BatchEngine, Delta, Done, Failed, QueueFull, Refused, Request
 from lowbit.runtime.engine import Engine, GenerationConfig
 from lowbit.runtime.sampler import SamplingParams
 
@@ -134,6 +134,32 @@ def test_cancel_frees_pages_and_slots(tiny_chat):
         assert last[-1].usage.completion_tokens < 500
         snap = batch.snapshot()
         assert snap.running == 0 and snap.kv_pages_in_use == idle
+    finally:
+        batch.shutdown()
+
+
+def test_a_request_whose_sampling_fails_fails_alone(tiny_chat, reference, monkeypatch):
+    """A broken generation (as a grammar error would be) fails its own request; the others finish."""
+    from lowbit.runtime import engine as engine_module
+
+    batch = _batch(tiny_chat, max_running=2)
+    push = engine_module.Generation.push
+
+    def push_or_fail(self, logits, history, room):
+        if self.config.max_new_tokens == 99 and self.sampled == 3:
+            raise LowbitError("constrained decoding failed: test")
+        return push(self, logits, history, room)
+
+    monkeypatch.setattr(engine_module.Generation, "push", push_or_fail)
+    try:
+        events: list = []
+        failing = threading.Thread(target=lambda: events.extend(batch.stream(
+            Request(batch.engine.tokenizer.encode(PROMPTS[1]), GenerationConfig(99)))))
+        failing.start()
+        assert _concurrently(batch, PROMPTS[:2]) == {p: reference[p] for p in PROMPTS[:2]}
+        failing.join(60)
+        assert isinstance(events[-1], Failed) and "test" in events[-1].message
+        assert batch.snapshot().running == 0
     finally:
         batch.shutdown()
 

@@ -18,7 +18,7 @@ from lowbit.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_DEPS = ["apache-tvm==0.27.0.post1", "tokenizers", "numpy", "jinja2", "click", "setuptools>=77",
-                "fastapi", "uvicorn", "prometheus-client", "httpx"]  # httpx: the test client
+                "fastapi", "uvicorn", "prometheus-client", "llguidance", "httpx"]  # httpx: the test client
 
 
 def _pip(venv: Path, *args: str) -> None:
@@ -82,6 +82,9 @@ def test_generation_without_torch(tiny_chat, tmp_path):
         "    while c.get('/health').status_code != 200: time.sleep(0.1)\n"
         f"    r = c.post('/v1/completions', json={{'prompt': {prompt!r}, 'max_tokens': 12, 'temperature': 0}})\n"
         "    print(r.json()['choices'][0]['text'])\n"
+        "    r = c.post('/v1/completions', json={'prompt': 'x', 'max_tokens': 40, 'logprobs': 1, "
+        "'response_format': {'type': 'json_schema', 'json_schema': {'name': 'n', 'schema': {'enum': [1, 2]}}}})\n"
+        "    assert r.json()['choices'][0]['text'] in ('1', '2') and r.json()['choices'][0]['logprobs'], r.text\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     ) == result.stdout
 

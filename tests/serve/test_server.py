@@ -249,8 +249,10 @@ BAD = [
     ("wrong type", "/v1/chat/completions", {"messages": "hi"}, 400, "messages"),
     ("negative max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
     ("unknown field", "/v1/completions", {"prompt": "x", "colour": "red"}, 400, "colour"),
-    ("not supported yet", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
-                                                   "tools": [{"type": "function"}]}, 400, "tools"),
+    ("not supported", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                               "functions": [{"name": "f"}]}, 400, "functions"),
+    ("tool without a function", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                         "tools": [{"type": "function"}]}, 400, "tools.0.function"),
     ("prompt too long", "/v1/completions", {"prompt": list(range(10, 10 + CONTEXT + 10))}, 400, "prompt"),
     ("unknown model", "/v1/completions", {"prompt": "x", "model": "gpt-9"}, 404, "model"),
     ("token outside the vocabulary", "/v1/completions", {"prompt": [1, 10**7]}, 400, "prompt"),
@@ -270,6 +272,99 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(live, what, path, b
     if what == "prompt too long":
         assert str(CONTEXT + 10) in error["message"]
     assert _completion(live, "Hello", 2)
+
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
+          "properties": {"name": {"type": "string", "maxLength": 24},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "city": {"type": "string", "maxLength": 24},
+                         "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 3}}}
+
+
+@pytest.mark.slow
+def test_json_schema_output_validates_in_10_of_10_seeded_runs(live, client):
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for seed in range(10):
+        r = client.chat.completions.create(
+            model=live.model, messages=[{"role": "user", "content": "Invent a person and describe them."}],
+            response_format=fmt, temperature=0.8, seed=seed, max_tokens=160)
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+        assert r.choices[0].finish_reason == "stop"
+    obj = client.chat.completions.create(model=live.model, messages=[{"role": "user", "content": "A JSON object"}],
+                                         response_format={"type": "json_object"}, temperature=0, max_tokens=60)
+    assert obj.choices[0].finish_reason != "stop" or isinstance(json.loads(obj.choices[0].message.content), dict)
+    status, _, err = _post(live, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                           "response_format": {"type": "json_schema", "json_schema": {
+                               "name": "bad", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}})
+    assert status == 400 and err["error"]["param"] == "response_format"
+
+
+@pytest.mark.slow
+def test_logprobs_equal_the_engines_log_softmax(live, client):
+    """Chat logprobs and a completion's echoed prompt scores against the engine run here in-process
+    on the same folder and library (what `lowbit run` runs)."""
+    import numpy as np
+
+    from lowbit.runtime.engine import Engine
+    from lowbit.runtime.sampler import log_softmax
+
+    messages = [{"role": "user", "content": PROMPTS[2]}]
+    r = client.chat.completions.create(model=live.model, messages=messages, max_tokens=12, temperature=0,
+                                       logprobs=True, top_logprobs=5)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    engine = Engine(live.mlc_dir, live.lib, max_batch_size=2)
+    ids = engine.tokenizer.encode(engine.template.render(messages), add_special_tokens=False)
+    engine.add_sequence(0)
+    logits = engine.prefill(0, ids)
+    token_bytes = engine.grammars.token_bytes
+    for entry in content:
+        lp = log_softmax(logits)
+        token = int(np.argmax(logits))
+        assert bytes(entry.bytes) == token_bytes(token)
+        assert abs(entry.logprob - lp[token]) < 1e-4
+        top = np.argsort(-lp, kind="stable")[:5]
+        assert [bytes(t.bytes) for t in entry.top_logprobs] == [token_bytes(int(t)) for t in top]
+        np.testing.assert_allclose([t.logprob for t in entry.top_logprobs], lp[top], atol=1e-4)
+        logits = engine.decode(0, token)
+
+    scored = client.completions.create(model=live.model, prompt=PROMPTS[3], max_tokens=0, echo=True, logprobs=2)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == "".join(lp.tokens) == PROMPTS[3] and lp.token_logprobs[0] is None
+    prompt = engine.tokenizer.encode(PROMPTS[3])
+    engine.add_sequence(1)
+    rows = np.stack([log_softmax(row) for row in engine.all_logits(1, prompt)])
+    np.testing.assert_allclose(lp.token_logprobs[1:], rows[np.arange(len(prompt) - 1), prompt[1:]], atol=1e-4)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+
+
+@pytest.mark.slow
+def test_logit_bias_and_penalties_change_greedy_output(live, client):
+    def first(**kw):
+        return client.completions.create(model=live.model, prompt=PROMPTS[0], max_tokens=16, temperature=0,
+                                         logprobs=0, **kw).choices[0]
+
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    plain = first()
+    tok = Tokenizer(live.mlc_dir)
+    greedy_id = tok.encode(PROMPTS[0] + plain.text)[len(tok.encode(PROMPTS[0]))]
+    banned = first(logit_bias={str(greedy_id): -100})
+    assert banned.logprobs.tokens[0] != plain.logprobs.tokens[0]
+    forced = first(logit_bias={str(tok.encode(",")[0]): 100})
+    assert set(forced.text) == {","}
+
+    def repeated(choice) -> int:
+        return len(choice.logprobs.tokens) - len(set(choice.logprobs.tokens))
+
+    penalized = first(frequency_penalty=2.0, presence_penalty=2.0)
+    assert repeated(penalized) <= repeated(plain) and (repeated(plain) == 0 or penalized.text != plain.text)
+    status, _, err = _post(live, "/v1/completions", {"prompt": "x", "logit_bias": {"999999": 5}})
+    assert status == 400 and err["error"]["param"] == "logit_bias"
+    status, _, err = _post(live, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                          "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assert status == 400 and err["error"]["param"] == "tools"
 
 
 @pytest.mark.slow
