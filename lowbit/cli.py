@@ -59,12 +59,19 @@ def _group_size(value: str) -> int:
               help="omniquant --let / smoothquant: migration strength of the initial scales")
 @click.option("--act-order", is_flag=True,
               help="gptq: visit columns by decreasing Hessian diagonal")
-@click.option("--resume", is_flag=True, help="reuse the blocks an interrupted run finished")
+@click.option("--steps", type=int, help="bitdistiller: optimizer steps (overrides the preset)")
+@click.option("--lr", type=float, help="omniquant, bitdistiller: learning rate (overrides the preset)")
+@click.option("--loss", type=click.Choice(["cakld", "fkl", "rkl", "ce"]),
+              help="bitdistiller: distillation loss (default cakld; the others for ablations)")
+@click.option("--instructions", type=click.Path(exists=True, dir_okay=False),
+              help="bitdistiller: extra teacher prompts (.jsonl with instruction/input, or .txt)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its checkpoints")
 def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, nf3: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
-              shift: bool, alpha: float | None, act_order: bool, resume: bool) -> None:
+              shift: bool, alpha: float | None, act_order: bool, steps: int | None,
+              lr: float | None, loss: str | None, instructions: str | None, resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
@@ -75,6 +82,7 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, nf
         raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
                "let": int(let) or None, "shift": int(shift) or None, "alpha": alpha, "act_order": int(act_order) or None,
+               "steps": steps, "lr": lr, "loss": loss, "instructions": instructions,
                "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
