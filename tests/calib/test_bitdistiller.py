@@ -93,7 +93,7 @@ def test_apply_clip_clamps_all_but_q_and_k(tiny_llama_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     layers = quantized_linear_names(model)
     ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
-    apply_asym_clip(model, layers, QuantSpec(2, 64), ids, progress=False)
+    apply_asym_clip(model, layers, QuantSpec(2, 64), ids, n_grid=6, progress=False)
     for name, p in model.named_parameters():
         owner = name.rsplit(".", 1)[0]
         if owner not in layers or owner.endswith(SKIPPED):
@@ -185,7 +185,7 @@ def tiny_with_eos(tiny_llama_dir, tmp_path_factory) -> Path:
     return folder
 
 
-TINY = {"nsamples": 2, "seqlen": 32, "gen_samples": 4, "gen_tokens": 8, "gen_batch": 4,
+TINY = {"nsamples": 2, "seqlen": 32, "n_grid": 4, "gen_samples": 4, "gen_tokens": 8, "gen_batch": 4,
         "batch_size": 2, "grad_accum": 1, "steps": 2, "gamma_batches": 1}
 
 
