@@ -19,6 +19,7 @@ from lowbit.quantizer import ACT_BITS, QuantSpec
 # Methods that support weight-activation quantization: RTN never looks at activations, the
 # others see the quantized activations while they calibrate. GPTQ and AWQ-clip do not.
 ACT_QUANT_METHODS = ("rtn", "smoothquant", "omniquant")
+CODEBOOK_METHODS = ("rtn", "bitdistiller")  # the methods whose quantizers know the NF3 levels
 
 
 @dataclass
@@ -35,6 +36,7 @@ class CalibrateArgs:
     progress: bool = True
     settings: dict = field(default_factory=dict)
     act_bits: int | None = None  # per-token activation fake-quant at evaluation
+    codebook: str | None = None  # "nf3": BitDistiller's non-uniform 3-bit levels
 
     def display(self) -> str:
         return "  ".join(f"{k}={v}" for k, v in asdict(self).items() if k != "progress")
@@ -45,9 +47,12 @@ def calibrate(args: CalibrateArgs) -> Path:
     if args.method not in METHODS:
         raise LowbitError(f"unknown method {args.method!r} (available: {', '.join(METHODS)})")
     try:
-        spec = QuantSpec(args.bits, args.group_size, args.sym)
+        spec = QuantSpec(args.bits, args.group_size, args.sym, args.codebook)
     except ValueError as e:
         raise LowbitError(str(e)) from None
+    if spec.codebook and args.method not in CODEBOOK_METHODS:
+        raise LowbitError(f"--{spec.codebook} is supported with {', '.join(CODEBOOK_METHODS)}, "
+                          f"not {args.method}")
     if args.act_bits is not None and args.act_bits not in ACT_BITS:
         raise LowbitError(f"--act-bits must be one of {', '.join(map(str, ACT_BITS))}, got {args.act_bits}")
     if args.act_bits is not None and args.method not in ACT_QUANT_METHODS:

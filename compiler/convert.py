@@ -97,6 +97,11 @@ def check_holdable(spec: QuantSpec | None, scheme: Scheme, where: Path) -> None:
     """An asymmetric scheme keeps fused codes as they are, so bits and group must match."""
     if spec is None or not isinstance(scheme, AsymGroupQuant):
         return
+    if spec.codebook:
+        raise LowbitError(
+            f"{scheme.name} cannot hold the {spec.codebook} codes of {where}: no MLC scheme "
+            f"stores a {spec.codebook} codebook yet; a symmetric scheme (q3f16_1) re-quantizes"
+        )
     if (spec.bits, spec.group_size) != (scheme.bits, scheme.group_size):
         g = "per-channel" if spec.group_size == -1 else f"group {spec.group_size}"
         same = f"w{spec.bits}a16g{spec.group_size}asym"

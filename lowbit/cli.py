@@ -38,6 +38,8 @@ def _group_size(value: str) -> int:
 @click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 6 or 8")
 @click.option("--group-size", default="128", show_default=True, help="32/40/64/128, or -1 per channel")
 @click.option("--sym", is_flag=True, help="symmetric (MLC's convention) instead of asymmetric")
+@click.option("--nf3", is_flag=True,
+              help="BitDistiller's NF3 codebook (3 bits, two scales per group; rtn, bitdistiller)")
 @click.option("--act-bits", type=int,
               help="also fake-quantize every linear's input per token (4, 6, 8), e.g. W4A4")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="fused checkpoint folder")
@@ -57,12 +59,19 @@ def _group_size(value: str) -> int:
               help="omniquant --let / smoothquant: migration strength of the initial scales")
 @click.option("--act-order", is_flag=True,
               help="gptq: visit columns by decreasing Hessian diagonal")
-@click.option("--resume", is_flag=True, help="reuse the blocks an interrupted run finished")
-def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
+@click.option("--steps", type=int, help="bitdistiller: optimizer steps (overrides the preset)")
+@click.option("--lr", type=float, help="omniquant, bitdistiller: learning rate (overrides the preset)")
+@click.option("--loss", type=click.Choice(["cakld", "fkl", "rkl", "ce"]),
+              help="bitdistiller: distillation loss (default cakld; the others for ablations)")
+@click.option("--instructions", type=click.Path(exists=True, dir_okay=False),
+              help="bitdistiller: extra teacher prompts (.jsonl with instruction/input, or .txt)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its checkpoints")
+def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, nf3: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
-              shift: bool, alpha: float | None, act_order: bool, resume: bool) -> None:
+              shift: bool, alpha: float | None, act_order: bool, steps: int | None,
+              lr: float | None, loss: str | None, instructions: str | None, resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
@@ -73,10 +82,11 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool,
         raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
                "let": int(let) or None, "shift": int(shift) or None, "alpha": alpha, "act_order": int(act_order) or None,
+               "steps": steps, "lr": lr, "loss": loss, "instructions": instructions,
                "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
-                         settings=settings, act_bits=act_bits)
+                         settings=settings, act_bits=act_bits, codebook="nf3" if nf3 else None)
     click.echo(f"calibrate: {args.display()}", err=True)
     click.echo(f"wrote {run(args)}")
 

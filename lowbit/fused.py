@@ -7,6 +7,9 @@ each quantized linear ``L`` (e.g. ``model.layers.0.self_attn.q_proj``):
 * ``L.scales`` float16 [N, G]  G = ceil(K / group) (1 when per-channel)
 * ``L.zeros``  uint8   [N, G]  integer zero points (asymmetric only)
 
+NF3 checkpoints (``codebook: "nf3"``) store codes 0–7 indexing :data:`lowbit.quantizer.NF3_LEVELS`,
+``L.scales`` float16 [N, G, 2] (the positive levels' scale, then the negative levels'), no zeros.
+
 and every other tensor (norms, embeddings, biases) in its original dtype, plus
 ``quantization_config.json``. Biases the architecture lacks (a LET shift's, on norms and
 linears) are stored like any bias and attached on load. ``docs/FORMAT.md`` is the normative description.
@@ -57,7 +60,8 @@ def quantized_linear_names(model: torch.nn.Module) -> list[str]:
 
 
 def spec_from_qconfig(qconfig: dict) -> QuantSpec:
-    return QuantSpec(qconfig["bits"], qconfig["group_size"], qconfig["sym"])
+    return QuantSpec(qconfig["bits"], qconfig["group_size"], qconfig["sym"],
+                     qconfig.get("codebook"))
 
 
 def make_qconfig(method: str, spec: QuantSpec, layers: list[str], act_bits: int | None = None,
@@ -72,6 +76,7 @@ def make_qconfig(method: str, spec: QuantSpec, layers: list[str], act_bits: int 
         "bits": spec.bits,
         "group_size": spec.group_size,
         "sym": spec.sym,
+        "codebook": spec.codebook,
         "act_bits": act_bits,
         "layers": layers,
         "tool": f"lowbit {__version__}",
@@ -142,11 +147,11 @@ def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
         try:
             codes = tensors.pop(f"{name}.codes")
             scales = tensors.pop(f"{name}.scales")
-            zeros = None if spec.sym else tensors.pop(f"{name}.zeros")
+            zeros = tensors.pop(f"{name}.zeros") if spec.has_zeros else None
         except KeyError as e:
             raise LowbitError(f"{path}: missing tensor {e.args[0]}") from None
         n, k = codes.shape
-        want = (n, spec.num_groups(k))
+        want = spec.scales_shape(n, k)
         if tuple(scales.shape) != want or (zeros is not None and tuple(zeros.shape) != want):
             raise LowbitError(f"{path}: {name} scales/zeros shape {tuple(scales.shape)} != {want}")
         quantized[name] = QuantizedWeight(codes, scales, zeros, spec)

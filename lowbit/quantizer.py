@@ -9,6 +9,13 @@ Two conventions, both with fp16 scales and groups along the input (K) axis of an
   computed in fp16, ``q = round(w / s + m)`` with ``m = 2^(b−1) − 1`` in fp16 arithmetic and
   ``w ≈ s·(q − m)``; codes use ``[0, 2m]``. A symmetric 4-bit g32 model is MLC's ``q4f16_1``.
 
+* NF3 codebook (BitDistiller's ``ste-n2f3``, ``codebook="nf3"``): eight levels
+  :data:`NF3_LEVELS` in [−1, 1] (three negative, zero, four positive), two fp16 scales per
+  group and no zero point: ``s₊ = |max W_g|`` for codes ≥ 4, ``s₋ = |min W_g|`` for codes < 3;
+  ``w ≈ level[q]·s₊`` (w ≥ 0) or ``level[q]·s₋`` (w < 0), ``q`` the nearest level of
+  ``w / s`` (the reference's thresholds: ties round up on the positive side, towards zero on
+  the negative side).
+
 K need not be a multiple of the group size: the last group is *partial* and its scale and zero
 point come from its real elements only. ``group_size = -1`` means one group per output channel.
 """
@@ -22,17 +29,36 @@ import torch
 SUPPORTED_BITS = (2, 3, 4, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 40, 64, 128, -1)
 MIN_SCALE = 1e-5  # OmniQuant's CLIPMIN: keeps constant groups from dividing by zero
+CODEBOOKS = ("nf3",)
+
+# BitDistiller's NF3 levels (quantization/quantizer.py ``round_n2f3``), ascending: code q holds
+# NF3_LEVELS[q]. The decision thresholds are the reference's constants (the midpoints).
+NF3_LEVELS = (-1.0, -0.5350227355957031, -0.2469314038753510, 0.0,
+              0.1833375245332718, 0.3819939494132996, 0.6229856610298157, 1.0)
+NF3_ZERO = 3  # the code of level 0
+NF3_POS_THRESHOLDS = (0.0916687622666359, 0.2826657369732857, 0.5024898052215576,
+                      0.8114928305149078)
+NF3_NEG_THRESHOLDS = (-0.1234657019376755, -0.39097706973552704, -0.7675113677978516)
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one weight matrix is quantized: bit width, group size (-1 = per channel), symmetry."""
+    """How one weight matrix is quantized: bit width, group size (-1 = per channel), symmetry,
+    and a non-uniform codebook (``"nf3"``; None: integer levels)."""
 
     bits: int
     group_size: int
     sym: bool = False
+    codebook: str | None = None
 
     def __post_init__(self) -> None:
+        if self.codebook is not None:
+            if self.codebook not in CODEBOOKS:
+                raise ValueError(f"unknown codebook {self.codebook!r} (supported: {CODEBOOKS})")
+            if self.bits != 3:
+                raise ValueError(f"the nf3 codebook is 3-bit (got {self.bits} bits)")
+            if self.sym:
+                raise ValueError("the nf3 codebook has no symmetric variant")
         if self.bits not in SUPPORTED_BITS:
             raise ValueError(f"unsupported bit width {self.bits} (supported: {SUPPORTED_BITS})")
         if self.group_size not in SUPPORTED_GROUP_SIZES:
@@ -60,12 +86,24 @@ class QuantSpec:
     @property
     def name(self) -> str:
         g = "pc" if self.group_size == -1 else f"g{self.group_size}"
-        return f"w{self.bits}{g}{'sym' if self.sym else 'asym'}"
+        kind = self.codebook or ("sym" if self.sym else "asym")
+        return f"w{self.bits}{g}{kind}"
+
+    @property
+    def has_zeros(self) -> bool:
+        """Whether the format stores a zero point per group (asymmetric integer codes)."""
+        return not self.sym and self.codebook is None
+
+    def scales_shape(self, n: int, k: int) -> tuple[int, ...]:
+        """[N, G], or [N, G, 2] (positive, negative scale) for NF3."""
+        shape = (n, self.num_groups(k))
+        return (*shape, 2) if self.codebook else shape
 
 
 @dataclass
 class QuantizedWeight:
-    """Integer codes [N, K] uint8, fp16 scales [N, G] and (asymmetric) uint8 zeros [N, G]."""
+    """Codes [N, K] uint8, fp16 scales [N, G] (NF3: [N, G, 2], positive then negative) and
+    (asymmetric) uint8 zeros [N, G]."""
 
     codes: torch.Tensor
     scales: torch.Tensor
@@ -119,6 +157,8 @@ def compute_qparams(
         gmin, gmax = group_min_max(w, spec)
         xmin = gmin if xmin is None else xmin
         xmax = gmax if xmax is None else xmax
+    if spec.codebook:
+        return nf3_scales(xmin, xmax), None
     if spec.sym:
         amax = torch.maximum(xmax.abs(), xmin.abs()).to(torch.float16)
         scales = amax / torch.tensor(spec.sym_offset, dtype=torch.float16)  # fp16 division, as MLC
@@ -134,6 +174,8 @@ def quantize_with(
 ) -> QuantizedWeight:
     """Round ``w`` [N, K] to codes with the given per-group parameters."""
     k = w.shape[1]
+    if spec.codebook:
+        return QuantizedWeight(nf3_codes(w, spec, scales), scales, None, spec)
     if spec.sym:
         # MLC computes w/s + m in the model dtype (fp16), each op rounded to fp16.
         s = _per_element(scales, spec, k)
@@ -156,6 +198,8 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``s·(q − z)`` in fp32 (exact: |q − z| < 2^8 and s has an 11-bit mantissa), cast to ``dtype``."""
     spec, k = qw.spec, qw.codes.shape[1]
+    if spec.codebook:
+        return _nf3_values(qw.codes, _nf3_scale_per_element(qw.scales, qw.codes, spec)).to(dtype)
     s = _per_element(qw.scales, spec, k).float()
     z = (
         torch.full_like(s, spec.sym_offset)
@@ -255,6 +299,68 @@ def fake_quantize_lwc(
     """Quantize-dequantize with learnable clipping factors ``up``/``low`` (logits, [N, G])."""
     xmin, xmax = lwc_range(w, spec, up, low, minmax)
     return fake_quantize_range(w, spec, xmin, xmax)
+
+
+def nf3_scales(xmin: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
+    """fp16 ``(|xmax|, |xmin|)`` per group, [N, G, 2]."""
+    return torch.stack([xmax.float().abs(), xmin.float().abs()], dim=-1).to(torch.float16)
+
+
+def _nf3_side_scales(scales: torch.Tensor, spec: QuantSpec, k: int, w: torch.Tensor) -> torch.Tensor:
+    """Each element's scale [N, K] by its sign: ``s₊`` where ``w ≥ 0``, ``s₋`` elsewhere."""
+    pos = _per_element(scales[..., 0], spec, k).float()
+    neg = _per_element(scales[..., 1], spec, k).float()
+    return torch.where(w >= 0, pos, neg)
+
+
+def _nf3_round(r: torch.Tensor) -> torch.Tensor:
+    """Codes of ``r = w / s`` [..]: the reference's thresholds, positive side for ``r ≥ 0``."""
+    up = sum((r >= t).to(torch.uint8) for t in NF3_POS_THRESHOLDS)
+    down = sum((r < t).to(torch.uint8) for t in NF3_NEG_THRESHOLDS)
+    return torch.where(r >= 0, NF3_ZERO + up, NF3_ZERO - down).to(torch.uint8)
+
+
+def nf3_codes(w: torch.Tensor, spec: QuantSpec, scales: torch.Tensor) -> torch.Tensor:
+    """NF3 codes [N, K] of ``w`` with the fp16 scales [N, G, 2] (a zero scale gives code 3)."""
+    wf = w.float()
+    s = _nf3_side_scales(scales, spec, w.shape[1], wf)
+    return _nf3_round(wf / torch.where(s == 0, 1.0, s))
+
+
+def _nf3_scale_per_element(scales: torch.Tensor, codes: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    pos = _per_element(scales[..., 0], spec, codes.shape[1]).float()
+    neg = _per_element(scales[..., 1], spec, codes.shape[1]).float()
+    return torch.where(codes > NF3_ZERO, pos, neg)
+
+
+def _nf3_values(codes: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``NF3_LEVELS[codes] · s`` in fp32 (table lookup)."""
+    table = torch.tensor(NF3_LEVELS, dtype=torch.float32, device=codes.device)
+    return table[codes.long()] * s
+
+
+def fake_quantize_nf3(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Differentiable NF3 quantize-dequantize of ``w`` [N, K] with each group's own
+    ``|max|``/``|min|`` scales, as the reference's ``SteN2F3Quantizer``: straight-through
+    rounding, gradients reach the scales (hence the group's extreme elements). The forward
+    value is the exported one (fp16 scales)."""
+    wf = w.float()
+    xmin, xmax = group_min_max(wf, spec)
+    exact = torch.stack([xmax.abs(), xmin.abs()], dim=-1)
+    scales = exact + (exact.detach().to(torch.float16).float() - exact).detach()
+    s = _nf3_side_scales(scales, spec, w.shape[1], wf.detach())
+    r = wf / torch.where(s == 0, 1.0, s)
+    with torch.no_grad():
+        level = _nf3_values(_nf3_round(r), torch.ones_like(r))
+    return (r + (level - r).detach()) * s
+
+
+def fake_quantize_weight(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Differentiable RTN quantize-dequantize with the group ranges re-derived from ``w``
+    (BitDistiller's STE quantizers); the forward value is exactly the exported weight."""
+    if spec.codebook:
+        return fake_quantize_nf3(w, spec)
+    return fake_quantize_range(w, spec, *group_min_max(w, spec))
 
 
 ACT_BITS = (4, 6, 8)  # dynamic activation quantization widths; 16 means none

@@ -43,6 +43,30 @@ def test_round_trip_bit_exact(tiny_llama_dir, tmp_path, bits, group, sym):
     assert tensors["model.norm.weight"].dtype == torch.float32
 
 
+def test_nf3_round_trip_bit_exact(tiny_llama_dir, tmp_path):
+    out = tmp_path / "fused"
+    calibrate(CalibrateArgs(str(tiny_llama_dir), "rtn", 3, 64, False, out, progress=False,
+                            codebook="nf3"))
+    spec = QuantSpec(3, 64, codebook="nf3")
+    fp = dict(load_torch_model(tiny_llama_dir).named_parameters())
+    fused = load_fused(out)
+    assert fused.qconfig["codebook"] == "nf3" and len(fused.quantized) == 14
+    for name, qw in fused.quantized.items():
+        n, k = qw.codes.shape  # K = 96 or 160: partial last groups
+        assert qw.zeros is None and qw.scales.shape == (n, -(-k // 64), 2)
+        assert torch.equal(dict(fused.model.named_parameters())[f"{name}.weight"].data,
+                           fake_quantize(fp[f"{name}.weight"].data, spec))
+    tensors = load_file(str(out / "model.safetensors"))
+    assert not any(k.endswith(".zeros") for k in tensors)
+
+
+@pytest.mark.parametrize("method,bits", [("gptq", 3), ("rtn", 2)])
+def test_nf3_refused_where_unsupported(tiny_llama_dir, tmp_path, method, bits):
+    with pytest.raises(LowbitError, match="nf3"):
+        calibrate(CalibrateArgs(str(tiny_llama_dir), method, bits, 64, False, tmp_path / "o",
+                                progress=False, codebook="nf3"))
+
+
 def test_fused_logits_equal_fake_quant_model(tiny_qwen2_dir, tmp_path):
     out = tmp_path / "fused"
     spec = QuantSpec(3, 32, False)

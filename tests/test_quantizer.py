@@ -12,6 +12,7 @@ from lowbit.quantizer import (
     dequantize,
     fake_quantize,
     fake_quantize_range,
+    fake_quantize_weight,
     group_min_max,
     quantize,
     quantize_with,
@@ -126,3 +127,87 @@ def test_differentiable_fake_quant_equals_export_on_one_signed_groups(sym):
     xmin, xmax = 0.9 * xmin, 0.8 * xmax  # clipped ranges, as LWC produces
     exported = dequantize(quantize_with(w, spec, *compute_qparams(w, spec, xmin, xmax)))
     assert torch.equal(fake_quantize_range(w, spec, xmin, xmax), exported)
+
+
+# BitDistiller's SteN2F3Quantizer.round_n2f3, transcribed as (lower bound, level) steps.
+NF3_POS_STEPS = [(0.8114928305149078, 1.0), (0.5024898052215576, 0.6229856610298157),
+                 (0.2826657369732857, 0.3819939494132996), (0.0916687622666359, 0.1833375245332718)]
+NF3_NEG_STEPS = [(-0.1234657019376755, 0.0), (-0.39097706973552704, -0.2469314038753510),
+                 (-0.7675113677978516, -0.5350227355957031)]
+
+
+def np_nf3(w: np.ndarray, group: int) -> np.ndarray:
+    """NF3 quantize-dequantize, element by element: the positive part over fp16 |max| and the
+    negative part over fp16 |min| of each group's real elements."""
+    n, k = w.shape
+    g = k if group == -1 else group
+    out = np.zeros_like(w)
+    for i in range(n):
+        for j0 in range(0, k, g):
+            blk = w[i, j0 : j0 + g]
+            sp = np.float32(np.float16(abs(blk.max())))
+            sn = np.float32(np.float16(abs(blk.min())))
+            for c, x in enumerate(blk):
+                if x >= 0:
+                    r = x / sp if sp else np.float32(0)
+                    level = next((lv for lo, lv in NF3_POS_STEPS if r >= np.float32(lo)), 0.0)
+                    out[i, j0 + c] = np.float32(level) * sp
+                else:
+                    r = x / sn
+                    level = next((lv for lo, lv in NF3_NEG_STEPS if r >= np.float32(lo)), -1.0)
+                    out[i, j0 + c] = np.float32(level) * sn
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 96), (5, 130), (4, 576)])
+@pytest.mark.parametrize("group", [64, 128, -1])
+def test_nf3_round_trip_matches_numpy_reference(shape, group):
+    rng = np.random.default_rng(shape[1] + group)
+    w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    w[0, :8] = 0.0
+    w[1, : min(64, shape[1])] = np.abs(w[1, : min(64, shape[1])])  # a group with no negative
+    spec = QuantSpec(3, group, codebook="nf3")
+    qw = quantize(torch.from_numpy(w), spec)
+    assert qw.zeros is None and qw.scales.shape == (shape[0], spec.num_groups(shape[1]), 2)
+    assert qw.codes.max() <= 7
+    ref = np_nf3(w, group)
+    np.testing.assert_array_equal(dequantize(qw).numpy(), ref)
+    np.testing.assert_array_equal(fake_quantize_weight(torch.from_numpy(w), spec).numpy(), ref)
+    # a second pass is a fixed point: dequantized values re-quantize to the same codes
+    again = quantize(dequantize(qw), spec)
+    assert torch.equal(again.codes, qw.codes)
+
+
+def test_nf3_levels_and_ties():
+    spec = QuantSpec(3, 32, codebook="nf3")
+    # max 1 and min -1: r = w exactly; thresholds tie up on the positive side, to zero below
+    w = torch.tensor([[1.0, -1.0, 0.0916687622666359, -0.1234657019376755, 0.5, -0.6] + [0.0] * 26])
+    qw = quantize(w, spec)
+    assert qw.codes[0, :6].tolist() == [7, 0, 4, 3, 5, 1]
+
+
+def test_nf3_gradients_reach_weights_and_extremes():
+    torch.manual_seed(0)
+    w = torch.randn(4, 96, requires_grad=True)
+    out = fake_quantize_weight(w, QuantSpec(3, 64, codebook="nf3"))
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.isfinite(w.grad).all() and (w.grad != 0).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("bad", [dict(bits=2, group_size=64, codebook="nf3"),
+                                 dict(bits=3, group_size=64, sym=True, codebook="nf3"),
+                                 dict(bits=3, group_size=64, codebook="nf4")])
+def test_bad_codebook_spec(bad):
+    with pytest.raises(ValueError):
+        QuantSpec(**bad)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(2, 64), QuantSpec(3, 128), QuantSpec(2, 128)],
+                         ids=lambda s: s.name)
+def test_ste_int_quantizer_is_the_export(spec):
+    torch.manual_seed(3)
+    w = torch.randn(8, 576, requires_grad=True)  # 576: a partial last group at g128
+    out = fake_quantize_weight(w, spec)
+    assert torch.equal(out.detach(), fake_quantize(w.detach(), spec))
+    out.sum().backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0

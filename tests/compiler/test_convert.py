@@ -147,6 +147,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path_factory, tmp_path, tiny_llama_d
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
 
 
+def test_nf3_is_refused_by_asym_schemes(tmp_path, tiny_llama_dir):
+    fused = tmp_path / "nf3"
+    calibrate(CalibrateArgs(str(tiny_llama_dir), "rtn", 3, 128, False, fused, progress=False,
+                            codebook="nf3"))
+    with pytest.raises(LowbitError, match="cannot hold the nf3 codes"):
+        convert(ConvertArgs(str(fused), "w3a16g128asym", tmp_path / "out", progress=False))
+
+
 def test_failure_mid_write_leaves_nothing(tmp_path_factory, tmp_path, tiny_llama_dir):
     """A fused checkpoint whose config disagrees with its tensors fails after shards began."""
     fused = _fused(tmp_path_factory, tiny_llama_dir, 4, 128)
