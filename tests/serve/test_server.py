@@ -291,6 +291,21 @@ def test_json_schema_output_validates_in_10_of_10_seeded_runs(live, client):
             response_format=fmt, temperature=0.8, seed=seed, max_tokens=160)
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
         assert r.choices[0].finish_reason == "stop"
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+
+    class Cities(BaseModel):  # the client's own helper: a pydantic model as a strict json_schema
+        cities: list[City] = Field(max_length=3)
+        mood: Literal["happy", "sad"]
+
+    parsed = client.chat.completions.parse(model=live.model, response_format=Cities, temperature=0, max_tokens=150,
+                                           messages=[{"role": "user", "content": "Name three cities in Europe."}])
+    assert isinstance(parsed.choices[0].message.parsed, Cities) and parsed.choices[0].message.parsed.cities
     obj = client.chat.completions.create(model=live.model, messages=[{"role": "user", "content": "A JSON object"}],
                                          response_format={"type": "json_object"}, temperature=0, max_tokens=60)
     assert obj.choices[0].finish_reason != "stop" or isinstance(json.loads(obj.choices[0].message.content), dict)
