@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lowbit.calib.awq_clip import _group_grams, output_error
 from lowbit.calib.blocks import (
+    block_layout,
     block_linears,
     capture_block_inputs,
     decoder_layers,
@@ -27,8 +28,6 @@ from lowbit.calib.blocks import (
     linear_input_grams,
 )
 from lowbit.quantizer import QuantSpec, _grouped, fake_quantize, group_min_max
-
-SKIPPED = ("q_proj", "k_proj")  # the reference: clipping q/k hurts the attention scores
 
 
 def clamp_groups(w: torch.Tensor, spec: QuantSpec, xmin: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
@@ -78,14 +77,15 @@ def apply_asym_clip(
     max_shrink: float = 0.5,
     progress: bool = True,
 ) -> None:
-    """Search and apply the clip ranges of every linear in ``layers`` (except q/k), block by
-    block on the calibration windows ``ids`` [n, T]."""
+    """Search and apply the clip ranges of every linear in ``layers`` (except the layout's
+    ``clip_skipped``: q/k), block by block on the calibration windows ``ids`` [n, T]."""
     dev = device()
+    layout = block_layout(model)
     decoder = decoder_layers(model)
-    prefix = next((n for n, m in model.named_modules() if m is decoder), "model.layers")
     x, kwargs = capture_block_inputs(model, ids, dev)
     for i, block in enumerate(tqdm(decoder, desc="asym-clip", unit="block", disable=not progress)):
-        names = [n for n in block_linears(block, f"{prefix}.{i}", layers) if not n.endswith(SKIPPED)]
+        names = [n for n in block_linears(block, f"{layout.layers}.{i}", layers)
+                 if n not in layout.clip_skipped]
         grams = linear_input_grams(block, x, kwargs, names)
         x = forward_all(block, x, kwargs)  # the next block sees the unclipped block, as the reference
         modules = dict(block.named_modules())

@@ -32,7 +32,6 @@ from lowbit.quantizer import (
 )
 
 DEFAULTS = {"n_grid": 20, "max_shrink": 0.5, "clip_qk": 0}
-SKIPPED = ("q_proj", "k_proj")  # llm-awq: clipping q/k hurts the attention scores
 
 
 def _group_grams(gram: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -86,8 +85,8 @@ def clip_search(
 
 def _awq_block(data: BlockData, spec: QuantSpec, settings: dict) -> dict[str, QuantizedWeight]:
     modules = dict(data.block.named_modules())
-    skip = () if int(settings["clip_qk"]) else SKIPPED
-    clip = [n for n in data.linears if not n.endswith(skip)]
+    skip = () if int(settings["clip_qk"]) else data.layout.clip_skipped
+    clip = [n for n in data.linears if n not in skip]
     grams = linear_input_grams(data.block, data.fp_in, data.kwargs, clip)
     out = {}
     for name in data.linears:

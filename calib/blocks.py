@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lowbit.architectures import BlockLayout, model_architecture
 from lowbit.biases import attach_biases
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.calib.methods import CalibContext
@@ -39,6 +40,7 @@ class BlockData:
 
     index: int
     block: torch.nn.Module
+    layout: BlockLayout
     linears: dict[str, str]  # name inside the block → full model name
     kwargs: dict  # position embeddings / mask / position ids for block.forward
     fp_in: torch.Tensor | None
@@ -55,11 +57,17 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def block_layout(model: torch.nn.Module) -> BlockLayout:
+    """The decoder block layout of ``model``'s architecture record."""
+    return model_architecture(model).layout
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    path = block_layout(model).layers
     try:
-        return model.model.layers
+        return model.get_submodule(path)
     except AttributeError:
-        raise LowbitError(f"{type(model).__name__} has no model.layers decoder stack") from None
+        raise LowbitError(f"{type(model).__name__} has no {path} decoder stack") from None
 
 
 def calibration_ids(ctx: CalibContext, nsamples: int, seqlen: int) -> torch.Tensor:
@@ -277,8 +285,8 @@ def quantize_blockwise(
 ) -> dict[str, QuantizedWeight]:
     """Run ``quantize_block`` on each decoder block in order; ``streams`` ⊆ {"fp", "quant"}."""
     dev = device()
-    decoder = decoder_layers(model)
-    prefix = next((n for n, m in model.named_modules() if m is decoder), "model.layers")
+    layout = block_layout(model)
+    decoder, prefix = decoder_layers(model), layout.layers
     x, kwargs = capture_block_inputs(model, ids, dev)
     fp_in = x if "fp" in streams else None
     quant_in = x.clone() if "quant" in streams else None
@@ -299,7 +307,8 @@ def quantize_blockwise(
             bar.set_postfix_str("resumed")
         else:
             quantized = quantize_block(
-                BlockData(i, block, linears, kwargs, fp_in, fp_out, quant_in, bar.set_postfix_str)
+                BlockData(i, block, layout, linears, kwargs, fp_in, fp_out, quant_in,
+                          bar.set_postfix_str)
             )
             _save_block(saved, quantized, block)
         modules = dict(block.named_modules())

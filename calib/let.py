@@ -1,11 +1,13 @@
 """OmniQuant's learnable equivalent transformation (LET), channel-wise scaling and shift, on
-Llama-family decoder blocks (Llama, Qwen2).
+Llama-style decoder blocks; where the norms, the pairs and the linears sit comes from the
+architecture record's :class:`~lowbit.architectures.BlockLayout`.
 
 Up to four scalings per block, each exact in full precision and folded away afterwards (no
 extra op at inference, no new tensor in the fused format):
 
-* ``input_layernorm → q/k/v`` and ``post_attention_layernorm → gate/up``: the norm's weight
-  becomes ``γ / s`` and each linear fed by it ``W · diag(s)``, ``s`` [hidden].
+* each norm group, ``input_layernorm → q/k/v`` (``qkv``) and ``post_attention_layernorm →
+  gate/up`` (``fc1``) in Llama: the norm's weight becomes ``γ / s`` and each linear fed by it
+  ``W · diag(s)``, ``s`` [hidden].
 * ``v → o``: ``W_v ← diag(1/s) · W_v`` (and ``b_v / s``), ``W_o ← W_o · diag(s')``, ``s``
   [kv_heads · head_dim]. Attention mixes each v channel only across tokens, so the scale
   commutes with it; under grouped-query attention o's input channel (query head h, dim j)
@@ -52,16 +54,11 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.architectures import BlockLayout
 from lowbit.biases import add_bias
 from lowbit.calib.blocks import BlockData, linear_input_range
 from lowbit.errors import LowbitError
 
-NORM_GROUPS = {
-    "qkv": ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    "fc1": ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-}
-V_PROJ, O_PROJ = "self_attn.v_proj", "self_attn.o_proj"
-UP_PROJ, DOWN_PROJ = "mlp.up_proj", "mlp.down_proj"
 SCALE_FLOOR = 1e-2  # the reference's truncate_number: |s| below it is pushed out to ±1e-2
 
 
@@ -70,29 +67,32 @@ def default_alpha(act_bits: int | None) -> float:
     return 0.75 if act_bits == 4 else 0.5
 
 
-def check_block(block: torch.nn.Module) -> None:
+def check_block(block: torch.nn.Module, layout: BlockLayout) -> None:
     names = {n for n, _ in block.named_modules()}
-    needed = {n for _, (norm, fcs) in NORM_GROUPS.items() for n in (norm, *fcs)} | {O_PROJ}
+    needed = {n for g in layout.norm_groups for n in (g.norm, *g.linears)}
+    needed |= {layout.attention, *layout.v_o, *layout.up_down}
     if not needed <= names:
         raise LowbitError(
-            f"LET needs a Llama-family decoder block; {type(block).__name__} lacks "
-            f"{', '.join(sorted(needed - names))}"
+            f"LET needs the decoder block its architecture record describes; "
+            f"{type(block).__name__} lacks {', '.join(sorted(needed - names))}"
         )
 
 
-def o_channel_to_v(block: torch.nn.Module) -> torch.Tensor:
-    """For each input channel of o_proj, the v_proj output channel it reads [heads · head_dim]."""
-    attn = block.self_attn
+def o_channel_to_v(block: torch.nn.Module, layout: BlockLayout) -> torch.Tensor:
+    """For each input channel of o, the v output channel it reads [heads · head_dim]."""
+    modules = dict(block.named_modules())
+    attn = modules[layout.attention]
     hd, group = attn.head_dim, attn.num_key_value_groups
-    ch = torch.arange(attn.o_proj.in_features)
+    ch = torch.arange(modules[layout.v_o[1]].in_features)
     return (ch // hd // group) * hd + ch % hd
 
 
-def _per_v(values: torch.Tensor, block: torch.nn.Module, reduce: str = "amax") -> torch.Tensor:
+def _per_v(values: torch.Tensor, block: torch.nn.Module, layout: BlockLayout,
+           reduce: str = "amax") -> torch.Tensor:
     """Reduce a per-o-input-channel tensor to per v channel over the query group."""
-    out = torch.zeros(block.self_attn.v_proj.out_features, dtype=values.dtype,
-                      device=values.device)
-    idx = o_channel_to_v(block).to(values.device)
+    v = block.get_submodule(layout.v_o[0])
+    out = torch.zeros(v.out_features, dtype=values.dtype, device=values.device)
+    idx = o_channel_to_v(block, layout).to(values.device)
     return out.scatter_reduce(0, idx, values, reduce, include_self=False)
 
 
@@ -103,40 +103,43 @@ def _smooth(act: torch.Tensor, wmax: torch.Tensor, alpha: float) -> torch.Tensor
 
 @torch.no_grad()
 def init_scales(
-    block: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float, down: bool = True
+    block: torch.nn.Module, layout: BlockLayout, absmax: dict[str, torch.Tensor], alpha: float,
+    down: bool = True,
 ) -> dict[str, torch.Tensor]:
     """SmoothQuant-style initial scales from each linear's per-channel input ``max |X|``;
     ``down``: also the up → down scale."""
-    check_block(block)
+    check_block(block, layout)
     modules = dict(block.named_modules())
+    o, down_proj = layout.v_o[1], layout.up_down[1]
     scales = {}
-    for key, (_norm, fcs) in NORM_GROUPS.items():
-        wmax = torch.cat([modules[f].weight for f in fcs]).abs().amax(0)
-        scales[key] = _smooth(absmax[fcs[0]].cpu(), wmax.cpu(), alpha)
-    act = _per_v(absmax[O_PROJ].float().cpu(), block)
-    wmax = _per_v(modules[O_PROJ].weight.abs().amax(0).float().cpu(), block)
+    for g in layout.norm_groups:
+        wmax = torch.cat([modules[f].weight for f in g.linears]).abs().amax(0)
+        scales[g.key] = _smooth(absmax[g.linears[0]].cpu(), wmax.cpu(), alpha)
+    act = _per_v(absmax[o].float().cpu(), block, layout)
+    wmax = _per_v(modules[o].weight.abs().amax(0).float().cpu(), block, layout)
     scales["out"] = _smooth(act, wmax, alpha)
     if down:
-        wmax = modules[DOWN_PROJ].weight.abs().amax(0)
-        scales["down"] = _smooth(absmax[DOWN_PROJ].cpu(), wmax.cpu(), alpha)
-    dev = modules[O_PROJ].weight.device
+        wmax = modules[down_proj].weight.abs().amax(0)
+        scales["down"] = _smooth(absmax[down_proj].cpu(), wmax.cpu(), alpha)
+    dev = modules[o].weight.device
     return {k: v.to(dev) for k, v in scales.items()}
 
 
 @torch.no_grad()
 def init_shifts(
-    block: torch.nn.Module, ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    block: torch.nn.Module, layout: BlockLayout,
+    ranges: dict[str, tuple[torch.Tensor, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
     """Initial shifts: the midpoint of each channel's input range (per v channel for ``out``:
     the range over its query group)."""
-    check_block(block)
+    check_block(block, layout)
     shifts = {}
-    for key, (_norm, fcs) in NORM_GROUPS.items():
-        lo, hi = ranges[fcs[0]]
-        shifts[key] = (lo + hi) / 2
-    lo, hi = ranges[O_PROJ]
-    shifts["out"] = (_per_v(lo, block, "amin") + _per_v(hi, block, "amax")) / 2
-    dev = block.self_attn.o_proj.weight.device
+    for g in layout.norm_groups:
+        lo, hi = ranges[g.linears[0]]
+        shifts[g.key] = (lo + hi) / 2
+    lo, hi = ranges[layout.v_o[1]]
+    shifts["out"] = (_per_v(lo, block, layout, "amin") + _per_v(hi, block, layout, "amax")) / 2
+    dev = block.get_submodule(layout.v_o[1]).weight.device
     return {k: v.float().to(dev) for k, v in shifts.items()}
 
 
@@ -147,9 +150,9 @@ def block_let(
     linears' inputs on the FP stream, with the method's ``alpha`` and ``down_scale``."""
     ranges = linear_input_range(data.block, data.fp_in, data.kwargs, list(data.linears))
     absmax = {n: torch.maximum(-lo, hi) for n, (lo, hi) in ranges.items()}
-    scales = init_scales(data.block, absmax, float(settings["alpha"]),
+    scales = init_scales(data.block, data.layout, absmax, float(settings["alpha"]),
                          bool(int(settings["down_scale"])))
-    shifts = init_shifts(data.block, ranges) if int(settings["shift"]) else None
+    shifts = init_shifts(data.block, data.layout, ranges) if int(settings["shift"]) else None
     return scales, shifts
 
 
@@ -160,13 +163,14 @@ def check_shift(settings: dict, act_bits: int | None) -> None:
                           "same); use it with --act-bits")
 
 
-def add_shift_biases(block: torch.nn.Module) -> None:
-    """Give the block the biases a shift folds into: both norms, q/k/v, o and gate/up."""
+def add_shift_biases(block: torch.nn.Module, layout: BlockLayout) -> None:
+    """Give the block the biases a shift folds into: the norms and the linears of each norm
+    group, and o."""
     modules = dict(block.named_modules())
-    for norm, fcs in NORM_GROUPS.values():
-        for name in (norm, *fcs):
+    for g in layout.norm_groups:
+        for name in (g.norm, *g.linears):
             add_bias(modules[name])
-    add_bias(modules[O_PROJ])
+    add_bias(modules[layout.v_o[1]])
 
 
 def truncate_(scales: dict[str, torch.Tensor]) -> None:
@@ -179,6 +183,7 @@ def truncate_(scales: dict[str, torch.Tensor]) -> None:
 
 def transformed(
     block: torch.nn.Module,
+    layout: BlockLayout,
     scales: dict[str, torch.Tensor],
     shifts: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -186,47 +191,49 @@ def transformed(
     parameter name; differentiable in ``scales`` and ``shifts``. With ``shifts`` the block
     must have the biases of :func:`add_shift_biases`."""
     p = dict(block.named_parameters())
+    (v_proj, o_proj), (up_proj, down_proj) = layout.v_o, layout.up_down
     out = {}
-    for key, (norm, fcs) in NORM_GROUPS.items():
-        s = scales[key]
-        out[f"{norm}.weight"] = p[f"{norm}.weight"] / s
+    for g in layout.norm_groups:
+        s = scales[g.key]
+        out[f"{g.norm}.weight"] = p[f"{g.norm}.weight"] / s
         if shifts is not None:
-            out[f"{norm}.bias"] = (p[f"{norm}.bias"] - shifts[key]) / s
-        for f in fcs:
+            out[f"{g.norm}.bias"] = (p[f"{g.norm}.bias"] - shifts[g.key]) / s
+        for f in g.linears:
             out[f"{f}.weight"] = p[f"{f}.weight"] * s
             if shifts is not None:
-                out[f"{f}.bias"] = p[f"{f}.bias"] + p[f"{f}.weight"] @ shifts[key]
+                out[f"{f}.bias"] = p[f"{f}.bias"] + p[f"{f}.weight"] @ shifts[g.key]
     s = scales["out"]
-    o_map = o_channel_to_v(block).to(s.device)
-    out[f"{V_PROJ}.weight"] = out[f"{V_PROJ}.weight"] / s[:, None]
-    v_bias = out.get(f"{V_PROJ}.bias", p.get(f"{V_PROJ}.bias"))
+    o_map = o_channel_to_v(block, layout).to(s.device)
+    out[f"{v_proj}.weight"] = out[f"{v_proj}.weight"] / s[:, None]
+    v_bias = out.get(f"{v_proj}.bias", p.get(f"{v_proj}.bias"))
     if shifts is not None:
         v_bias = v_bias - shifts["out"]
-        out[f"{O_PROJ}.bias"] = p[f"{O_PROJ}.bias"] + p[f"{O_PROJ}.weight"] @ shifts["out"][o_map]
+        out[f"{o_proj}.bias"] = p[f"{o_proj}.bias"] + p[f"{o_proj}.weight"] @ shifts["out"][o_map]
     if v_bias is not None:
-        out[f"{V_PROJ}.bias"] = v_bias / s
-    out[f"{O_PROJ}.weight"] = p[f"{O_PROJ}.weight"] * s[o_map]
+        out[f"{v_proj}.bias"] = v_bias / s
+    out[f"{o_proj}.weight"] = p[f"{o_proj}.weight"] * s[o_map]
     if "down" in scales:
         s = scales["down"]
-        out[f"{UP_PROJ}.weight"] = out[f"{UP_PROJ}.weight"] / s[:, None]
-        up_bias = out.get(f"{UP_PROJ}.bias", p.get(f"{UP_PROJ}.bias"))
+        out[f"{up_proj}.weight"] = out[f"{up_proj}.weight"] / s[:, None]
+        up_bias = out.get(f"{up_proj}.bias", p.get(f"{up_proj}.bias"))
         if up_bias is not None:
-            out[f"{UP_PROJ}.bias"] = up_bias / s
-        out[f"{DOWN_PROJ}.weight"] = p[f"{DOWN_PROJ}.weight"] * s
+            out[f"{up_proj}.bias"] = up_bias / s
+        out[f"{down_proj}.weight"] = p[f"{down_proj}.weight"] * s
     return out
 
 
 @torch.no_grad()
 def fold_(
     block: torch.nn.Module,
+    layout: BlockLayout,
     scales: dict[str, torch.Tensor],
     shifts: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Apply the transformation to the block's parameters in place (adding the shift's
     biases first)."""
     if shifts is not None:
-        add_shift_biases(block)
-    new = transformed(block, scales, shifts)
+        add_shift_biases(block, layout)
+    new = transformed(block, layout, scales, shifts)
     params = dict(block.named_parameters())
     for name, t in new.items():
         params[name].copy_(t)

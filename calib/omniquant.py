@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
+from lowbit.architectures import BlockLayout
 from lowbit.calib import let
 from lowbit.calib.blocks import (
     BlockData,
@@ -73,19 +74,21 @@ class OmniBlock:
     def __init__(
         self,
         block: torch.nn.Module,
+        layout: BlockLayout,
         names: list[str],
         spec: QuantSpec,
         scales: dict[str, torch.Tensor] | None = None,
         act_bits: int | None = None,
         shifts: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        self.block, self.names, self.spec, self.act_bits = block, names, spec, act_bits
+        self.block, self.layout, self.names = block, layout, names
+        self.spec, self.act_bits = spec, act_bits
         modules = dict(block.named_modules())
         self.weights = {n: modules[n].weight.detach() for n in names}
         self.scales = _trainable(scales or {})
         self.shifts = None
         if shifts is not None:
-            let.add_shift_biases(block)
+            let.add_shift_biases(block, layout)
             self.shifts = _trainable(shifts)
         # without LET the weights, hence their group min/max, stay fixed
         self.minmax = {} if self.scales else {
@@ -107,7 +110,7 @@ class OmniBlock:
         tensors = {f"{n}.weight": w for n, w in self.weights.items()}
         if self.scales:
             let.truncate_(self.scales)
-            tensors.update(let.transformed(self.block, self.scales, self.shifts))
+            tensors.update(let.transformed(self.block, self.layout, self.scales, self.shifts))
         return tensors
 
     def forward(self, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -134,7 +137,7 @@ class OmniBlock:
             s, z = compute_qparams(w.cpu(), self.spec, xmin.cpu(), xmax.cpu())
             out[n] = quantize_with(w.cpu(), self.spec, s, z)
         if self.scales:
-            let.fold_(self.block, self.scales, self.shifts)
+            let.fold_(self.block, self.layout, self.scales, self.shifts)
         return out
 
 
@@ -147,7 +150,7 @@ def train_block(
     block.requires_grad_(False)
     names = list(data.linears)
     scales, shifts = let.block_let(data, settings) if int(settings["let"]) else (None, None)
-    omni = OmniBlock(block, names, spec, scales, act_bits, shifts)
+    omni = OmniBlock(block, data.layout, names, spec, scales, act_bits, shifts)
     x = data.quant_in
     targets = [data.fp_out]
     if int(settings["aug_loss"]):

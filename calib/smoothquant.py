@@ -36,7 +36,7 @@ def run_smoothquant(
     """SmoothQuant on the token windows ``ids`` [n, T], with ``ctx.settings`` resolved."""
 
     def block_fn(d: BlockData) -> dict[str, QuantizedWeight]:
-        let.fold_(d.block, *let.block_let(d, ctx.settings))
+        let.fold_(d.block, d.layout, *let.block_let(d, ctx.settings))
         modules = dict(d.block.named_modules())
         return {n: quantize(modules[n].weight.detach().cpu(), ctx.spec) for n in d.linears}
 

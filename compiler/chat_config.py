@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+from lowbit.architectures import Architecture
 from lowbit.artifact import CHAT_CONFIG
-from lowbit.compiler.loaders.llama import mlc_model_config
 from lowbit.errors import LowbitError
 
 MLC_CHAT_CONFIG_VERSION = "0.1.0"
@@ -52,11 +52,12 @@ CONV_TEMPLATES = {  # conversation_template/registry.py
 }
 
 
-def pick_conv_template(folder: Path, name: str | None) -> dict:
-    """The named template, or chatml when the model's chat template uses ``<|im_start|>``."""
+def pick_conv_template(folder: Path, name: str | None, default: str) -> dict:
+    """The named template, or chatml when the model's chat template uses ``<|im_start|>``, else
+    ``default`` (the architecture's)."""
     if name is None:
         texts = [p.read_text() for p in (folder / "chat_template.jinja", folder / "tokenizer_config.json") if p.is_file()]
-        name = "chatml" if any("<|im_start|>" in t for t in texts) else "LM"
+        name = "chatml" if any("<|im_start|>" in t for t in texts) else default
     if name not in CONV_TEMPLATES:
         raise LowbitError(f"unknown conv template {name!r} (available: {', '.join(CONV_TEMPLATES)})")
     return CONV_TEMPLATES[name]
@@ -82,13 +83,14 @@ def _active_vocab_size(folder: Path, vocab_size: int) -> int:
 
 
 def write_chat_config(
-    folder: Path, config: dict, scheme_name: str, out: Path, conv_template: str | None
+    folder: Path, config: dict, arch: Architecture, scheme_name: str, out: Path,
+    conv_template: str | None,
 ) -> dict:
     """Write ``mlc-chat-config.json`` into ``out`` and copy the tokenizer files; return the dict."""
-    model_config = mlc_model_config(config)
+    model_config = arch.mlc_model_config(config)
     chat: dict = {
         "version": MLC_CHAT_CONFIG_VERSION,
-        "model_type": config["model_type"],
+        "model_type": arch.model_type,
         "quantization": scheme_name,
         "model_config": model_config,
         "vocab_size": model_config["vocab_size"],
@@ -103,7 +105,7 @@ def write_chat_config(
         "repetition_penalty": None, "top_p": None,
         "tokenizer_files": [],
         "tokenizer_info": _tokenizer_info(folder),
-        "conv_template": pick_conv_template(folder, conv_template),
+        "conv_template": pick_conv_template(folder, conv_template, arch.conv_template),
         "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
         "model_task": "chat",
         "embedding_metadata": None,

@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lowbit.artifact import METADATA_FUNC, LibraryMetadata, read_chat_config, system_lib_prefix
+from lowbit.architectures import get_architecture
+from lowbit.artifact import (
+    CHAT_CONFIG,
+    METADATA_FUNC,
+    LibraryMetadata,
+    read_chat_config,
+    system_lib_prefix,
+)
 from lowbit.cache import atomic_file, check_output
 from lowbit.targets.presets import CUDA_ARCHS, BuildOptions, Preset, get_preset
 
@@ -37,8 +44,9 @@ def export_model(chat: dict, preset: Preset, target):
     from lowbit.compiler.models import create_model
     from lowbit.compiler.schemes import get_scheme
 
-    model = create_model(chat["model_type"], chat["model_config"], get_scheme(chat["quantization"]),
-                         target, preset.compute_dtype)
+    arch = get_architecture(chat, CHAT_CONFIG)
+    model = create_model(arch, chat["model_config"], get_scheme(chat["quantization"]), target,
+                         preset.compute_dtype)
     with target:  # the fused kernels take the form the target's schedules expect
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
     metadata = LibraryMetadata(
@@ -102,6 +110,7 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     check_output(args.out, args.overwrite)
     fmt.check_tools()
     chat = read_chat_config(args.mlc_dir)
+    get_architecture(chat, str(args.mlc_dir))  # refuse before building anything
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
     executable, _ = build(chat, preset, options)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lowbit.architectures import MlcParam, get_architecture
 from lowbit.cache import atomic_dir, check_output
 from lowbit.compiler.chat_config import write_chat_config
-from lowbit.compiler.loaders.llama import MlcParam, mlc_params
 from lowbit.compiler.packing import pack, unpack
 from lowbit.compiler.requantize import TORCH_DTYPES, mlc_quantize, weight_error
 from lowbit.compiler.schemes import SCHEMES, AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
@@ -216,7 +216,8 @@ def convert(args: ConvertArgs) -> ConvertResult:
     check_output(args.out, args.overwrite)
     folder = resolve_model(args.model)
     config = read_config(folder)
-    plan = mlc_params(config)
+    arch = get_architecture(config, str(folder))
+    plan = arch.mlc_params(config)
     source = Source(folder)
     check_holdable(source.spec, scheme, folder)
     conv = Converter(scheme, source)
@@ -231,7 +232,7 @@ def convert(args: ConvertArgs) -> ConvertResult:
         write_tensor_cache(
             named(conv.params(plan, args.progress)), tmp, lambda: _metadata(conv, args, names)
         )
-        write_chat_config(folder, config, scheme.name, tmp, args.conv_template)
+        write_chat_config(folder, config, arch, scheme.name, tmp, args.conv_template)
     return ConvertResult(
         args.out, scheme.name, conv.param_bytes, conv.param_bytes * 8.0 / conv.param_count,
         conv.reused, conv.errors,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbit.architectures import MlcParam, get_architecture
 from lowbit.artifact import read_chat_config
-from lowbit.compiler.loaders.llama import MlcParam, hf_config_from_mlc, mlc_params
 from lowbit.compiler.packing import unpack
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
 from lowbit.compiler.tensor_cache import read_tensor_cache
@@ -56,11 +56,12 @@ def read_mlc(folder: Path) -> MlcWeights:
     """Every parameter of an MLC folder as fp32 tensors under HF names (shards verified)."""
     folder = Path(folder)
     chat = read_chat_config(folder)
+    arch = get_architecture(chat, str(folder))
     scheme = get_scheme(chat["quantization"])
-    hf_config = hf_config_from_mlc(chat["model_type"], chat["model_config"])
+    hf_config = arch.hf_config_from_mlc(chat["model_config"])
     arrays, metadata = read_tensor_cache(folder)
     state: dict[str, torch.Tensor] = {}
-    for p in mlc_params(hf_config):
+    for p in arch.mlc_params(hf_config):
         if p.kind == "plain":
             t = torch.from_numpy(_array(arrays, p.name, (sum(p.rows),))).float()
             names = p.sources

