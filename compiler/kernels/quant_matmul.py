@@ -12,6 +12,8 @@ Layouts (``compiler/schemes.py``, drawn in ``docs/FORMAT.md``), weight [N, K], g
 * asymmetric ``w{2,4}a16g*asym``: the same plain packing (16 or 8 codes per word);
   ``w{3}a16g*asym``: per run of 32 elements three words, two planes of 2-bit lows (elements 0–15,
   16–31) and one plane of high bits; ``w = (q − z[n, k // G])·s[n, k // G]``.
+* NF3 ``nf3a16g*``: codes packed as ``w3a16g*asym``; ``w = level[q]·s[n, k // G, q > 3 ? 0 : 1]``,
+  ``level`` the 8-entry NF3 table (:func:`nf3_level`).
 * unquantized (``q0f16``/``q0f32``): ``w[n, k]`` cast to the compute dtype.
 
 Padding codes past K are never read: the reduction runs over the real K only.
@@ -25,7 +27,15 @@ from collections.abc import Callable, Sequence
 from tvm import te, tirx
 from tvm.target import Target
 
-from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
+from lowbit.compiler.schemes import (
+    STORAGE_BITS,
+    NF3GroupQuant,
+    NoQuant,
+    PackedScheme,
+    Scheme,
+    SymGroupQuant,
+)
+from lowbit.quantizer import NF3_LEVELS, NF3_ZERO
 
 MATMUL_BLOCK = "q_matmul"  # the schedule rule finds fused kernels by this block name
 DEQUANT_BLOCK = "q_dequant"  # GEMM / batch: the weight panel the schedule dequantizes per N tile
@@ -34,7 +44,7 @@ LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize 
 GROUP_ATTR = "lowbit.group_size"  # block annotation (padded forms): k per scale
 FORM_ATTR = "lowbit.form"  # block annotation: the CPU schedule the form is for
 GEMV, GEMM, BATCH = "gemv", "gemm", "batch"
-RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
+RUN = 32  # 3-bit (asymmetric, NF3): elements per run of three bit-plane words
 GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
 BATCH_ROWS = 2  # batch decode: sequence counts are padded to a multiple of this
 
@@ -47,10 +57,10 @@ def _bits(word: tirx.PrimExpr, shift, width: int) -> tirx.PrimExpr:
     return (word >> _u32(shift)) & tirx.const((1 << width) - 1, "uint32")
 
 
-def code_expr(w: te.Tensor, n, k, scheme: SymGroupQuant | AsymGroupQuant) -> tirx.PrimExpr:
+def code_expr(w: te.Tensor, n, k, scheme: PackedScheme) -> tirx.PrimExpr:
     """The integer code of element (n, k) read from the packed words ``w`` [N, W] (uint32)."""
     b = scheme.bits
-    if isinstance(scheme, AsymGroupQuant) and b == 3:
+    if not isinstance(scheme, SymGroupQuant) and b == 3:
         run, j = k // RUN, k % RUN
         low = _bits(w[n, run * 3 + j // 16], (j % 16) * 2, 2)
         high = _bits(w[n, run * 3 + 2], j, 1)
@@ -59,12 +69,26 @@ def code_expr(w: te.Tensor, n, k, scheme: SymGroupQuant | AsymGroupQuant) -> tir
     return _bits(w[n, k // per_word], (k % per_word) * b, b)
 
 
+def nf3_level(code: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """``NF3_LEVELS[code]`` as a lookup in a constant 8-entry table: a select tree on the code's
+    three bits, which vectorizes to blends (a table in memory would need a gather per lane)."""
+
+    def pick(lo: int, width: int) -> tirx.PrimExpr:
+        if width == 1:
+            return tirx.const(NF3_LEVELS[lo], dtype)
+        half = width // 2
+        bit = (code >> tirx.const(half.bit_length() - 1, "uint32")) & tirx.const(1, "uint32")
+        return tirx.Select(bit != tirx.const(0, "uint32"), pick(lo + half, half), pick(lo, half))
+
+    return pick(0, len(NF3_LEVELS))
+
+
 def dequant_fn(
     scheme: Scheme, params: Sequence[te.Tensor], dtype: str
 ) -> Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]:
     """``deq(n, k)`` in ``dtype`` for the scheme's parameter tensors.
 
-    ``params``: ``[weight]`` (unquantized), ``[q_weight, q_scale]`` (symmetric) or
+    ``params``: ``[weight]`` (unquantized), ``[q_weight, q_scale]`` (symmetric, NF3) or
     ``[q_weight, q_scale, q_zero]`` (asymmetric).
     """
     if isinstance(scheme, NoQuant):
@@ -72,6 +96,15 @@ def dequant_fn(
         return lambda n, k: w[n, k].astype(dtype)
     w, s = params[0], params[1]
     g = scheme.group_size
+    if isinstance(scheme, NF3GroupQuant):
+
+        def nf3(n, k) -> tirx.PrimExpr:
+            code = code_expr(w, n, k, scheme)
+            positive = code > tirx.const(NF3_ZERO, "uint32")
+            scale = tirx.Select(positive, s[n, k // g, 0], s[n, k // g, 1]).astype(dtype)
+            return nf3_level(code, dtype) * scale
+
+        return nf3
     if isinstance(scheme, SymGroupQuant):
         offset = tirx.const(scheme.max_int, dtype)
         return lambda n, k: (code_expr(w, n, k, scheme).astype(dtype) - offset) * s[n, k // g].astype(dtype)
@@ -87,7 +120,7 @@ def vector_lanes(scheme: Scheme, k: int) -> int:
     group are the same for every lane and each lane only shifts), or 16 unquantized floats."""
     if isinstance(scheme, NoQuant):
         lanes = 16
-    elif isinstance(scheme, AsymGroupQuant) and scheme.bits == 3:
+    elif not isinstance(scheme, SymGroupQuant) and scheme.bits == 3:
         lanes = 16  # one 2-bit plane word; the high-bit word covers 32
     else:
         lanes = STORAGE_BITS // scheme.bits
