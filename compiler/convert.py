@@ -1,10 +1,12 @@
 """``lowbit convert``: a fused checkpoint, HF folder, GGUF or bundled model → an MLC weight folder.
 
-Fused codes go into an asymmetric scheme of the same bits and group unchanged (checked), and into
-a symmetric MLC scheme unchanged when the checkpoint is itself symmetric with the scheme's bits and
-group; otherwise the weights (fake-quant weights for a fused checkpoint) are quantized with MLC's
-arithmetic and the error this adds is recorded per layer in ``tensor-cache.json``'s metadata.
-Float models are quantized on the fly (RTN for asymmetric schemes, MLC's own math for symmetric).
+Fused integer codes go into an asymmetric scheme of the same bits and group unchanged (checked),
+and into a symmetric MLC scheme unchanged when the checkpoint is itself symmetric with the scheme's
+bits and group; otherwise the weights (fake-quant weights for a fused checkpoint) are quantized
+with MLC's arithmetic and the error this adds is recorded per layer in ``tensor-cache.json``'s
+metadata. NF3 checkpoints go only into the NF3 scheme of their group, unchanged, and NF3 schemes
+take only NF3 checkpoints. Float models are quantized on the fly (RTN for asymmetric and NF3
+schemes, MLC's own math for symmetric).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from lowbit.cache import atomic_dir, check_output
 from lowbit.compiler.chat_config import write_chat_config
 from lowbit.compiler.packing import pack, unpack
 from lowbit.compiler.requantize import TORCH_DTYPES, mlc_quantize, weight_error
-from lowbit.compiler.schemes import SCHEMES, AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
+from lowbit.compiler.schemes import (
+    SCHEMES,
+    AsymGroupQuant,
+    NF3GroupQuant,
+    Scheme,
+    SymGroupQuant,
+    get_scheme,
+)
 from lowbit.compiler.tensor_cache import write_tensor_cache
 from lowbit.errors import LowbitError
 from lowbit.fused import read_quantized, spec_from_qconfig
@@ -93,22 +102,34 @@ class Source:
         return self.tensor(f"{module}.weight").float()
 
 
+def _group_words(spec: QuantSpec) -> str:
+    return "per-channel" if spec.group_size == -1 else f"group {spec.group_size}"
+
+
 def check_holdable(spec: QuantSpec | None, scheme: Scheme, where: Path) -> None:
-    """An asymmetric scheme keeps fused codes as they are, so bits and group must match."""
-    if spec is None or not isinstance(scheme, AsymGroupQuant):
+    """Asymmetric and NF3 schemes keep fused codes as they are, so bits, group and codebook must
+    match; NF3 codes go into no other scheme."""
+    if spec is None:
         return
     if spec.codebook:
-        raise LowbitError(
-            f"{scheme.name} cannot hold the {spec.codebook} codes of {where}: no MLC scheme "
-            f"stores a {spec.codebook} codebook yet; a symmetric scheme (q3f16_1) re-quantizes"
-        )
+        same = f"{spec.codebook}a16g{spec.group_size}"
+        hint = f"use {same}" if same in SCHEMES else f"no {spec.codebook} scheme holds them"
+        if not isinstance(scheme, NF3GroupQuant) or spec.group_size != scheme.group_size:
+            raise LowbitError(f"{scheme.name} cannot hold the {spec.codebook} {_group_words(spec)} "
+                              f"codes of {where}; {hint}")
+        return
+    same = f"w{spec.bits}a16g{spec.group_size}asym"
+    hint = f"use {same}" if same in SCHEMES else "no asymmetric scheme holds them"
+    if isinstance(scheme, NF3GroupQuant):
+        raise LowbitError(f"{scheme.name} holds nf3 codes, not the {spec.bits}-bit integer codes "
+                          f"of {where}; {hint}, or calibrate with --nf3")
+    if not isinstance(scheme, AsymGroupQuant):
+        return
     if (spec.bits, spec.group_size) != (scheme.bits, scheme.group_size):
-        g = "per-channel" if spec.group_size == -1 else f"group {spec.group_size}"
-        same = f"w{spec.bits}a16g{spec.group_size}asym"
-        hint = f"use {same}" if same in SCHEMES else "no asymmetric scheme holds them"
         raise LowbitError(
-            f"{scheme.name} cannot hold the {spec.bits}-bit {g} codes of {where} without "
-            f"re-quantization; {hint}, or a symmetric MLC scheme (q4f16_1, q3f16_1) re-quantizes"
+            f"{scheme.name} cannot hold the {spec.bits}-bit {_group_words(spec)} codes of {where} "
+            f"without re-quantization; {hint}, or a symmetric MLC scheme (q4f16_1, q3f16_1) "
+            "re-quantizes"
         )
 
 
@@ -144,7 +165,7 @@ class Converter:
     def _is_quantized(self, p: MlcParam) -> bool:
         if isinstance(self.scheme, SymGroupQuant):
             return p.kind in ("linear", "embedding")  # quantize_embedding, quantize_final_fc
-        if isinstance(self.scheme, AsymGroupQuant):
+        if isinstance(self.scheme, AsymGroupQuant | NF3GroupQuant):
             return p.kind == "linear" and p.name != "lm_head"
         return False
 
@@ -153,11 +174,14 @@ class Converter:
         if isinstance(scheme, AsymGroupQuant) and qw is not None:
             self.reused.append(module)
             return hold_asym(qw, scheme)
+        if isinstance(scheme, NF3GroupQuant) and qw is not None:  # check_holdable: same spec
+            self.reused.append(module)
+            return qw
         if isinstance(scheme, SymGroupQuant) and qw is not None and qw.spec == scheme.spec:
             self.reused.append(module)
             return QuantizedWeight(qw.codes, qw.scales.to(self.dtype), None, qw.spec)
         ref = self.source.float_weight(module)
-        if isinstance(scheme, AsymGroupQuant):
+        if isinstance(scheme, AsymGroupQuant | NF3GroupQuant):
             out = quantize(ref, scheme.spec)
         else:
             out = mlc_quantize(ref, scheme)

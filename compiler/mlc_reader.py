@@ -1,7 +1,8 @@
 """Load an MLC weight folder back into a PyTorch causal LM with dequantized fp32 weights.
 
-Codes are unpacked per the scheme's layout and dequantized as ``s·(q − z)`` in fp32 (exact, as
-:func:`lowbit.quantizer.dequantize`), fused q/k/v and gate/up are split back into HF modules.
+Codes are unpacked per the scheme's layout and dequantized as ``s·(q − z)`` (NF3:
+``level[q]·s±``) in fp32 (exact, as :func:`lowbit.quantizer.dequantize`), fused q/k/v and
+gate/up are split back into HF modules.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from lowbit.architectures import MlcParam, get_architecture
 from lowbit.artifact import read_chat_config
 from lowbit.compiler.packing import unpack
-from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant, get_scheme
+from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme, get_scheme
 from lowbit.compiler.tensor_cache import read_tensor_cache
 from lowbit.errors import LowbitError
 from lowbit.quantizer import QuantizedWeight
@@ -40,10 +41,10 @@ def _array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> 
 
 def _dequantized(arrays: dict[str, np.ndarray], p: MlcParam, scheme: Scheme) -> torch.Tensor:
     n = sum(p.rows)
-    if not isinstance(scheme, SymGroupQuant | AsymGroupQuant) or f"{p.name}.weight" in arrays:
+    if isinstance(scheme, NoQuant) or f"{p.name}.weight" in arrays:
         return torch.from_numpy(_array(arrays, f"{p.name}.weight", (n, p.k))).float()
     words = _array(arrays, f"{p.name}.q_weight", (n, scheme.words_per_row(p.k)))
-    scales = _array(arrays, f"{p.name}.q_scale", (n, scheme.num_groups(p.k)))
+    scales = _array(arrays, f"{p.name}.q_scale", scheme.spec.scales_shape(n, p.k))
     zeros = None
     if isinstance(scheme, AsymGroupQuant):
         zeros = torch.from_numpy(_array(arrays, f"{p.name}.q_zero", (n, scheme.num_groups(p.k))))

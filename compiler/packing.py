@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, SymGroupQuant
+from lowbit.compiler.schemes import STORAGE_BITS, PackedScheme, SymGroupQuant
 
-CHUNK = 32  # asymmetric schemes: each run of 32 elements along K fills `bits` words
+CHUNK = 32  # asymmetric and NF3 schemes: each run of 32 elements along K fills `bits` words
 
 
 def _pad_k(codes: np.ndarray, padded_k: int) -> np.ndarray:
@@ -51,7 +51,7 @@ def _unpack_3bit_planes(words: np.ndarray) -> np.ndarray:
     return (low | (high << 2)).reshape(n, -1)
 
 
-def pack(codes: np.ndarray, scheme: SymGroupQuant | AsymGroupQuant) -> np.ndarray:
+def pack(codes: np.ndarray, scheme: PackedScheme) -> np.ndarray:
     """Codes [N, K] (values < 2^bits) → uint32 words [N, scheme.words_per_row(K)]."""
     n, k = codes.shape
     padded = _pad_k(codes, scheme.num_groups(k) * scheme.group_size)
@@ -62,7 +62,7 @@ def pack(codes: np.ndarray, scheme: SymGroupQuant | AsymGroupQuant) -> np.ndarra
     return _pack_plain(padded, scheme.bits, STORAGE_BITS // scheme.bits)
 
 
-def unpack(words: np.ndarray, scheme: SymGroupQuant | AsymGroupQuant, k: int) -> np.ndarray:
+def unpack(words: np.ndarray, scheme: PackedScheme, k: int) -> np.ndarray:
     """uint32 words [N, W] → codes [N, K] uint8 (padding dropped)."""
     words = np.ascontiguousarray(words, dtype=np.uint32)
     if isinstance(scheme, SymGroupQuant):

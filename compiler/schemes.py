@@ -3,7 +3,8 @@
 Symmetric schemes copy mlc-llm's ``quantization/quantization.py`` (``GroupQuantize`` with
 ``linear_weight_layout="NK"``, ``storage_dtype="uint32"``, ``quantize_embedding`` and
 ``quantize_final_fc`` true). Asymmetric ``w{b}a16g{G}asym`` schemes (the OmniQuant authors'
-names) hold calibrated integer codes and zero points without loss. ``docs/FORMAT.md`` draws every
+names) hold calibrated integer codes and zero points without loss; ``nf3a16g{G}`` schemes hold
+BitDistiller's NF3 codebook codes and their two scales per group. ``docs/FORMAT.md`` draws every
 layout bit by bit.
 """
 
@@ -105,7 +106,43 @@ class AsymGroupQuant:
         return self.bits + (16 + 8) / self.group_size
 
 
-Scheme = NoQuant | SymGroupQuant | AsymGroupQuant
+@dataclass(frozen=True)
+class NF3GroupQuant:
+    """``w ≈ NF3_LEVELS[q]·s₊`` (q > 3) or ``NF3_LEVELS[q]·s₋``: BitDistiller's NF3 codebook.
+
+    ``q_weight`` uint32 [N, ceil(K/G)·G·3/32] packs the 3-bit codes as the 3-bit asymmetric
+    schemes do (bit planes per run of 32); ``q_scale`` fp16 [N, ceil(K/G), 2] holds ``s₊`` then
+    ``s₋`` per group; no zero point. Embedding and lm_head stay fp16.
+    """
+
+    name: str
+    group_size: int
+    model_dtype: str = "float16"
+
+    @property
+    def bits(self) -> int:
+        return 3
+
+    @property
+    def quantize_embedding(self) -> bool:
+        return False
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group_size, codebook="nf3")
+
+    def num_groups(self, k: int) -> int:
+        return -(-k // self.group_size)
+
+    def words_per_row(self, k: int) -> int:
+        return self.num_groups(k) * self.group_size * self.bits // STORAGE_BITS
+
+    def bits_per_weight(self) -> float:
+        return self.bits + 2 * 16 / self.group_size
+
+
+Scheme = NoQuant | SymGroupQuant | AsymGroupQuant | NF3GroupQuant
+PackedScheme = SymGroupQuant | AsymGroupQuant | NF3GroupQuant
 
 
 def _registry() -> dict[str, Scheme]:
@@ -119,6 +156,8 @@ def _registry() -> dict[str, Scheme]:
     for bits in (4, 3, 2):
         for group in (128, 64, 32):
             schemes.append(AsymGroupQuant(f"w{bits}a16g{group}asym", bits, group))
+    for group in (128, 64):
+        schemes.append(NF3GroupQuant(f"nf3a16g{group}", group))
     return {s.name: s for s in schemes}
 
 

@@ -149,7 +149,7 @@ def tasks(model: str, tasks: str, limit: int | None, output: Path | None) -> Non
 
 @main.command()
 @click.argument("model")
-@click.option("--scheme", required=True, help="MLC scheme: q4f16_1, q4f32_1, q3f16_1, q0f16, q0f32, w{2,3,4}a16g{32,64,128}asym")
+@click.option("--scheme", required=True, help="MLC scheme: q4f16_1, q4f32_1, q3f16_1, q0f16, q0f32, w{2,3,4}a16g{32,64,128}asym, nf3a16g{64,128}")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="MLC weight folder")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 @click.option("--conv-template", default=None, help="chatml or LM (default: chatml for ChatML models)")

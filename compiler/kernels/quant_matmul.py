@@ -12,6 +12,8 @@ Layouts (``compiler/schemes.py``, drawn in ``docs/FORMAT.md``), weight [N, K], g
 * asymmetric ``w{2,4}a16g*asym``: the same plain packing (16 or 8 codes per word);
   ``w{3}a16g*asym``: per run of 32 elements three words, two planes of 2-bit lows (elements 0–15,
   16–31) and one plane of high bits; ``w = (q − z[n, k // G])·s[n, k // G]``.
+* NF3 ``nf3a16g*``: codes packed as ``w3a16g*asym``; ``w = level[q]·s[n, k // G, q > 3 ? 0 : 1]``,
+  ``level`` the 8-entry NF3 table (:func:`nf3_dequant`).
 * unquantized (``q0f16``/``q0f32``): ``w[n, k]`` cast to the compute dtype.
 
 Padding codes past K are never read: the reduction runs over the real K only.
@@ -25,7 +27,15 @@ from collections.abc import Callable, Sequence
 from tvm import te, tirx
 from tvm.target import Target
 
-from lowbit.compiler.schemes import STORAGE_BITS, AsymGroupQuant, NoQuant, Scheme, SymGroupQuant
+from lowbit.compiler.schemes import (
+    STORAGE_BITS,
+    NF3GroupQuant,
+    NoQuant,
+    PackedScheme,
+    Scheme,
+    SymGroupQuant,
+)
+from lowbit.quantizer import NF3_LEVELS
 
 MATMUL_BLOCK = "q_matmul"  # the schedule rule finds fused kernels by this block name
 DEQUANT_BLOCK = "q_dequant"  # GEMM / batch: the weight panel the schedule dequantizes per N tile
@@ -34,7 +44,7 @@ LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize 
 GROUP_ATTR = "lowbit.group_size"  # block annotation (padded forms): k per scale
 FORM_ATTR = "lowbit.form"  # block annotation: the CPU schedule the form is for
 GEMV, GEMM, BATCH = "gemv", "gemm", "batch"
-RUN = 32  # asymmetric 3-bit: elements per run of three bit-plane words
+RUN = 32  # 3-bit (asymmetric, NF3): elements per run of three bit-plane words
 GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
 BATCH_ROWS = 2  # batch decode: sequence counts are padded to a multiple of this
 
@@ -47,16 +57,46 @@ def _bits(word: tirx.PrimExpr, shift, width: int) -> tirx.PrimExpr:
     return (word >> _u32(shift)) & tirx.const((1 << width) - 1, "uint32")
 
 
-def code_expr(w: te.Tensor, n, k, scheme: SymGroupQuant | AsymGroupQuant) -> tirx.PrimExpr:
+def _planes(w: te.Tensor, n, k) -> tuple[tirx.PrimExpr, tirx.PrimExpr, tirx.PrimExpr, tirx.PrimExpr]:
+    """3-bit bit planes: (low-plane word, shift of the code's bits 1..0 in it, high-plane word,
+    shift of its bit 2) for element (n, k)."""
+    run, j = k // RUN, k % RUN
+    return w[n, run * 3 + j // 16], (j % 16) * 2, w[n, run * 3 + 2], j
+
+
+def code_expr(w: te.Tensor, n, k, scheme: PackedScheme) -> tirx.PrimExpr:
     """The integer code of element (n, k) read from the packed words ``w`` [N, W] (uint32)."""
     b = scheme.bits
-    if isinstance(scheme, AsymGroupQuant) and b == 3:
-        run, j = k // RUN, k % RUN
-        low = _bits(w[n, run * 3 + j // 16], (j % 16) * 2, 2)
-        high = _bits(w[n, run * 3 + 2], j, 1)
-        return low | (high << tirx.const(2, "uint32"))
+    if not isinstance(scheme, SymGroupQuant) and b == 3:
+        low, low_shift, high, high_shift = _planes(w, n, k)
+        return _bits(low, low_shift, 2) | (_bits(high, high_shift, 1) << tirx.const(2, "uint32"))
     per_word = STORAGE_BITS // b
     return _bits(w[n, k // per_word], (k % per_word) * b, b)
+
+
+def _bit_set(word: tirx.PrimExpr, pos) -> tirx.PrimExpr:
+    # a mask test rather than (word >> pos) & 1: vectorized over k, the low plane's ``1 << pos``
+    # folds to a constant vector
+    return (word & (tirx.const(1, "uint32") << _u32(pos))) != tirx.const(0, "uint32")
+
+
+def nf3_dequant(w: te.Tensor, s: te.Tensor, n, k, group: int, dtype: str) -> tirx.PrimExpr:
+    """``NF3_LEVELS[q]·s[n, k // group, q > 3 ? 0 : 1]`` for the 3-bit code q of (n, k).
+
+    The lookup in the constant 8-entry table is a select tree on q's three bits, read straight
+    from the bit planes (bits 0, 1 from the low-plane word, bit 2 from the high-plane word); it
+    vectorizes to blends, where a table in memory would need a gather per lane.
+    """
+    low, low_shift, high, high_shift = _planes(w, n, k)
+    bits = [_bit_set(low, low_shift), _bit_set(low, low_shift + 1), _bit_set(high, high_shift)]
+
+    def pick(lo: int, bit: int) -> tirx.PrimExpr:
+        if bit < 0:
+            return tirx.const(NF3_LEVELS[lo], dtype)
+        return tirx.Select(bits[bit], pick(lo + (1 << bit), bit - 1), pick(lo, bit - 1))
+
+    pos, neg = s[n, k // group, 0].astype(dtype), s[n, k // group, 1].astype(dtype)
+    return pick(0, 2) * tirx.Select(bits[2], pos, neg)  # q > 3 ⇔ bit 2
 
 
 def dequant_fn(
@@ -64,7 +104,7 @@ def dequant_fn(
 ) -> Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]:
     """``deq(n, k)`` in ``dtype`` for the scheme's parameter tensors.
 
-    ``params``: ``[weight]`` (unquantized), ``[q_weight, q_scale]`` (symmetric) or
+    ``params``: ``[weight]`` (unquantized), ``[q_weight, q_scale]`` (symmetric, NF3) or
     ``[q_weight, q_scale, q_zero]`` (asymmetric).
     """
     if isinstance(scheme, NoQuant):
@@ -72,6 +112,8 @@ def dequant_fn(
         return lambda n, k: w[n, k].astype(dtype)
     w, s = params[0], params[1]
     g = scheme.group_size
+    if isinstance(scheme, NF3GroupQuant):
+        return lambda n, k: nf3_dequant(w, s, n, k, g, dtype)
     if isinstance(scheme, SymGroupQuant):
         offset = tirx.const(scheme.max_int, dtype)
         return lambda n, k: (code_expr(w, n, k, scheme).astype(dtype) - offset) * s[n, k // g].astype(dtype)
@@ -87,7 +129,7 @@ def vector_lanes(scheme: Scheme, k: int) -> int:
     group are the same for every lane and each lane only shifts), or 16 unquantized floats."""
     if isinstance(scheme, NoQuant):
         lanes = 16
-    elif isinstance(scheme, AsymGroupQuant) and scheme.bits == 3:
+    elif not isinstance(scheme, SymGroupQuant) and scheme.bits == 3:
         lanes = 16  # one 2-bit plane word; the high-bit word covers 32
     else:
         lanes = STORAGE_BITS // scheme.bits

@@ -5,10 +5,10 @@ Parameters carry the converter's (= MLC's) names and storage dtypes: ``model.emb
 ``model.layers.{i}.self_attn.qkv_proj`` (q, k, v rows; the architecture record names it, e.g.
 Qwen2's ``c_attn``), ``o_proj``, ``mlp.gate_up_proj`` (gate
 rows, then up rows), ``down_proj``, the norms, ``lm_head`` when untied; a quantized linear holds
-``q_weight``/``q_scale`` (``q_zero`` when asymmetric) instead of ``weight``. Activations, the KV
-cache and every accumulation are in the target's compute dtype (fp32 on CPU: x86 has no fast fp16
-math; fp16 on GPUs); stored parameters are cast inside the kernels that read them, and logits
-always come out in fp32.
+``q_weight``/``q_scale`` (``q_zero`` when asymmetric; NF3's ``q_scale`` is [N, G, 2]) instead of
+``weight``. Activations, the KV cache and every accumulation are in the target's compute dtype
+(fp32 on CPU: x86 has no fast fp16 math; fp16 on GPUs); stored parameters are cast inside the
+kernels that read them, and logits always come out in fp32.
 """
 
 from __future__ import annotations
@@ -98,13 +98,12 @@ def _param_specs(scheme: Scheme, n: int, k: int) -> dict[str, tuple[tuple[int, .
     """Name → (shape, dtype) of a linear's stored parameters under ``scheme``."""
     if isinstance(scheme, NoQuant):
         return {"weight": ((n, k), scheme.model_dtype)}
-    groups = scheme.num_groups(k)
     specs = {
         "q_weight": ((n, scheme.words_per_row(k)), "uint32"),
-        "q_scale": ((n, groups), scheme.model_dtype),
+        "q_scale": (scheme.spec.scales_shape(n, k), scheme.model_dtype),
     }
     if isinstance(scheme, AsymGroupQuant):
-        specs["q_zero"] = ((n, groups), "uint8")
+        specs["q_zero"] = ((n, scheme.num_groups(k)), "uint8")
     return specs
 
 

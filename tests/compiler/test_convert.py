@@ -22,9 +22,11 @@ from lowbit.fused import load_fused
 from lowbit.quantizer import quantize
 
 
-def _fused(tmp_path_factory, model_dir: Path, bits: int, group: int, sym: bool = False) -> Path:
-    out = tmp_path_factory.mktemp("fused") / f"w{bits}g{group}{'sym' if sym else 'asym'}"
-    calibrate(CalibrateArgs(str(model_dir), "rtn", bits, group, sym, out, progress=False))
+def _fused(tmp_path_factory, model_dir: Path, bits: int, group: int, sym: bool = False,
+           codebook: str | None = None) -> Path:
+    out = tmp_path_factory.mktemp("fused") / f"w{bits}g{group}{codebook or ('sym' if sym else 'asym')}"
+    calibrate(CalibrateArgs(str(model_dir), "rtn", bits, group, sym, out, progress=False,
+                            codebook=codebook))
     return out
 
 
@@ -131,6 +133,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path_factory, tmp_path, tiny_llama_d
         "unknown scheme 'q5f16'": [str(fused), "--scheme", "q5f16"],
         "w3a16g128asym cannot hold the 4-bit group 128 codes": [str(fused), "--scheme", "w3a16g128asym"],
         "w4a16g64asym cannot hold": [str(fused), "--scheme", "w4a16g64asym"],
+        "nf3a16g128 holds nf3 codes, not the 4-bit integer codes": [str(fused), "--scheme", "nf3a16g128"],
         "not found": [str(tmp_path / "nope"), "--scheme", "q4f16_1"],
     }
     for message, argv in cases.items():
@@ -147,12 +150,42 @@ def test_bad_inputs_are_one_line_errors(tmp_path_factory, tmp_path, tiny_llama_d
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
 
 
-def test_nf3_is_refused_by_asym_schemes(tmp_path, tiny_llama_dir):
-    fused = tmp_path / "nf3"
-    calibrate(CalibrateArgs(str(tiny_llama_dir), "rtn", 3, 128, False, fused, progress=False,
-                            codebook="nf3"))
-    with pytest.raises(LowbitError, match="cannot hold the nf3 codes"):
-        convert(ConvertArgs(str(fused), "w3a16g128asym", tmp_path / "out", progress=False))
+@pytest.mark.parametrize("group", [128, 64])
+def test_fused_nf3_is_kept_bit_exact(tmp_path_factory, tmp_path, tiny_llama_dir, group):
+    """HF → fused NF3 RTN → nf3a16g{G} → reader: the fused NF3 weights, bit for bit (K = 96 and
+    160 end in partial groups); the stored arrays are the checkpoint's codes and scales."""
+    fused = _fused(tmp_path_factory, tiny_llama_dir, 3, group, codebook="nf3")
+    out = _convert(fused, f"nf3a16g{group}", tmp_path / "mlc")
+    _assert_linears_equal(out, fused)
+    arrays, meta = read_tensor_cache(out)
+    assert meta["lowbit"]["added_error"] == {} and meta["lowbit"]["source_quantization"] == f"w3g{group}nf3"
+    assert len(meta["lowbit"]["lossless_linears"]) == 14
+    assert not any(name.endswith(".q_zero") for name in arrays)
+    assert arrays["model.embed_tokens.weight"].dtype == np.float16
+    down = load_fused(fused).quantized["model.layers.1.mlp.down_proj"]
+    k_pad = -(-160 // group) * group
+    assert arrays["model.layers.1.mlp.down_proj.q_weight"].shape == (96, k_pad * 3 // 32)
+    np.testing.assert_array_equal(arrays["model.layers.1.mlp.down_proj.q_scale"], down.scales.numpy())
+    codes = down.codes.numpy().astype(np.uint32)
+    words = arrays["model.layers.1.mlp.down_proj.q_weight"]  # the first run of 32, as FORMAT.md draws it
+    assert words[:, 0].tolist() == sum((codes[:, j] & 3) << (2 * j) for j in range(16)).tolist()
+    assert words[:, 2].tolist() == sum((codes[:, j] >> 2) << j for j in range(32)).tolist()
+
+
+def test_nf3_converts_only_to_its_nf3_scheme(tmp_path_factory, tmp_path, tiny_llama_dir):
+    fused = _fused(tmp_path_factory, tiny_llama_dir, 3, 128, codebook="nf3")
+    cases = {
+        "w3a16g128asym": "w3a16g128asym cannot hold the nf3 group 128 codes",
+        "q3f16_1": "q3f16_1 cannot hold the nf3 group 128 codes",
+        "q0f32": "q0f32 cannot hold the nf3 group 128 codes",
+        "nf3a16g64": "nf3a16g64 cannot hold the nf3 group 128 codes",
+    }
+    for scheme, message in cases.items():
+        out = tmp_path / "out"
+        res = CliRunner().invoke(main, ["convert", str(fused), "--scheme", scheme, "-o", str(out)])
+        assert res.exit_code == 1 and message in res.output and "use nf3a16g128" in res.output, res.output
+        assert res.output.count("\n") == 2
+        assert not out.exists() and not _tmp_leftovers(tmp_path)
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path_factory, tmp_path, tiny_llama_dir):

@@ -2,7 +2,8 @@
 
 The NumPy side packs codes itself (independently of ``compiler/packing.py``), following the layouts
 of ``docs/FORMAT.md``: symmetric plain words (8 or 10 codes), asymmetric plain words (8 or 16) and
-3-bit bit-planes per run of 32. K is odd or not a multiple of the group (partial last group).
+3-bit bit-planes per run of 32 (asymmetric and NF3), and dequantizes by ``s·(q − z)`` or by NF3
+table lookup. K is odd or not a multiple of the group (partial last group).
 Each form is built with a symbolic row axis where the model has one: tokens (prefill, GEMM) or
 sequences (batch decode).
 """
@@ -24,7 +25,8 @@ from lowbit.compiler.kernels.quant_matmul import (
     q_embed_te,
     q_matmul_te,
 )
-from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, get_scheme
+from lowbit.compiler.schemes import AsymGroupQuant, NF3GroupQuant, NoQuant, get_scheme
+from lowbit.quantizer import NF3_LEVELS
 from lowbit.targets.presets import LLVM_ISA, cpu_flags, detect_isa
 
 TARGET = tvm.target.Target({"kind": "llvm"})
@@ -37,7 +39,7 @@ def pack_np(codes: np.ndarray, scheme) -> np.ndarray:
     g = scheme.group_size
     padded = np.zeros((n, -(-k // g) * g), np.uint64)
     padded[:, :k] = codes
-    if isinstance(scheme, AsymGroupQuant) and scheme.bits == 3:
+    if isinstance(scheme, AsymGroupQuant | NF3GroupQuant) and scheme.bits == 3:
         words = []
         for run in range(padded.shape[1] // 32):
             c = padded[:, run * 32:(run + 1) * 32]
@@ -58,9 +60,20 @@ def dequant_np(codes, scales, zeros, scheme) -> np.ndarray:
     return (codes.astype(np.float32) - z) * s
 
 
+def dequant_nf3_np(codes, scales, group: int) -> np.ndarray:
+    """``level[q]·s₊`` for q > 3, else ``level[q]·s₋``; scales [N, G, 2]."""
+    k = codes.shape[1]
+    per_k = np.repeat(scales.astype(np.float32), group, axis=1)[:, :k]
+    s = np.where(codes > 3, per_k[..., 0], per_k[..., 1])
+    return np.asarray(NF3_LEVELS, np.float32)[codes] * s
+
+
 def _quantized_case(scheme, n: int, k: int, rng):
     codes = rng.integers(0, 1 << scheme.bits, (n, k)).astype(np.uint8)
     groups = -(-k // scheme.group_size)
+    if isinstance(scheme, NF3GroupQuant):
+        scales = (rng.random((n, groups, 2)) * 0.1 + 0.01).astype(np.float16)
+        return [pack_np(codes, scheme), scales], dequant_nf3_np(codes, scales, scheme.group_size)
     scales = (rng.random((n, groups)) * 0.1 + 0.01).astype(np.float16)
     if isinstance(scheme, AsymGroupQuant):
         zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype(np.uint8)
@@ -99,7 +112,8 @@ def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool, target=TARGET
     return _call(lib, inputs, out_shape), sch
 
 
-SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2a16g32asym", "w3a16g32asym"]
+SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2a16g32asym",
+           "w3a16g32asym", "nf3a16g128", "nf3a16g64"]
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -159,7 +173,7 @@ def test_batch_decode_matmul_matches_numpy(name, n, k):
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("name", ["q4f16_1", "w3a16g64asym"])
+@pytest.mark.parametrize("name", ["q4f16_1", "w3a16g64asym", "nf3a16g128"])
 def test_batch_register_tiles(isa, name):
     """Each ISA's batch-decode tile (``BATCH_TILES``: its k lanes divide K = 576, as the bundled
     model's) on whole and partial row tiles."""

@@ -85,12 +85,18 @@ def check_batch_decode_matches_decode(engine: Engine, parent: int, vocab: int) -
         _assert_close(batch[i], engine.decode(twin, token), f"batch_decode row {i}")
 
 
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+# NF3's two groups share every kernel but the group constant: one NF3 scheme per family keeps CI
+# time down (each case compiles a model), and both see partial groups (K = 96, 160).
+LLAMA_SCHEMES = sorted(s for s in SCHEMES if s != "nf3a16g64")
+QWEN2_SCHEMES = sorted(s for s in SCHEMES if s != "nf3a16g128")
+
+
+@pytest.mark.parametrize("scheme", LLAMA_SCHEMES)
 def test_llama_compiled_matches_torch(tiny_llama_dir, scheme, tmp_path):
     check_compiled_matches_torch(tiny_llama_dir, scheme, tmp_path)
 
 
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("scheme", QWEN2_SCHEMES)
 def test_qwen2_compiled_matches_torch(tiny_qwen2_dir, scheme, tmp_path):
     check_compiled_matches_torch(tiny_qwen2_dir, scheme, tmp_path)
 

@@ -11,11 +11,12 @@ import torch
 
 from lowbit.compiler.packing import pack, unpack
 from lowbit.compiler.requantize import mlc_quantize
-from lowbit.compiler.schemes import SCHEMES, AsymGroupQuant, NoQuant, SymGroupQuant
+from lowbit.compiler.schemes import SCHEMES, AsymGroupQuant, NF3GroupQuant, NoQuant, SymGroupQuant
 from lowbit.quantizer import quantize
 
 SYM = [s for s in SCHEMES.values() if isinstance(s, SymGroupQuant)]
 ASYM = [s for s in SCHEMES.values() if isinstance(s, AsymGroupQuant)]
+NF3 = [s for s in SCHEMES.values() if isinstance(s, NF3GroupQuant)]  # packed as 3-bit ASYM
 SHAPES = [(2, 13), (16, 120), (3, 1), (5, 33), (4, 129), (7, 200), (3, 41)]
 FORMAT_MD = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 
@@ -103,9 +104,9 @@ def test_lowbit_quantizer_sym_is_mlc_fp16():
         np.testing.assert_array_equal(qw.scales.numpy(), ref_s)
 
 
-@pytest.mark.parametrize("scheme", ASYM, ids=lambda s: s.name)
+@pytest.mark.parametrize("scheme", [*ASYM, *NF3], ids=lambda s: s.name)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_asym_pack_matches_layout(scheme: AsymGroupQuant, shape):
+def test_asym_pack_matches_layout(scheme: AsymGroupQuant | NF3GroupQuant, shape):
     rng = np.random.default_rng(shape[1])
     codes = rng.integers(0, 1 << scheme.bits, size=shape, dtype=np.uint8)
     words = pack(codes, scheme)
@@ -143,5 +144,6 @@ def test_bytes_match_format_md(scheme):
         nbytes = pack(qw.codes.numpy(), scheme).nbytes + qw.scales.numpy().nbytes
     else:
         qw = quantize(w, scheme.spec)
-        nbytes = pack(qw.codes.numpy(), scheme).nbytes + qw.scales.numpy().nbytes + qw.zeros.numpy().nbytes
+        nbytes = pack(qw.codes.numpy(), scheme).nbytes + qw.scales.numpy().nbytes
+        nbytes += 0 if qw.zeros is None else qw.zeros.numpy().nbytes
     assert nbytes * 8 == pytest.approx(n * k * bpw)
