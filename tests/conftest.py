@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny, tiny_llama_config, tiny_qwen2_config
+from tiny_models import save_tiny, tiny_llama_config, tiny_qwen2_config, tiny_qwen3_config
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,11 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny_qwen2"), tiny_qwen2_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny_qwen3"), tiny_qwen3_config())
 
 
 @pytest.fixture(scope="session")

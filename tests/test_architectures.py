@@ -18,15 +18,16 @@ from lowbit.cli import main
 from lowbit.errors import LowbitError
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED = "supported model types: llama, qwen2"
+SUPPORTED = "supported model types: llama, qwen2, qwen3"
 
 
-def test_registry_holds_llama_and_qwen2():
-    assert list(ARCHITECTURES) == ["llama", "qwen2"]
+def test_registry_holds_llama_qwen2_and_qwen3():
+    assert list(ARCHITECTURES) == ["llama", "qwen2", "qwen3"]
+    classes = {"llama": "LlamaForCausalLM", "qwen2": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
     for model_type, arch in ARCHITECTURES.items():
         assert arch.model_type == model_type
         assert get_architecture({"model_type": model_type}, "x") is arch
-        assert arch.model_class().__name__ == "LlamaForCausalLM"
+        assert arch.model_class().__name__ == classes[model_type]
 
 
 def test_registry_imports_neither_torch_nor_tvm():

@@ -1,4 +1,4 @@
-"""Tiny random Llama / Qwen2 models for unit tests (imported by conftest and by tests)."""
+"""Tiny random Llama / Qwen2 / Qwen3 models for unit tests (imported by conftest and by tests)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def tiny_qwen2_config(**overrides):
     )
     kw.update(overrides)
     return Qwen2Config(**kw)
+
+
+def tiny_qwen3_config(**overrides):
+    """Qwen3: q/k norms, head_dim 32 ≠ hidden / heads (24), GQA 4:2, untied lm_head."""
+    from transformers import Qwen3Config
+
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    )
+    kw.update(overrides)
+    return Qwen3Config(**kw)

@@ -160,11 +160,17 @@ class Attention(nn.Module):
         setattr(self, self.qkv_name, QuantLinear(cfg.hidden_size, out, scheme, bias=cfg.qkv_bias))
         self.o_proj = QuantLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, scheme)
 
+    def qkv(self, x: Tensor) -> Tensor:
+        """The fused projection per head, [b, s, q heads + 2 · kv heads, head_dim] (RoPE is
+        applied inside the KV cache's attention; a family's subclass may transform q/k here)."""
+        c = self.cfg
+        b, s, _ = x.shape
+        return op.reshape(getattr(self, self.qkv_name)(x), (b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim))
+
     def forward(self, x: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
         c = self.cfg
         b, s, _ = x.shape
-        qkv = op.reshape(getattr(self, self.qkv_name)(x), (b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim))
-        out = kv.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
+        out = kv.attention_with_fused_qkv(layer_id, self.qkv(x), c.num_attention_heads, sm_scale=c.head_dim**-0.5)
         return self.o_proj(op.reshape(out, (b, s, c.num_attention_heads * c.head_dim)))
 
 
@@ -179,8 +185,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    attention_class: type[Attention] = Attention
+
     def __init__(self, cfg: LlamaConfig, scheme: Scheme):
-        self.self_attn = Attention(cfg, scheme)
+        self.self_attn = self.attention_class(cfg, scheme)
         self.mlp = MLP(cfg, scheme)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
@@ -191,9 +199,11 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    layer_class: type[DecoderLayer] = DecoderLayer
+
     def __init__(self, cfg: LlamaConfig, scheme: Scheme, dtype: str):
         self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, _edge_scheme(scheme), dtype)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, scheme) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([self.layer_class(cfg, scheme) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
 
     def forward(self, h: Tensor, kv: PagedKVCache) -> Tensor:
@@ -223,10 +233,11 @@ class LlamaForCausalLM(nn.Module):
     plus ``prefill_all_logits`` (every position's logits, for perplexity)."""
 
     config_class = LlamaConfig
+    body_class: type[LlamaModel] = LlamaModel  # the decoder stack (a family subclasses its layers)
 
     def __init__(self, cfg: LlamaConfig, scheme: Scheme, target: Target, dtype: str = "float32"):
         self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype
-        self.model = LlamaModel(cfg, scheme, dtype)
+        self.model = self.body_class(cfg, scheme, dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, _edge_scheme(scheme))
 
