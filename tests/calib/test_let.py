@@ -46,9 +46,9 @@ def random_shifts(block: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tens
 
 
 @pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_folding_leaves_the_model_unchanged(family, shift, tiny_llama_dir, tiny_qwen2_dir):
-    model = load_torch_model(tiny_llama_dir if family == "llama" else tiny_qwen2_dir)
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_folding_leaves_the_model_unchanged(family, shift, request):
+    model = load_torch_model(request.getfixturevalue(f"tiny_{family}_dir"))
     ids = random_ids(2, 32)
     with torch.no_grad():
         before = model(ids).logits
@@ -284,16 +284,18 @@ def test_omniquant_let_resume_restores_folded_norms_and_biases(tiny_llama_dir, i
     assert "model.layers.1.input_layernorm.bias" in model.state_dict()
 
 
-def test_let_checkpoint_converts_with_no_new_tensor(tiny_qwen2_dir, tmp_path, isolated_cache):
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_let_checkpoint_converts_with_no_new_tensor(family, request, tmp_path, isolated_cache):
     """A weight-only LET checkpoint is an ordinary fused folder: MLC's q0f32 reads it back to
     the same logits, and the asymmetric scheme keeps its codes bit for bit."""
     from lowbit.compiler.convert import ConvertArgs, convert
     from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
     from lowbit.fused import load_fused, make_qconfig, save_fused
 
-    model = load_torch_model(tiny_qwen2_dir)
+    model_dir = request.getfixturevalue(f"tiny_{family}_dir")  # qwen3: q/k norms after q/k
+    model = load_torch_model(model_dir)
     spec = QuantSpec(4, 32)
-    ctx = make_ctx(tiny_qwen2_dir, spec, "omniquant", omniquant.defaults(4), nsamples=2,
+    ctx = make_ctx(model_dir, spec, "omniquant", omniquant.defaults(4), nsamples=2,
                    seqlen=32, epochs=1, let=1)
     layers = quantized_linear_names(model)
     norm_before = model.model.layers[0].input_layernorm.weight.clone()
@@ -301,7 +303,7 @@ def test_let_checkpoint_converts_with_no_new_tensor(tiny_qwen2_dir, tmp_path, is
     assert not torch.equal(model.model.layers[0].input_layernorm.weight, norm_before)
     fused_dir = tmp_path / "fused"
     fused_dir.mkdir()
-    save_fused(fused_dir, model, quantized, make_qconfig("omniquant", spec, layers), tiny_qwen2_dir)
+    save_fused(fused_dir, model, quantized, make_qconfig("omniquant", spec, layers), model_dir)
     fused = load_fused(fused_dir)
     q0 = tmp_path / "q0"
     convert(ConvertArgs(str(fused_dir), "q0f32", q0, progress=False))
