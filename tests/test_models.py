@@ -40,7 +40,7 @@ def test_folder_without_config_refused(tmp_path):
         models.resolve_model(str(tmp_path))
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
 def test_supported_architectures_accepted(tmp_path, model_type):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     assert models.resolve_model(str(tmp_path)) == tmp_path
