@@ -80,12 +80,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the ``k`` largest logits (all True when ``k`` is 0 or ≥ the vocabulary)."""
+    """Boolean mask of the logits at least the ``k``-th largest (as HF: ties with it are kept;
+    all True when ``k`` is 0 or ≥ the vocabulary)."""
     if k == 0 or k >= logits.size:
         return np.ones(logits.shape, dtype=bool)
-    keep = np.zeros(logits.shape, dtype=bool)
-    keep[np.argpartition(-logits, k - 1)[:k]] = True
-    return keep
+    return logits >= np.partition(logits, logits.size - k)[logits.size - k]
 
 
 def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ SHAPES = [(3, 96), (5, 130), (7, 576), (2, 40), (4, 1000)]
 @pytest.mark.parametrize("group", [32, 40, 64, 128, -1])
 @pytest.mark.parametrize("sym", [False, True])
 def test_matches_numpy_reference(shape, bits, group, sym):
-    rng = np.random.default_rng(hash((shape, bits, group, sym)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, bits, group, sym)).encode()))
     w = (rng.standard_normal(shape) * rng.uniform(0.01, 0.2, (shape[0], 1))).astype(np.float32)
     w[0, : min(8, shape[1])] = 0.0  # a run of zeros
     spec = QuantSpec(bits, group, sym)

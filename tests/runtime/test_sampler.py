@@ -36,6 +36,13 @@ def test_top_k_mask_matches_hf(k):
     assert top_k_mask(logits, 0).all() and top_k_mask(logits, 10_000).all()
 
 
+@pytest.mark.parametrize("k", [1, 3, 4, 6])
+def test_top_k_keeps_ties_as_hf_does(k):
+    logits = np.array([2.0, 5.0, 5.0, 1.0, 5.0, 3.0, 3.0, -1.0], dtype=np.float32)
+    ref = TopKLogitsWarper(k)(None, torch.from_numpy(logits)[None])[0].isfinite().numpy()
+    np.testing.assert_array_equal(top_k_mask(logits, k), ref)
+
+
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.9, 0.999])
 def test_top_p_mask_matches_hf(p):
     logits = _logits(int(p * 1000))
