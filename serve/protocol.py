@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # Fields OpenAI has that lowbit does not implement → the values that mean "not used". A request
@@ -40,6 +40,11 @@ def _refuse(data: Any, not_supported: dict[str, tuple]) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _null_means_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """Clients send ``null`` for fields they leave unset: the field's default then."""
+    return cls.model_fields[info.field_name].default if value is None else value
 
 
 class StreamOptions(_Strict):
@@ -89,6 +94,9 @@ class _GenerationFields(_Strict):
     def _stops(cls, v: Any) -> Any:
         """OpenAI takes one stop string, a list of up to 4, or null."""
         return [v] if isinstance(v, str) else [] if v is None else v
+
+    _nulls = field_validator("presence_penalty", "frequency_penalty", "n", "stream", mode="before")(
+        classmethod(_null_means_default))
 
     @field_validator("logit_bias")
     @classmethod
@@ -175,6 +183,9 @@ class ChatCompletionRequest(_GenerationFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
 
+    _chat_nulls = field_validator("logprobs", "parallel_tool_calls", mode="before")(
+        classmethod(_null_means_default))
+
     @model_validator(mode="before")
     @classmethod
     def _not_supported(cls, data: Any) -> Any:
@@ -212,6 +223,8 @@ class CompletionRequest(_GenerationFields):
     max_tokens: int | None = Field(None, ge=0)  # 0: with echo, only score the prompt
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
+
+    _echo_null = field_validator("echo", mode="before")(classmethod(_null_means_default))
 
     @model_validator(mode="before")
     @classmethod

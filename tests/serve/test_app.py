@@ -101,6 +101,16 @@ def test_bad_sampling_logprobs_tools_and_formats_are_refused(body, message):
     assert message in str(e.value)
 
 
+def test_null_means_the_default():
+    """Clients (LangChain, some SDKs) send null for every field they leave unset."""
+    nulls = dict.fromkeys(("logprobs", "top_logprobs", "parallel_tool_calls", "presence_penalty",
+                           "frequency_penalty", "n", "stream", "logit_bias", "tools", "tool_choice",
+                           "response_format", "seed", "max_tokens"))
+    req = protocol.ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **nulls})
+    assert (req.logprobs, req.parallel_tool_calls, req.presence_penalty, req.n, req.stream) == (False, True, 0.0, 1, False)
+    assert protocol.CompletionRequest.model_validate({"prompt": "x", "echo": None, "logprobs": None}).echo is False
+
+
 def test_completion_max_tokens_0_needs_echo():
     with pytest.raises(ValidationError, match="needs echo"):
         protocol.CompletionRequest.model_validate({"prompt": "x", "max_tokens": 0})
