@@ -132,7 +132,12 @@ class Engine:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.chat_config["vocab_size"])
+        """The logits' width (``vocab_size`` of the chat config, else of its ``model_config``)."""
+        cfg = self.chat_config
+        size = cfg.get("vocab_size") or cfg["model_config"].get("vocab_size")
+        if not size:
+            raise LowbitError(f"{self.model_dir / 'mlc-chat-config.json'} has no vocab_size")
+        return int(size)
 
     @cached_property
     def template(self):
