@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 from lowbit.cache import atomic_file, cache_dir
-from lowbit.corpus import corpus_documents, split_documents
+from lowbit.corpus import corpus_documents, jsonl_rows, split_documents
 from lowbit.errors import LowbitError
 
 MIN_DOC_CHARS = 512  # the reference keeps wikitext lines longer than this
@@ -64,13 +64,7 @@ def instruction_prompts(path: Path) -> list[str]:
     if path.suffix != ".jsonl":
         raise LowbitError(f"instruction file {path} must be .jsonl or .txt")
     prompts = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LowbitError(f"{path}:{i}: not valid JSON: {e}") from None
+    for i, row in jsonl_rows(path):
         if "instruction" not in row:
             raise LowbitError(f"{path}:{i}: needs an 'instruction' field")
         extra = f"{row['input']}\n" if row.get("input") else ""

@@ -35,6 +35,19 @@ def wiki_documents() -> list[str]:
     return [f" = {a['title']} = \n\n{a['extract'].strip()}" for a in ordered]
 
 
+def jsonl_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a ``.jsonl`` file; bad JSON is one line."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((i, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise LowbitError(f"{path}:{i}: not valid JSON: {e}") from None
+    return rows
+
+
 def file_documents(path: Path) -> list[str]:
     """Documents of a user corpus (.txt or .jsonl)."""
     path = Path(path)
@@ -45,13 +58,7 @@ def file_documents(path: Path) -> list[str]:
         return [d for d in docs if d]
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LowbitError(f"{path}:{i}: not valid JSON: {e}") from None
+        for i, row in jsonl_rows(path):
             if "text" in row:
                 docs.append(str(row["text"]))
             elif "title" in row and "extract" in row:
