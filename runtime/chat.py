@@ -53,8 +53,7 @@ def run_prompt(args: GenerateArgs, out: TextIO | None = None) -> GenerationStats
     engine = Engine(args.model_dir, args.model_lib, context_window=args.context_window)
     if args.chat_template:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        text = engine.template.render(messages + [{"role": "user", "content": args.prompt}])
-        ids = engine.tokenizer.encode(text, add_special_tokens=False)
+        ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": args.prompt}])
     else:
         ids = engine.tokenizer.encode(args.prompt)
     for delta in engine.generate(ids, generation_config(args, engine, args.chat_template)):
@@ -84,7 +83,7 @@ class ChatSession:
         engine = self.batch.engine
         self.finish_reason = ""
         self.messages.append({"role": "user", "content": user})
-        ids = engine.tokenizer.encode(engine.template.render(self.messages), add_special_tokens=False)
+        ids = engine.chat_prompt_ids(self.messages)
         answer: list[str] = []
         try:
             for event in self.batch.stream(Request(ids, self.config), should_stop, keep_prefix=True):

@@ -52,6 +52,7 @@ class GenerationStats:
     decode_tokens: int = 0  # tokens sampled
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "stop", "length", "context" or "interrupted"
+    tokens: list[int] = field(default_factory=list)  # sampled, the stop token included
 
     @property
     def prefill_tok_s(self) -> float:
@@ -279,6 +280,11 @@ class Engine:
                               repetition_penalty=pick(repetition_penalty, "repetition_penalty", 1.0),
                               seed=seed, **penalties)
 
+    def chat_prompt_ids(self, messages: Sequence[dict], tools: list[dict] | None = None) -> list[int]:
+        """The token ids of a chat rendered by the folder's template, the assistant's turn next."""
+        text = self.template.render(messages, tools=tools) if tools else self.template.render(messages)
+        return self.template.prefix_ids + self.tokenizer.encode(text, add_special_tokens=False)
+
     def chat_stop_strings(self) -> list[str]:
         """The stop strings of the folder's ``conv_template`` (for chat-formatted prompts)."""
         conv = self.chat_config.get("conv_template")
@@ -341,7 +347,7 @@ class Engine:
             if gen.finish_reason:
                 break
             logits = self.decode(seq_id, token)
-        stats.decode_tokens, stats.finish_reason = gen.sampled, gen.finish_reason
+        stats.decode_tokens, stats.finish_reason, stats.tokens = gen.sampled, gen.finish_reason, gen.tokens
         stats.decode_seconds = time.perf_counter() - t0
         if rest := gen.flush():
             yield rest
@@ -365,7 +371,7 @@ class Generation:
         self.constraint = grammars.constraint(config.grammar) if config.grammar is not None else None
         self.logprobs = (LogprobTrack(config.logprobs, grammars.token_bytes)
                          if config.logprobs is not None else None)
-        self.sampled = 0  # tokens sampled, the stop token included
+        self.tokens: list[int] = []  # sampled, the stop token included
         self.finish_reason = ""  # "stop", "length", "context" or "interrupted" once finished
 
     def push(self, logits: np.ndarray, history: Sequence[int], room: int) -> tuple[int, str]:
@@ -376,7 +382,7 @@ class Generation:
             self.finish_reason = "length"
             return -1, ""
         token = self.sampler(logits, history, self.constraint.allowed() if self.constraint else None)
-        self.sampled += 1
+        self.tokens.append(token)
         if self.constraint is not None:
             self.constraint.accept(token)
         if token in self.stop_ids:
@@ -393,6 +399,10 @@ class Generation:
         elif room < 1:
             self.finish_reason = "context"
         return token, text
+
+    @property
+    def sampled(self) -> int:
+        return len(self.tokens)
 
     def finish(self, reason: str) -> None:
         self.finish_reason = self.finish_reason or reason

@@ -79,6 +79,8 @@ class StreamDecoder:
 class JinjaTemplate:
     """A HF chat template, rendered with transformers' jinja settings."""
 
+    prefix_ids: list[int] = []  # token ids before the rendered text (a jinja template writes its own BOS)
+
     def __init__(self, source: str, tokenizer: Tokenizer):
         import jinja2
         import jinja2.meta
@@ -106,33 +108,62 @@ class JinjaTemplate:
 
 
 class ConvTemplate:
-    """MLC's ``conv_template`` (``protocol/conversation_protocol.py``'s prompt layout)."""
+    """MLC's ``conv_template``, rendered as MLC's JSON engine renders a chat request.
+
+    All system messages (else the template's ``system_message``) fill ``system_template``; each
+    other message adds its role's name + ``role_content_sep`` + the role template filled with the
+    content + the role's separator (``seps[1]`` for the assistant when there are two); a message
+    without content, and the assistant's turn at the end, add the role's name + ``role_empty_sep``.
+    ``apps/native``'s ``ConvTemplate`` is the C++ twin; a test renders the same chats with both.
+    """
 
     source = ""
     takes_tools = False
 
     def __init__(self, conv: dict):
         self.conv = conv
+        self.prefix_ids: list[int] = list(conv.get("system_prefix_token_ids") or [])
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
                tools: list[dict] | None = None) -> str:
         if tools:
             raise LowbitError("an MLC conv_template takes no tools")
         c = self.conv
-        system = c.get("system_message", "")
-        rest = list(messages)
-        if rest and rest[0]["role"] == "system":
-            system, rest = rest[0]["content"], rest[1:]
+        systems = [m for m in messages if m["role"] == "system"]
+        system = "".join("".join(_text_parts(m.get("content", ""))) for m in systems) if systems \
+            else c.get("system_message", "")
+        text = c.get("system_template", "{system_message}").replace("{system_message}", system, 1)
         seps = c.get("seps") or [""]
-        text = c.get("system_template", "{system_message}").replace("{system_message}", system)
-        for i, m in enumerate(rest):
-            role = c["roles"].get(m["role"], m["role"])
-            body = c.get("role_templates", {}).get(m["role"], "{content}")
-            content = body.replace(f"{{{m['role']}_message}}", m["content"]).replace("{content}", m["content"])
-            text += f"{role}{c.get('role_content_sep', '')}{content}{seps[i % len(seps)]}"
+        templates = {"user": "{user_message}", "assistant": "{assistant_message}", "tool": "{tool_message}",
+                     **(c.get("role_templates") or {})}
+        count = 0
+        turns = [m for m in messages if m["role"] != "system"]
         if add_generation_prompt:
-            text += f"{c['roles'].get('assistant', '')}{c.get('role_empty_sep', '')}"
+            turns.append({"role": "assistant", "content": None})
+        for m in turns:
+            role = m["role"]
+            if role not in c["roles"]:
+                raise LowbitError(f'role "{role}" is not supported by the model\'s conv_template')
+            if m.get("content") is None:
+                text += c["roles"][role] + c.get("role_empty_sep", "")
+                continue
+            count += 1
+            if c.get("add_role_after_system_message", True) or not text or count != 1:
+                text += c["roles"][role] + c.get("role_content_sep", "")
+            body = templates.get(role)
+            for part in _text_parts(m["content"]):
+                text += part if body is None else body.replace(f"{{{role}_message}}", part, 1)
+            text += seps[(1 if role == "assistant" else 0) % len(seps)]
         return text
+
+
+def _text_parts(content: Any) -> list[str]:
+    """A message's text: a string, or OpenAI's ``[{"type": "text", "text": ...}]`` parts."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return [str(p.get("text", "")) for p in content]
+    raise LowbitError("only text content is supported in messages")
 
 
 def load_chat_template(folder: Path, tokenizer: Tokenizer, chat_config: dict):

@@ -325,11 +325,10 @@ def create_app(args: ServeArgs, on_load_error: Callable[[str], None] | None = No
             except tools.ToolsNotSupported as e:
                 raise APIError(400, str(e), param="tools", code="unsupported_parameter") from None
         try:
-            text = engine.template.render([_template_message(m) for m in req.messages],
-                                          tools=[t.model_dump(exclude_none=True) for t in req.tools or []])
+            ids = engine.chat_prompt_ids([_template_message(m) for m in req.messages],
+                                         tools=[t.model_dump(exclude_none=True) for t in req.tools or []])
         except Exception as e:  # noqa: BLE001 - the model's own template refused the conversation
             raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
-        ids = engine.tokenizer.encode(text, add_special_tokens=False)
         run = Run(server, EngineRequest(ids, server.generation(req, len(ids), engine.chat_stop_strings()),
                                         req.n), http)
         rid = p.new_id("chatcmpl")

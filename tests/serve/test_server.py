@@ -330,7 +330,7 @@ def test_logprobs_equal_the_engines_log_softmax(live, client):
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     engine = Engine(live.mlc_dir, live.lib, max_batch_size=2)
-    ids = engine.tokenizer.encode(engine.template.render(messages), add_special_tokens=False)
+    ids = engine.chat_prompt_ids(messages)
     engine.add_sequence(0)
     logits = engine.prefill(0, ids)
     token_bytes = engine.grammars.token_bytes

@@ -1,18 +1,13 @@
 """The aarch64 library runs under qemu with PyPI's aarch64 TVM runtime and gives the x86 logits.
 
 The host is ``vm_runner.cc`` (tvm-ffi C++ API, no Python), cross-compiled here; the runtime
-libraries come from the ``manylinux_2_28_aarch64`` wheels of the installed TVM versions,
-downloaded once into the cache.
+libraries come from PyPI's aarch64 wheels of the installed TVM versions (``aarch64_tvm_runtime``).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +16,13 @@ from click.testing import CliRunner
 from target_checks import require
 
 from lowbit.artifact import LibraryMetadata
-from lowbit.cache import cache_dir
 from lowbit.cli import main
 from lowbit.compiler.tensor_cache import read_tensor_cache
 from lowbit.runtime.engine import Engine
+from lowbit.targets.runtime_libs import aarch64_tvm_runtime
 
 HERE = Path(__file__).parent
 IDS = [5, 17, 300, 2, 9, 44, 101]
-WHEELS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
-
-
-def aarch64_runtime() -> Path:
-    """A folder with the aarch64 ``libtvm_runtime.so`` and ``libtvm_ffi.so`` of the installed
-    versions (from PyPI's wheels, cached)."""
-    versions = {name: importlib.metadata.version(name) for name in WHEELS}
-    folder = cache_dir() / "aarch64-runtime" / "-".join(f"{n}-{v}" for n, v in versions.items())
-    if all((folder / Path(member).name).is_file() for member in WHEELS.values()):
-        return folder
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "-d", tmp,
-                        *(f"{n}=={v}" for n, v in versions.items())], check=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        for wheel in Path(tmp).glob("*.whl"):
-            name = "apache-tvm-ffi" if wheel.name.startswith("apache_tvm_ffi") else "apache-tvm"
-            with zipfile.ZipFile(wheel) as z:
-                (folder / Path(WHEELS[name]).name).write_bytes(z.read(WHEELS[name]))
-    return folder
 
 
 def build_runner(out: Path, runtime: Path) -> Path:
@@ -87,7 +62,7 @@ def test_aarch64_logits_equal_x86_under_qemu(tiny_mlc, tmp_path, scheme):
     want = engine.all_logits(0, IDS)
     assert engine.metadata.target == "llvm" and engine.device.dlpack_device_type() == 1
 
-    runtime = aarch64_runtime()
+    runtime = aarch64_tvm_runtime()
     runner = build_runner(tmp_path / "vm_runner", runtime)
     manifest, blob = write_params(mlc, engine.metadata, tmp_path)
     out = tmp_path / "logits.bin"
