@@ -18,6 +18,7 @@ from lowbit.artifact import (
     METADATA_FUNC,
     LibraryMetadata,
     read_chat_config,
+    static_metadata_path,
     system_lib_prefix,
 )
 from lowbit.cache import atomic_file, check_output
@@ -113,11 +114,14 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     get_architecture(chat, str(args.mlc_dir))  # refuse before building anything
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
-    executable, _ = build(chat, preset, options)
+    executable, metadata = build(chat, preset, options)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
     with atomic_file(Path(args.out), args.overwrite) as tmp:
         fmt.export(executable, Path(tmp), options)
+    if preset.system_lib:
+        with atomic_file(static_metadata_path(args.out), overwrite=True) as tmp:
+            tmp.write_text(metadata.to_json())
     steps.update()
     steps.close()
     return Path(args.out)

@@ -22,6 +22,7 @@ CHAT_CONFIG = "mlc-chat-config.json"
 TENSOR_CACHE = "tensor-cache.json"
 METADATA_FUNC = "_metadata"  # every library lowbit compiles returns its metadata JSON here
 METADATA_FORMAT = 2
+STATIC_METADATA_SUFFIX = ".metadata.json"  # beside a static (system-lib) library, which cannot be loaded alone
 CHAT_CONFIG_KEYS = ("model_type", "quantization", "model_config")
 
 
@@ -187,6 +188,12 @@ class LibraryMetadata:
             if getattr(self, key) != chat.get(key):
                 raise LowbitError(f"model library {library} is for {key} {getattr(self, key)!r} but "
                                   f"{folder} has {chat.get(key)!r}")
+
+
+def static_metadata_path(library: Path) -> Path:
+    """Where ``lowbit compile`` writes a static library's metadata (its ``system_lib_prefix``
+    above all: a program that links the archive loads the model as ``system://PREFIX``)."""
+    return Path(f"{library}{STATIC_METADATA_SUFFIX}")
 
 
 def system_lib_prefix(model_type: str, quantization: str, metadata_json: str) -> str:

@@ -283,4 +283,4 @@ def list_(what: str | None) -> None:
         for name, preset in PRESETS.items():
             missing = preset.missing_tools()
             status = "buildable here" if not missing else "needs " + "; ".join(missing)
-            click.echo(f"  {name:10s} {preset.summary} [{status}]")
+            click.echo(f"  {name:12s} {preset.summary} [{status}]")

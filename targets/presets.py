@@ -141,6 +141,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         formats=(LibraryFormat(".so", "aarch64 shared library", export.aarch64_shared_library, (AARCH64_CXX,)),),
     ),
     Preset(
+        name="llvm-static", summary="this machine's CPU, prefixed static archive to link into a native program "
+        "(apps/native loads it as system://PREFIX)",
+        device="cpu", compute_dtype="float32", backend="cpu", target=lambda _: host_llvm(), system_lib=True,
+        formats=(LibraryFormat(".a", "ELF static archive", export.elf_archive, (LLVM_AR,)),),
+    ),
+    Preset(
         name="cuda", summary="NVIDIA GPUs: fatbin with cubins for --arch (default sm_80/86/89/90a) + PTX",
         device="cuda", compute_dtype="float16", backend="gpu", target=_cuda, host=host_llvm,
         formats=(LibraryFormat(".so", "shared library with a fatbin", cuda.cuda_library, (HOST_CXX, NVCC)),),

@@ -37,7 +37,7 @@ def native_build() -> Path:
     if not Path("/usr/include/nlohmann/json.hpp").is_file():
         missing("nlohmann-json3-dev")
     build = cache_dir() / "native-build"
-    configure = run(["cmake", "-S", NATIVE, "-B", build, "-DCMAKE_BUILD_TYPE=Release"])
+    configure = run(["cmake", "-S", NATIVE, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DLOWBIT_STATIC_MODEL="])
     assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
     compiled = run(["cmake", "--build", build, "-j2"])
     assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-3000:]

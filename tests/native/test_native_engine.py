@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_ctest
+from conftest import NATIVE, run, run_ctest
 
+from lowbit.artifact import static_metadata_path
 from lowbit.compiler.chat_config import CONV_TEMPLATES
+from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.runtime.engine import Engine, GenerationConfig
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import ConvTemplate
@@ -238,3 +240,28 @@ def test_bad_input_gives_one_line_errors(native_build, bundled_w4, tiny_chat, tm
     write_fixture(native_build, "bad_engines", bad)
     out = run_ctest(native_build, "errors")
     assert f"errors: {len(bad) + 14} passed, 0 failed" in out  # + a bad option, create, 11 bad requests, a good one
+
+
+# -- a model linked into the program -------------------------------------------------------------
+def test_model_linked_statically(native_build, tiny_chat, tmp_path):
+    """``--target llvm-static``: the archive linked into a test program, loaded as system://PREFIX,
+    generates what the Python engine generates with the shared library."""
+    archive = compile_model(CompileArgs(tiny_chat.mlc_dir, "llvm-static", tmp_path / "tiny.a"), progress=False)
+    prefix = json.loads(static_metadata_path(archive).read_text())["system_lib_prefix"]
+    assert prefix.startswith("llama_q0f32_")
+    engine = Engine(tiny_chat.mlc_dir, tiny_chat.lib)
+    greedy = engine.sampling_params(temperature=0)
+    raw = []
+    for prompt in ("The capital of France is", "Once upon a time"):
+        ids = engine.tokenizer.encode(prompt)
+        "".join(engine.generate(ids, GenerationConfig(12, greedy, (), engine.default_stop_token_ids())))
+        raw.append({"prompt_ids": ids, "max_tokens": 12, "tokens": engine.last_stats.tokens})
+    write_fixture(native_build, "static_cases", {"model_dir": str(tiny_chat.mlc_dir), "prefix": prefix, "raw": raw})
+    try:
+        configure = run(["cmake", "-S", NATIVE, "-B", native_build, f"-DLOWBIT_STATIC_MODEL={archive}"])
+        assert configure.returncode == 0, configure.stderr[-3000:]
+        linked = run(["cmake", "--build", native_build, "-j2", "--target", "static_model_test"])
+        assert linked.returncode == 0, linked.stdout[-3000:] + linked.stderr[-3000:]
+        assert "static_model: 2 passed, 0 failed" in run_ctest(native_build, "static_model")
+    finally:  # the archive is temporary: leave the cached build without it
+        run(["cmake", "-S", NATIVE, "-B", native_build, "-DLOWBIT_STATIC_MODEL="])
