@@ -23,7 +23,9 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void Fail(const std::string& message) { throw std::runtime_error("tokenizer.json: " + message); }
+constexpr std::string_view kErrorPrefix = "tokenizer.json: ";
+
+[[noreturn]] void Fail(const std::string& message) { throw std::runtime_error(std::string(kErrorPrefix) + message); }
 
 // ---------------------------------------------------------------------------------------------
 // UTF-8
@@ -659,6 +661,7 @@ struct Tokenizer::Impl {
   std::array<int32_t, 256> byte_fallback_ids{};  // <0xXX> ids, or -1
 
   std::vector<AddedToken> added_tokens;
+  std::unordered_map<std::string, int32_t> added_token_ids;
   std::unique_ptr<AddedTokenMatcher> raw_matcher;         // normalized: false
   std::unique_ptr<AddedTokenMatcher> normalized_matcher;  // normalized: true
   std::unique_ptr<PreTokenizer> pre_tokenizer;
@@ -766,6 +769,7 @@ void Tokenizer::Impl::Load(const json& j) {
                             t.value("lstrip", false), t.value("rstrip", false), t.value("single_word", false),
                             t.value("normalized", true)});
   }
+  for (const AddedToken& t : added_tokens) added_token_ids.emplace(t.content, t.id);
   std::vector<const AddedToken*> raw, normalized;
   for (const AddedToken& t : added_tokens) (t.normalized ? normalized : raw).push_back(&t);
   if (!raw.empty()) raw_matcher = std::make_unique<AddedTokenMatcher>(raw);
@@ -954,8 +958,10 @@ Tokenizer Tokenizer::FromFile(const std::string& tokenizer_json_path) {
   text << file.rdbuf();
   try {
     return FromJson(text.str());
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(tokenizer_json_path + ": " + std::string(e.what()).substr(sizeof("tokenizer.json: ") - 1));
+  } catch (const std::runtime_error& e) {  // name the file instead of "tokenizer.json"
+    std::string message = e.what();
+    if (message.rfind(kErrorPrefix, 0) == 0) message.erase(0, kErrorPrefix.size());
+    throw std::runtime_error(tokenizer_json_path + ": " + message);
   }
 }
 
@@ -1026,9 +1032,8 @@ const std::string& Tokenizer::TokenBytes(int32_t id) const {
 }
 
 int32_t Tokenizer::TokenToId(const std::string& token) const {
-  for (const AddedToken& t : impl_->added_tokens) {
-    if (t.content == token) return t.id;
-  }
+  auto added = impl_->added_token_ids.find(token);
+  if (added != impl_->added_token_ids.end()) return added->second;
   auto it = impl_->vocab.find(token);
   return it == impl_->vocab.end() ? -1 : it->second;
 }

@@ -54,9 +54,8 @@ class Tokenizer {
   // Whether `id` is a special added token (the ones Decode skips when asked).
   bool IsSpecial(int32_t id) const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;  // shared: copies of a Tokenizer are cheap and share the cache
 };

@@ -5,13 +5,15 @@ Usage: python make_tokenizer_fixture.py TOKENIZER_JSON OUT_JSONL [--docs N]
 Rows are ``{"text", "ids", "decoded"}``: ``ids`` from ``encode(text)`` (special tokens added),
 ``decoded`` from ``decode(ids)`` (special tokens skipped). The inputs are N documents of the
 bundled Wikipedia corpus (the test split, then the validation split if N needs more) and
-hand-written edge cases.
+hand-written edge cases. Last come rows without ``text``: random id sequences (seeded), whose
+decoding is mostly invalid UTF-8, for the U+FFFD replacement and the stream decoder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -89,6 +91,19 @@ def corpus_texts(n_docs: int) -> list[str]:
     return pool[:n_docs]
 
 
+def random_id_rows(tokenizer, n_rows: int = 300) -> list[list[int]]:
+    """Id sequences of 1 to 40 random ids (fixed seed), special tokens included. The ids come in
+    equal parts from all tokens, tokens with non-ASCII characters and one-character tokens (single
+    bytes in a byte-level vocabulary), so the bytes often make broken UTF-8."""
+    rng = random.Random(0)
+    every = list(range(tokenizer.get_vocab_size()))
+    tokens = {i: tokenizer.id_to_token(i) or "" for i in every}
+    non_ascii = [i for i in every if any(ord(c) >= 0x80 for c in tokens[i])] or every
+    single = [i for i in every if len(tokens[i]) == 1] or every
+    pools = [every, non_ascii, single]
+    return [[rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 40))] for _ in range(n_rows)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tokenizer_json", type=Path)
@@ -111,6 +126,8 @@ def main() -> None:
         for text, ids in zip(texts, encoded):
             row = {"text": text, "ids": ids, "decoded": tokenizer.decode(ids)}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for ids in random_id_rows(tokenizer):
+            f.write(json.dumps({"ids": ids, "decoded": tokenizer.decode(ids)}, ensure_ascii=False) + "\n")
     print(f"{args.out_jsonl}: {len(texts)} rows; HF encode {n_tokens} tokens in {seconds:.3f} s, "
           f"{n_tokens / max(seconds, 1e-9):.0f} tokens/s (one text at a time)")
 
