@@ -3,7 +3,7 @@
 Builds apps/native with CMake (cached in apps/native/build/pytest), writes fixtures with
 apps/native/tests/make_tokenizer_fixture.py and runs the C++ ``tokenizer_test`` on them: the
 bundled model's tokenizer through ctest, and small BPE tokenizers trained here for the
-components the bundled one lacks (Qwen2's Split regex, Digits, String splits, split behaviors,
+components the bundled one lacks (Qwen2's NFC and Split regex, Digits, String splits, split behaviors,
 added-token options, unk and byte fallback, a BOS template).
 """
 
@@ -106,7 +106,9 @@ def _sequence(*steps: dict) -> dict:
 
 
 def _qwen2() -> dict:
+    """Qwen2's layout: NFC, the Split regex, ByteLevel without its regex."""
     spec = _train(_sequence(_split({"Regex": QWEN2_PATTERN}, "Isolated"), _byte_level()))
+    spec["normalizer"] = {"type": "NFC"}
     spec["post_processor"] = _byte_level()
     return spec
 
@@ -210,7 +212,9 @@ def test_trained_tokenizer_variant(native_build, tmp_path, variant):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"normalizer": {"type": "NFC"}}, "normalizer NFC is not supported"),
+    ({"normalizer": {"type": "NFKC"}}, "normalizer NFKC is not supported"),
+    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}},
+     "normalizer Lowercase is not supported"),
     ({"decoder": None}, "decoder null is not supported"),
     ({"truncation": {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}},
      "truncation is not supported"),

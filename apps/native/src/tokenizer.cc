@@ -161,6 +161,113 @@ const ByteLevelTable& ByteLevel() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// NFC normalization (the "NFC" normalizer), from tables generated out of HF's own NFC
+
+struct NfcDecomposition {
+  uint32_t code_point;
+  uint16_t offset;  // into kNfcDecompositionData
+  uint8_t length;
+};
+struct NfcCombiningClass {
+  uint32_t code_point;
+  uint8_t combining_class;
+};
+struct NfcComposition {
+  uint32_t first, second, composite;
+};
+
+#include "unicode_nfc_table.inc"
+
+// Hangul syllables decompose and compose arithmetically (Unicode §3.12).
+constexpr uint32_t kHangulS = 0xAC00, kHangulL = 0x1100, kHangulV = 0x1161, kHangulT = 0x11A7;
+constexpr uint32_t kHangulLCount = 19, kHangulVCount = 21, kHangulTCount = 28;
+constexpr uint32_t kHangulSCount = kHangulLCount * kHangulVCount * kHangulTCount;
+
+void AppendDecomposition(uint32_t cp, std::vector<uint32_t>* out) {
+  if (cp >= kHangulS && cp < kHangulS + kHangulSCount) {
+    const uint32_t index = cp - kHangulS;
+    out->push_back(kHangulL + index / (kHangulVCount * kHangulTCount));
+    out->push_back(kHangulV + (index % (kHangulVCount * kHangulTCount)) / kHangulTCount);
+    if (index % kHangulTCount != 0) out->push_back(kHangulT + index % kHangulTCount);
+    return;
+  }
+  const auto it = std::lower_bound(std::begin(kNfcDecompositions), std::end(kNfcDecompositions), cp,
+                                   [](const NfcDecomposition& d, uint32_t c) { return d.code_point < c; });
+  if (it != std::end(kNfcDecompositions) && it->code_point == cp) {
+    out->insert(out->end(), kNfcDecompositionData + it->offset, kNfcDecompositionData + it->offset + it->length);
+  } else {
+    out->push_back(cp);
+  }
+}
+
+int CombiningClass(uint32_t cp) {
+  const auto it = std::lower_bound(std::begin(kNfcCombiningClasses), std::end(kNfcCombiningClasses), cp,
+                                   [](const NfcCombiningClass& c, uint32_t v) { return c.code_point < v; });
+  return it != std::end(kNfcCombiningClasses) && it->code_point == cp ? it->combining_class : 0;
+}
+
+// The primary composite of `first` + `second`, or 0 if they do not compose.
+uint32_t Compose(uint32_t first, uint32_t second) {
+  if (first >= kHangulL && first < kHangulL + kHangulLCount && second >= kHangulV && second < kHangulV + kHangulVCount) {
+    return kHangulS + ((first - kHangulL) * kHangulVCount + (second - kHangulV)) * kHangulTCount;
+  }
+  if (first >= kHangulS && first < kHangulS + kHangulSCount && (first - kHangulS) % kHangulTCount == 0 &&
+      second > kHangulT && second < kHangulT + kHangulTCount) {
+    return first + (second - kHangulT);
+  }
+  const auto it = std::lower_bound(std::begin(kNfcCompositions), std::end(kNfcCompositions), std::make_pair(first, second),
+                                   [](const NfcComposition& c, const std::pair<uint32_t, uint32_t>& key) {
+                                     return std::make_pair(c.first, c.second) < key;
+                                   });
+  return it != std::end(kNfcCompositions) && it->first == first && it->second == second ? it->composite : 0;
+}
+
+// Unicode Normalization Form C of valid UTF-8 `text`.
+std::string Nfc(const std::string& text) {
+  std::vector<uint32_t> cps;
+  bool quick = true;
+  for (size_t i = 0, len = 0; i < text.size(); i += len) {
+    const uint32_t cp = DecodeCodePoint(text, i, &len);
+    quick = quick && cp < kNfcQuickLimit;
+    AppendDecomposition(cp, &cps);
+  }
+  if (quick) return text;
+  // Canonical ordering: stable sort of each run of non-starters by combining class.
+  for (size_t i = 1; i < cps.size(); ++i) {
+    const int ccc = CombiningClass(cps[i]);
+    if (ccc == 0) continue;
+    for (size_t j = i; j > 0 && CombiningClass(cps[j - 1]) > ccc; --j) std::swap(cps[j - 1], cps[j]);
+  }
+  // Canonical composition: a character joins the last starter if it directly follows it, or if
+  // every character in between has a lower combining class (is not "blocking").
+  size_t starter = 0, written = 0;
+  bool have_starter = false;
+  int last_class = 0;  // class of the last character written
+  for (size_t i = 0; i < cps.size(); ++i) {
+    const uint32_t cp = cps[i];
+    const int ccc = CombiningClass(cp);
+    const bool unblocked = have_starter && (written - 1 == starter || (last_class != 0 && last_class < ccc));
+    if (unblocked) {
+      if (const uint32_t composite = Compose(cps[starter], cp)) {
+        cps[starter] = composite;
+        continue;
+      }
+    }
+    if (ccc == 0) {
+      starter = written;
+      have_starter = true;
+    }
+    last_class = ccc;
+    cps[written++] = cp;
+  }
+  cps.resize(written);
+  std::string out;
+  out.reserve(text.size());
+  for (uint32_t cp : cps) AppendCodePoint(cp, &out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // PCRE2
 
 // Per-thread match buffers: pcre2_match_data and the JIT stack are not safe to share.
@@ -510,6 +617,7 @@ struct AddedToken {
   std::string content;
   int32_t id;
   bool special, lstrip, rstrip, single_word, normalized;
+  std::string matched;  // content as found in the text: normalized when `normalized` (HF's normalized_cache)
 };
 
 // A piece of the input: text offsets, and the id when it is an added token (else -1).
@@ -523,10 +631,10 @@ class AddedTokenMatcher {
  public:
   explicit AddedTokenMatcher(std::vector<const AddedToken*> tokens) : tokens_(std::move(tokens)) {
     std::stable_sort(tokens_.begin(), tokens_.end(),
-                     [](const AddedToken* a, const AddedToken* b) { return a->content.size() > b->content.size(); });
+                     [](const AddedToken* a, const AddedToken* b) { return a->matched.size() > b->matched.size(); });
     for (size_t i = 0; i < tokens_.size(); ++i) {
-      if (tokens_[i]->content.empty()) continue;
-      by_first_byte_[static_cast<unsigned char>(tokens_[i]->content[0])].push_back(i);
+      if (tokens_[i]->matched.empty()) continue;
+      by_first_byte_[static_cast<unsigned char>(tokens_[i]->matched[0])].push_back(i);
     }
   }
 
@@ -540,7 +648,7 @@ class AddedTokenMatcher {
     const AddedToken* token = nullptr;
     size_t start = 0;
     while ((token = NextMatch(sentence, position, &start)) != nullptr) {
-      size_t stop = start + token->content.size();
+      size_t stop = start + token->matched.size();
       position = stop;
       if (token->single_word) {
         const bool space_before = start == 0 || !EndsWithWordChar(sentence.substr(0, start));
@@ -561,7 +669,7 @@ class AddedTokenMatcher {
   const AddedToken* NextMatch(std::string_view s, size_t position, size_t* start) const {
     for (size_t i = position; i < s.size(); ++i) {
       for (size_t index : by_first_byte_[static_cast<unsigned char>(s[i])]) {
-        const std::string& content = tokens_[index]->content;
+        const std::string& content = tokens_[index]->matched;
         if (s.compare(i, content.size(), content) == 0) {
           *start = i;
           return tokens_[index];
@@ -660,6 +768,7 @@ struct Tokenizer::Impl {
   int32_t unk_id = -1;
   std::array<int32_t, 256> byte_fallback_ids{};  // <0xXX> ids, or -1
 
+  bool nfc = false;  // the normalizer: NFC, or none
   std::vector<AddedToken> added_tokens;
   std::unordered_map<std::string, int32_t> added_token_ids;
   std::unique_ptr<AddedTokenMatcher> raw_matcher;         // normalized: false
@@ -682,6 +791,8 @@ struct Tokenizer::Impl {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
   void Load(const json& j);
+  void LoadNormalizer(const json& normalizer);
+  void EncodeNormalized(const std::string& text, std::vector<int32_t>* ids) const;
   void LoadModel(const json& model);
   void Bpe(const std::string& word, std::vector<int32_t>* ids) const;
   void BpeUncached(const std::string& word, std::vector<int32_t>* ids) const;
@@ -753,12 +864,19 @@ void Tokenizer::Impl::LoadModel(const json& model) {
   }
 }
 
-void Tokenizer::Impl::Load(const json& j) {
-  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    const json& normalizer = j["normalizer"];
-    const bool empty_sequence = TypeOf(normalizer) == "Sequence" && normalizer.value("normalizers", json::array()).empty();
-    if (!empty_sequence) Fail("normalizer " + TypeOf(normalizer) + " is not supported (only null)");
+void Tokenizer::Impl::LoadNormalizer(const json& normalizer) {
+  const std::string type = TypeOf(normalizer);
+  if (type == "NFC") {
+    nfc = true;
+  } else if (type == "Sequence") {
+    for (const json& step : normalizer.at("normalizers")) LoadNormalizer(step);
+  } else {
+    Fail("normalizer " + type + " is not supported (only NFC or null)");
   }
+}
+
+void Tokenizer::Impl::Load(const json& j) {
+  if (j.contains("normalizer") && !j["normalizer"].is_null()) LoadNormalizer(j["normalizer"]);
   for (const char* option : {"truncation", "padding"}) {
     if (j.contains(option) && !j[option].is_null()) Fail(std::string(option) + " is not supported (only null)");
   }
@@ -767,7 +885,9 @@ void Tokenizer::Impl::Load(const json& j) {
   for (const json& t : j.value("added_tokens", json::array())) {
     added_tokens.push_back({t.at("content").get<std::string>(), t.at("id").get<int32_t>(), t.value("special", false),
                             t.value("lstrip", false), t.value("rstrip", false), t.value("single_word", false),
-                            t.value("normalized", true)});
+                            t.value("normalized", true), std::string()});
+    AddedToken& added = added_tokens.back();
+    added.matched = added.normalized && nfc ? Nfc(added.content) : added.content;
   }
   for (const AddedToken& t : added_tokens) added_token_ids.emplace(t.content, t.id);
   std::vector<const AddedToken*> raw, normalized;
@@ -797,9 +917,11 @@ void Tokenizer::Impl::Load(const json& j) {
     id_exists[id] = true;
   }
   std::unordered_set<std::string> special_contents;
+  std::vector<std::string> decoded_token = id_to_token;  // what HF's decode sees: normalized added tokens
   for (const AddedToken& t : added_tokens) {
     if (t.id < 0) Fail("negative added token id");
     id_to_token[t.id] = t.content;
+    decoded_token[t.id] = t.matched;
     id_exists[t.id] = true;
     if (t.special) special_contents.insert(t.content);
   }
@@ -807,7 +929,7 @@ void Tokenizer::Impl::Load(const json& j) {
   id_to_bytes.assign(size, std::string());
   id_special.assign(size, false);
   for (size_t id = 0; id < size; ++id) {
-    const std::string& token = id_to_token[id];
+    const std::string& token = decoded_token[id];
     id_special[id] = id_exists[id] && special_contents.count(token) > 0;
     // ByteLevel's decoder unmaps every character of the token, or, if one is not in the table,
     // keeps the token's own UTF-8.
@@ -935,6 +1057,28 @@ void Tokenizer::Impl::Bpe(const std::string& word, std::vector<int32_t>* ids) co
   }
 }
 
+void Tokenizer::Impl::EncodeNormalized(const std::string& text, std::vector<int32_t>* ids) const {
+  std::vector<InputPiece> pieces;
+  if (normalized_matcher) {
+    normalized_matcher->Split(text, 0, text.size(), &pieces);
+  } else {
+    pieces.push_back({0, text.size(), -1});
+  }
+  std::vector<std::string> words;
+  for (const InputPiece& piece : pieces) {
+    if (piece.added_id >= 0) {
+      ids->push_back(piece.added_id);
+      continue;
+    }
+    if (piece.begin == piece.end) continue;
+    words.assign(1, text.substr(piece.begin, piece.end - piece.begin));
+    if (pre_tokenizer) pre_tokenizer->Apply(&words);
+    for (const std::string& word : words) {
+      if (!word.empty()) Bpe(word, ids);
+    }
+  }
+}
+
 Tokenizer Tokenizer::FromJson(const std::string& tokenizer_json_text) {
   json j;
   try {
@@ -972,34 +1116,22 @@ std::vector<int32_t> Tokenizer::Encode(const std::string& text, bool add_special
   if (!valid) repaired = LossyUtf8(text);
   const std::string& input = valid ? text : repaired;
 
-  // Added tokens first: those matched on the raw text, then (normalizer null) the normalized ones.
-  std::vector<InputPiece> raw_pieces, pieces;
+  // Added tokens first: those matched on the raw text, then, in each normalized piece between
+  // them, the ones matched on normalized text.
+  std::vector<InputPiece> raw_pieces;
   if (impl.raw_matcher) {
     impl.raw_matcher->Split(input, 0, input.size(), &raw_pieces);
   } else {
     raw_pieces.push_back({0, input.size(), -1});
   }
-  for (const InputPiece& piece : raw_pieces) {
-    if (piece.added_id < 0 && impl.normalized_matcher) {
-      impl.normalized_matcher->Split(input, piece.begin, piece.end, &pieces);
-    } else {
-      pieces.push_back(piece);
-    }
-  }
-
   std::vector<int32_t> ids;
   ids.reserve(input.size() / 3 + 4);
-  std::vector<std::string> words;
-  for (const InputPiece& piece : pieces) {
-    if (piece.begin == piece.end) continue;
+  for (const InputPiece& piece : raw_pieces) {
     if (piece.added_id >= 0) {
       ids.push_back(piece.added_id);
-      continue;
-    }
-    words.assign(1, input.substr(piece.begin, piece.end - piece.begin));
-    if (impl.pre_tokenizer) impl.pre_tokenizer->Apply(&words);
-    for (const std::string& word : words) {
-      if (!word.empty()) impl.Bpe(word, &ids);
+    } else if (piece.begin != piece.end) {
+      const std::string text = input.substr(piece.begin, piece.end - piece.begin);
+      impl.EncodeNormalized(impl.nfc ? Nfc(text) : text, &ids);
     }
   }
   if (!add_special_tokens) return ids;

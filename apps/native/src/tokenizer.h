@@ -5,7 +5,7 @@
 //                   unk_token / fuse_unk)
 //   added tokens    split out of the input first (longest match first), with lstrip, rstrip,
 //                   single_word and normalized honoured
-//   normalizer      null (or an empty Sequence)
+//   normalizer      NFC, null, or a Sequence of these
 //   pre_tokenizer   ByteLevel (add_prefix_space, use_regex), Split (Regex or String pattern, every
 //                   behavior, invert), Digits (individual_digits), Sequence of these, null
 //   post_processor  TemplateProcessing (single), ByteLevel, Sequence of these, null
