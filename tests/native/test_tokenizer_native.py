@@ -3,8 +3,8 @@
 Builds apps/native with CMake (cached in apps/native/build/pytest), writes fixtures with
 apps/native/tests/make_tokenizer_fixture.py and runs the C++ ``tokenizer_test`` on them: the
 bundled model's tokenizer through ctest, and small BPE tokenizers trained here for the
-components the bundled one lacks (Qwen2's NFC and Split regex, Digits, String splits, split behaviors,
-added-token options, unk and byte fallback, a BOS template).
+components the bundled one lacks (Qwen2's NFC and Split regex, Digits, String splits, split
+behaviors, added-token options, unk and byte fallback, a BOS template).
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ NATIVE = REPO / "apps" / "native"
 MAKE_FIXTURE = NATIVE / "tests" / "make_tokenizer_fixture.py"
 BUILD_DIR = NATIVE / "build" / "pytest"
 
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VARIANT_DOCS = 300  # corpus documents per trained-tokenizer fixture (plus the edge cases)
 
@@ -67,8 +71,17 @@ def test_bundled_tokenizer_via_ctest(native_build, bundled_dir, tmp_path):
     tokenizer_json = Path(bundled_dir) / "tokenizer.json"
     fixture = tmp_path / "bundled.jsonl"
     hf_speed = _write_fixture(tokenizer_json, fixture, 2000)
-    configure = _run(["cmake", "-S", NATIVE, "-B", native_build, f"-DLOWBIT_TOKENIZER_JSON={tokenizer_json}",
-                      f"-DLOWBIT_TOKENIZER_FIXTURE={fixture}"])
+    configure = _run(
+        [
+            "cmake",
+            "-S",
+            NATIVE,
+            "-B",
+            native_build,
+            f"-DLOWBIT_TOKENIZER_JSON={tokenizer_json}",
+            f"-DLOWBIT_TOKENIZER_FIXTURE={fixture}",
+        ]
+    )
     assert configure.returncode == 0, configure.stderr
     ctest = _run(["ctest", "--test-dir", native_build, "--output-on-failure"], timeout=300)
     assert ctest.returncode == 0, ctest.stdout[-4000:] + ctest.stderr
@@ -86,15 +99,26 @@ def _train(pre_tokenizer_json: dict, **trainer_kw) -> dict:
     spec["pre_tokenizer"] = pre_tokenizer_json
     tokenizer = Tokenizer.from_str(json.dumps(spec))
     tokenizer.decoder = decoders.ByteLevel()
-    kw = dict(vocab_size=1000, special_tokens=SPECIALS, show_progress=False,
-              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    kw = dict(
+        vocab_size=1000,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     kw.update(trainer_kw)
-    tokenizer.train_from_iterator(split_documents(wiki_documents(), "calibration")[:1000], trainers.BpeTrainer(**kw))
+    tokenizer.train_from_iterator(
+        split_documents(wiki_documents(), "calibration")[:1000], trainers.BpeTrainer(**kw)
+    )
     return json.loads(tokenizer.to_str())
 
 
 def _byte_level(add_prefix_space: bool = False, use_regex: bool = False) -> dict:
-    return {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True, "use_regex": use_regex}
+    return {
+        "type": "ByteLevel",
+        "add_prefix_space": add_prefix_space,
+        "trim_offsets": True,
+        "use_regex": use_regex,
+    }
 
 
 def _split(pattern: dict, behavior: str, invert: bool = False) -> dict:
@@ -121,10 +145,24 @@ def _llama3_bos_template() -> dict:
         "type": "Sequence",
         "processors": [
             _byte_level(),
-            {"type": "TemplateProcessing",
-             "single": [{"SpecialToken": {"id": bos["content"], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {bos["content"]: {"id": bos["content"], "ids": [bos["id"]], "tokens": [bos["content"]]}}},
+            {
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": bos["content"], "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                ],
+                "special_tokens": {
+                    bos["content"]: {
+                        "id": bos["content"],
+                        "ids": [bos["id"]],
+                        "tokens": [bos["content"]],
+                    }
+                },
+            },
         ],
     }
     spec["model"]["merges"] = [" ".join(pair) for pair in spec["model"]["merges"]]
@@ -133,22 +171,26 @@ def _llama3_bos_template() -> dict:
 
 def _digits_and_strings() -> dict:
     """Digits, String patterns, MergedWithNext, ByteLevel with its own regex and a prefix space."""
-    return _train(_sequence(
-        {"type": "Digits", "individual_digits": True},
-        _split({"String": ", "}, "MergedWithNext"),
-        _byte_level(add_prefix_space=True, use_regex=True),
-    ))
+    return _train(
+        _sequence(
+            {"type": "Digits", "individual_digits": True},
+            _split({"String": ", "}, "MergedWithNext"),
+            _byte_level(add_prefix_space=True, use_regex=True),
+        )
+    )
 
 
 def _split_behaviors() -> dict:
     """Removed, MergedWithPrevious, Contiguous with invert, and Digits without individual digits."""
-    return _train(_sequence(
-        _split({"Regex": r"[,.;:!?]"}, "MergedWithPrevious"),
-        _split({"Regex": r"\p{Lu}"}, "Contiguous", invert=True),
-        _split({"String": "  "}, "Removed"),
-        {"type": "Digits", "individual_digits": False},
-        _byte_level(use_regex=True),
-    ))
+    return _train(
+        _sequence(
+            _split({"Regex": r"[,.;:!?]"}, "MergedWithPrevious"),
+            _split({"Regex": r"\p{Lu}"}, "Contiguous", invert=True),
+            _split({"String": "  "}, "Removed"),
+            {"type": "Digits", "individual_digits": False},
+            _byte_level(use_regex=True),
+        )
+    )
 
 
 def _added_token_options() -> dict:
@@ -163,12 +205,38 @@ def _added_token_options() -> dict:
     vocab[word] = max(vocab.values()) + 1
     next_id = vocab[word] + 1
     extra = [
-        {"content": "<mask>", "lstrip": True, "rstrip": True, "single_word": False, "normalized": False, "special": True},
-        {"content": "hello world", "lstrip": False, "rstrip": False, "single_word": True, "normalized": True,
-         "special": False},
-        {"content": "the", "lstrip": False, "rstrip": True, "single_word": True, "normalized": True, "special": False},
-        {"content": "<|im", "lstrip": False, "rstrip": False, "single_word": False, "normalized": False,
-         "special": False},
+        {
+            "content": "<mask>",
+            "lstrip": True,
+            "rstrip": True,
+            "single_word": False,
+            "normalized": False,
+            "special": True,
+        },
+        {
+            "content": "hello world",
+            "lstrip": False,
+            "rstrip": False,
+            "single_word": True,
+            "normalized": True,
+            "special": False,
+        },
+        {
+            "content": "the",
+            "lstrip": False,
+            "rstrip": True,
+            "single_word": True,
+            "normalized": True,
+            "special": False,
+        },
+        {
+            "content": "<|im",
+            "lstrip": False,
+            "rstrip": False,
+            "single_word": False,
+            "normalized": False,
+            "special": False,
+        },
     ]
     for i, token in enumerate(extra):
         spec["added_tokens"].append({"id": next_id + i, **token})
@@ -179,14 +247,22 @@ def _added_token_options() -> dict:
 def _character_level(unk: bool, fuse_unk: bool, byte_fallback: bool) -> dict:
     """No byte-level alphabet, so rare characters are unknown: an unk token (fused or not),
     <0xXX> byte tokens, or (neither) dropped."""
-    spec = _train(_split({"Regex": r"\s+"}, "Removed"), initial_alphabet=[], limit_alphabet=60,
-                  special_tokens=[*SPECIALS, "[UNK]"])
+    spec = _train(
+        _split({"Regex": r"\s+"}, "Removed"),
+        initial_alphabet=[],
+        limit_alphabet=60,
+        special_tokens=[*SPECIALS, "[UNK]"],
+    )
     if byte_fallback:
         vocab = spec["model"]["vocab"]
         next_id = max(vocab.values()) + 1
-        for b in range(0x80, 0x100):  # non-ASCII bytes only, so that rare ASCII still meets the unk token
+        for b in range(
+            0x80, 0x100
+        ):  # non-ASCII bytes only, so that rare ASCII still meets the unk token
             vocab[f"<0x{b:02X}>"] = next_id + b - 0x80
-    spec["model"].update(unk_token="[UNK]" if unk else None, fuse_unk=fuse_unk, byte_fallback=byte_fallback)
+    spec["model"].update(
+        unk_token="[UNK]" if unk else None, fuse_unk=fuse_unk, byte_fallback=byte_fallback
+    )
     return spec
 
 
@@ -196,7 +272,9 @@ VARIANTS: dict[str, Callable[[], dict]] = {
     "digits_and_strings": _digits_and_strings,
     "split_behaviors": _split_behaviors,
     "added_token_options": _added_token_options,
-    "unk_fused_and_byte_fallback": lambda: _character_level(unk=True, fuse_unk=True, byte_fallback=True),
+    "unk_fused_and_byte_fallback": lambda: _character_level(
+        unk=True, fuse_unk=True, byte_fallback=True
+    ),
     "unk_unfused": lambda: _character_level(unk=True, fuse_unk=False, byte_fallback=False),
     "unknown_dropped": lambda: _character_level(unk=False, fuse_unk=False, byte_fallback=False),
 }
@@ -211,22 +289,66 @@ def test_trained_tokenizer_variant(native_build, tmp_path, variant):
     _check(native_build, tokenizer_json, fixture)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"normalizer": {"type": "NFKC"}}, "normalizer NFKC is not supported"),
-    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}},
-     "normalizer Lowercase is not supported"),
-    ({"decoder": None}, "decoder null is not supported"),
-    ({"truncation": {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}},
-     "truncation is not supported"),
-    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "_", "prepend_scheme": "always", "split": True}},
-     "pre_tokenizer Metaspace is not supported"),
-    ({"post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 1], "cls": ["[CLS]", 0]}},
-     "post_processor BertProcessing is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"normalizer": {"type": "NFKC"}}, "normalizer NFKC is not supported"),
+        (
+            {
+                "normalizer": {
+                    "type": "Sequence",
+                    "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}],
+                }
+            },
+            "normalizer Lowercase is not supported",
+        ),
+        ({"decoder": None}, "decoder null is not supported"),
+        (
+            {
+                "truncation": {
+                    "direction": "Right",
+                    "max_length": 8,
+                    "strategy": "LongestFirst",
+                    "stride": 0,
+                }
+            },
+            "truncation is not supported",
+        ),
+        (
+            {
+                "pre_tokenizer": {
+                    "type": "Metaspace",
+                    "replacement": "_",
+                    "prepend_scheme": "always",
+                    "split": True,
+                }
+            },
+            "pre_tokenizer Metaspace is not supported",
+        ),
+        (
+            {
+                "post_processor": {
+                    "type": "BertProcessing",
+                    "sep": ["[SEP]", 1],
+                    "cls": ["[CLS]", 0],
+                }
+            },
+            "post_processor BertProcessing is not supported",
+        ),
+    ],
+)
 def test_unsupported_component_is_one_line_error(native_build, tmp_path, change, message):
-    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-            "pre_tokenizer": _byte_level(), "post_processor": None, "decoder": _byte_level(),
-            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]}}
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": _byte_level(),
+        "post_processor": None,
+        "decoder": _byte_level(),
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]},
+    }
     spec.update(change)
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(spec))
@@ -237,8 +359,14 @@ def test_unsupported_component_is_one_line_error(native_build, tmp_path, change,
 
 
 def test_model_other_than_bpe_is_refused(native_build, tmp_path):
-    spec = {"normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": _byte_level(),
-            "added_tokens": [], "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}}
+    spec = {
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": _byte_level(),
+        "added_tokens": [],
+        "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"},
+    }
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(spec))
     result = _run([native_build / "tokenizer_test", "--load", path])

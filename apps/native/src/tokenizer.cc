@@ -208,30 +208,31 @@ int CombiningClass(uint32_t cp) {
 
 // The primary composite of `first` + `second`, or 0 if they do not compose.
 uint32_t Compose(uint32_t first, uint32_t second) {
-  if (first >= kHangulL && first < kHangulL + kHangulLCount && second >= kHangulV && second < kHangulV + kHangulVCount) {
+  const bool leading = first >= kHangulL && first < kHangulL + kHangulLCount;
+  if (leading && second >= kHangulV && second < kHangulV + kHangulVCount) {
     return kHangulS + ((first - kHangulL) * kHangulVCount + (second - kHangulV)) * kHangulTCount;
   }
   if (first >= kHangulS && first < kHangulS + kHangulSCount && (first - kHangulS) % kHangulTCount == 0 &&
       second > kHangulT && second < kHangulT + kHangulTCount) {
     return first + (second - kHangulT);
   }
-  const auto it = std::lower_bound(std::begin(kNfcCompositions), std::end(kNfcCompositions), std::make_pair(first, second),
-                                   [](const NfcComposition& c, const std::pair<uint32_t, uint32_t>& key) {
-                                     return std::make_pair(c.first, c.second) < key;
+  const auto key = std::make_pair(first, second);
+  const auto it = std::lower_bound(std::begin(kNfcCompositions), std::end(kNfcCompositions), key,
+                                   [](const NfcComposition& c, const std::pair<uint32_t, uint32_t>& k) {
+                                     return std::make_pair(c.first, c.second) < k;
                                    });
   return it != std::end(kNfcCompositions) && it->first == first && it->second == second ? it->composite : 0;
 }
 
 // Unicode Normalization Form C of valid UTF-8 `text`.
 std::string Nfc(const std::string& text) {
-  std::vector<uint32_t> cps;
   bool quick = true;
-  for (size_t i = 0, len = 0; i < text.size(); i += len) {
-    const uint32_t cp = DecodeCodePoint(text, i, &len);
-    quick = quick && cp < kNfcQuickLimit;
-    AppendDecomposition(cp, &cps);
+  for (size_t i = 0, len = 0; quick && i < text.size(); i += len) {
+    quick = DecodeCodePoint(text, i, &len) < kNfcQuickLimit;
   }
   if (quick) return text;
+  std::vector<uint32_t> cps;
+  for (size_t i = 0, len = 0; i < text.size(); i += len) AppendDecomposition(DecodeCodePoint(text, i, &len), &cps);
   // Canonical ordering: stable sort of each run of non-starters by combining class.
   for (size_t i = 1; i < cps.size(); ++i) {
     const int ccc = CombiningClass(cps[i]);
@@ -315,11 +316,11 @@ std::string OnigurumaToPcre2(const std::string& pattern) {
 
 class Regex {
  public:
-  Regex(const std::string& pattern, uint32_t extra_options = 0) {
+  explicit Regex(const std::string& pattern) {
     int error = 0;
     PCRE2_SIZE error_offset = 0;
     pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                     PCRE2_UTF | PCRE2_UCP | extra_options, &error, &error_offset, nullptr);
+                                     PCRE2_UTF | PCRE2_UCP, &error, &error_offset, nullptr);
     if (code == nullptr) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof(message));
@@ -423,8 +424,9 @@ std::vector<Span> MatchSpans(const Regex* regex, const std::string* literal, std
   if (regex != nullptr) {
     regex->FindAll(text, &matches);
   } else {
-    for (size_t at = text.find(*literal); at != std::string_view::npos; at = text.find(*literal, at + literal->size())) {
+    for (size_t at = text.find(*literal); at != std::string_view::npos; at = text.find(*literal, at)) {
       matches.emplace_back(at, at + literal->size());
+      at += literal->size();
     }
   }
   std::vector<Span> spans;
@@ -846,7 +848,8 @@ void Tokenizer::Impl::LoadModel(const json& model) {
     }
     const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(id_of(left))) << 32) |
                          static_cast<uint32_t>(id_of(right));
-    merges.insert_or_assign(key, std::make_pair(rank, id_of(left + right)));  // a repeated pair: the last wins, as in HF
+    // A repeated pair: the last one wins, as in HF.
+    merges.insert_or_assign(key, std::make_pair(rank, id_of(left + right)));
     ++rank;
   }
 
@@ -895,13 +898,16 @@ void Tokenizer::Impl::Load(const json& j) {
   if (!raw.empty()) raw_matcher = std::make_unique<AddedTokenMatcher>(raw);
   if (!normalized.empty()) normalized_matcher = std::make_unique<AddedTokenMatcher>(normalized);
 
-  if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) pre_tokenizer = ParsePreTokenizer(j["pre_tokenizer"]);
+  if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) {
+    pre_tokenizer = ParsePreTokenizer(j["pre_tokenizer"]);
+  }
   if (j.contains("post_processor") && !j["post_processor"].is_null()) {
     ParsePostProcessor(j["post_processor"], &special_id_lists, &single_template);
   }
   const json decoder = j.value("decoder", json());
   if (decoder.is_null() || TypeOf(decoder) != "ByteLevel") {
-    Fail("decoder " + (decoder.is_null() ? std::string("null") : TypeOf(decoder)) + " is not supported (only ByteLevel)");
+    const std::string type = decoder.is_null() ? std::string("null") : TypeOf(decoder);
+    Fail("decoder " + type + " is not supported (only ByteLevel)");
   }
 
   // Id tables: added tokens take precedence over the model vocabulary, as in HF.
@@ -970,10 +976,11 @@ void Tokenizer::Impl::BpeUncached(const std::string& word, std::vector<int32_t>*
       continue;
     }
     if (byte_fallback) {
+      const auto byte_id = [&](size_t k) { return byte_fallback_ids[static_cast<unsigned char>(word[i + k])]; };
       bool all_bytes = true;
-      for (size_t k = 0; k < len; ++k) all_bytes = all_bytes && byte_fallback_ids[static_cast<unsigned char>(word[i + k])] >= 0;
+      for (size_t k = 0; k < len; ++k) all_bytes = all_bytes && byte_id(k) >= 0;
       if (all_bytes) {  // (HF emits these before a still pending unk token)
-        for (size_t k = 0; k < len; ++k) add(byte_fallback_ids[static_cast<unsigned char>(word[i + k])]);
+        for (size_t k = 0; k < len; ++k) add(byte_id(k));
         continue;
       }
     }

@@ -104,14 +104,18 @@ def random_id_rows(tokenizer, n_rows: int = 300) -> list[list[int]]:
     non_ascii = [i for i in every if any(ord(c) >= 0x80 for c in tokens[i])] or every
     single = [i for i in every if len(tokens[i]) == 1] or every
     pools = [every, non_ascii, single]
-    return [[rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 40))] for _ in range(n_rows)]
+    return [
+        [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 40))] for _ in range(n_rows)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tokenizer_json", type=Path)
     parser.add_argument("out_jsonl", type=Path)
-    parser.add_argument("--docs", type=int, default=2000, help="corpus documents to include (default 2000)")
+    parser.add_argument(
+        "--docs", type=int, default=2000, help="corpus documents to include (default 2000)"
+    )
     args = parser.parse_args()
 
     from tokenizers import Tokenizer
@@ -126,13 +130,18 @@ def main() -> None:
 
     args.out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     with args.out_jsonl.open("w", encoding="utf-8") as f:
-        for text, ids in zip(texts, encoded):
+        for text, ids in zip(texts, encoded, strict=True):
             row = {"text": text, "ids": ids, "decoded": tokenizer.decode(ids)}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         for ids in random_id_rows(tokenizer):
-            f.write(json.dumps({"ids": ids, "decoded": tokenizer.decode(ids)}, ensure_ascii=False) + "\n")
-    print(f"{args.out_jsonl}: {len(texts)} rows; HF encode {n_tokens} tokens in {seconds:.3f} s, "
-          f"{n_tokens / max(seconds, 1e-9):.0f} tokens/s (one text at a time)")
+            f.write(
+                json.dumps({"ids": ids, "decoded": tokenizer.decode(ids)}, ensure_ascii=False)
+                + "\n"
+            )
+    print(
+        f"{args.out_jsonl}: {len(texts)} rows; HF encode {n_tokens} tokens in {seconds:.3f} s, "
+        f"{n_tokens / max(seconds, 1e-9):.0f} tokens/s (one text at a time)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def hf_combining_class(nfc, c: int) -> int:
 
 
 def rows(items: list[str], per_line: int) -> str:
-    return "\n".join("    " + " ".join(items[i:i + per_line]) for i in range(0, len(items), per_line))
+    return "\n".join(
+        "    " + " ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)
+    )
 
 
 def main() -> None:
@@ -73,16 +75,22 @@ def main() -> None:
         f"// Python unicodedata {unicodedata.unidata_version}.\n\n"
         f"constexpr uint32_t kNfcQuickLimit = 0x{quick_limit:X};\n\n"
         "constexpr NfcDecomposition kNfcDecompositions[] = {\n"
-        + rows(decomposition_entries, 4) + "\n};\n\n"
+        + rows(decomposition_entries, 4)
+        + "\n};\n\n"
         "constexpr uint32_t kNfcDecompositionData[] = {\n"
-        + rows([f"0x{x:X}," for x in data], 10) + "\n};\n\n"
+        + rows([f"0x{x:X}," for x in data], 10)
+        + "\n};\n\n"
         "constexpr NfcCombiningClass kNfcCombiningClasses[] = {\n"
-        + rows([f"{{0x{c:X}, {k}}}," for c, k in sorted(classes.items())], 6) + "\n};\n\n"
+        + rows([f"{{0x{c:X}, {k}}}," for c, k in sorted(classes.items())], 6)
+        + "\n};\n\n"
         "constexpr NfcComposition kNfcCompositions[] = {\n"
-        + rows([f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}," for a, b, c in compositions], 4) + "\n};\n"
+        + rows([f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}," for a, b, c in compositions], 4)
+        + "\n};\n"
     )
-    print(f"{out}: {len(decompositions)} decompositions, {len(classes)} combining classes, "
-          f"{len(compositions)} compositions, quick limit U+{quick_limit:04X}")
+    print(
+        f"{out}: {len(decompositions)} decompositions, {len(classes)} combining classes, "
+        f"{len(compositions)} compositions, quick limit U+{quick_limit:04X}"
+    )
 
 
 if __name__ == "__main__":
