@@ -60,9 +60,10 @@ def build_native(build: Path, cross_runtime: Path | None = None) -> Path:
     return build / "lowbit-native"
 
 
-def run_native(cmd: list, label: str) -> dict:
+def run_native(cmd: list, label: str, env: dict | None = None) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, **(env or {})})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed: {proc.stderr.strip()[-500:]}")
@@ -93,7 +94,10 @@ def main() -> None:
     x86 = run_native([build_native(cache_dir() / "native-build"), mlc, lib_x86, *common], "x86-64")
     runtime = aarch64_tvm_runtime()
     arm_binary = build_native(cache_dir() / "native-build-aarch64", runtime)
-    arm = run_native(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", arm_binary, mlc, lib_arm, *common], "aarch64 under qemu")
+    # One TVM thread under qemu-user: the runtime's worker threads spin while they wait, and
+    # emulated spinning starves the thread doing the work (minutes per token instead of seconds).
+    arm = run_native(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", arm_binary, mlc, lib_arm, *common],
+                     "aarch64 under qemu", env={"TVM_NUM_THREADS": "1"})
 
     rows = {"python engine (x86-64)": python, "native (x86-64)": x86, "native (aarch64, qemu-user)": arm}
     for name, row in rows.items():

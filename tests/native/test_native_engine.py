@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NATIVE, run, run_ctest
+from native_build import NATIVE, run, run_ctest, write_fixture
 
 from lowbit.artifact import static_metadata_path
 from lowbit.compiler.chat_config import CONV_TEMPLATES
@@ -24,19 +24,6 @@ from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import ConvTemplate
 
 pytestmark = pytest.mark.slow
-
-
-def write_fixture(build: Path, key: str, value) -> None:
-    """Set ``key`` of the build's test manifest (large values go to their own file)."""
-    folder = build / "fixtures"
-    folder.mkdir(exist_ok=True)
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if isinstance(value, dict | list):
-        (folder / f"{key}.json").write_text(json.dumps(value, ensure_ascii=False))
-        value = str(folder / f"{key}.json")
-    manifest[key] = value
-    manifest_path.write_text(json.dumps(manifest, indent=1))
 
 
 # -- conv_template -------------------------------------------------------------------------------

@@ -299,10 +299,13 @@ bool Engine::Serve(const std::string& request_json, bool chat, const ChunkCallba
     }
     gen.stop = stops;
     gen.sampling = Sampling(request);
-    gen.max_tokens = Field<int64_t>(request, "max_tokens", -1);
-    if (chat) gen.max_tokens = Field<int64_t>(request, "max_completion_tokens", gen.max_tokens);
-    if (request.contains("max_tokens") && !request["max_tokens"].is_null() && gen.max_tokens < 0)
-      throw Error("max_tokens must be >= 0");
+    for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+      int64_t limit = Field<int64_t>(request, key, -1);
+      if (request.contains(key) && !request[key].is_null()) {
+        if (limit < 0) throw Error(std::string(key) + " must be >= 0");
+        gen.max_tokens = limit;
+      }
+    }
     gen.stop_token_ids = DefaultStopTokenIds();
 
     CheckPrompt(gen.prompt);
