@@ -252,3 +252,11 @@ def test_model_linked_statically(native_build, tiny_chat, tmp_path):
         assert "static_model: 2 passed, 0 failed" in run_ctest(native_build, "static_model")
     finally:  # the archive is temporary: leave the cached build without it
         run(["cmake", "-S", NATIVE, "-B", native_build, "-DLOWBIT_STATIC_MODEL="])
+
+
+def test_engine_needs_only_the_tvm_runtime(native_build):
+    """What an app ships: the engine library links TVM's runtime and nothing of Python, torch or
+    TVM's compiler."""
+    linked = run(["ldd", native_build / "liblowbit_engine.so"]).stdout
+    assert "libtvm_runtime.so" in linked and "libtvm_ffi.so" in linked
+    assert not any(lib in linked for lib in ("libtvm_compiler", "libpython", "libtorch")), linked
