@@ -60,7 +60,7 @@ SHAPES = [(3, 96), (5, 130), (7, 576), (2, 40), (4, 1000)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])  # 6: every W6A6 row
 @pytest.mark.parametrize("group", [32, 40, 64, 128, -1])
 @pytest.mark.parametrize("sym", [False, True])
 def test_matches_numpy_reference(shape, bits, group, sym):

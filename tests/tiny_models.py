@@ -12,11 +12,14 @@ def save_tiny(path: Path, config) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # Random-init norms are all ones; perturb them so norm-folding bugs show up.
+    # Random-init norms are all ones and biases (Qwen2's q/k/v) all zeros; perturb them so that
+    # norm-folding bugs and dropped or misplaced biases show up.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.add_(0.5 * torch.randn_like(p))
     model.save_pretrained(path)
     return path
 

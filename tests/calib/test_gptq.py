@@ -103,3 +103,27 @@ def test_run_gptq_on_tiny_model(tiny_qwen2_dir, isolated_cache):
     weights = dict(model.named_modules())
     for name, q in out.items():  # the model now holds the dequantized weights
         assert torch.equal(weights[name].weight.data, q.dequantize())
+
+
+def test_act_order_flag_reaches_gptq_and_changes_the_codes(tiny_qwen2_dir, isolated_cache, monkeypatch):
+    """`calibrate --act-order` puts act_order in the method's settings, and act_order changes the
+    codes GPTQ picks on a real model's Hessians."""
+    from click.testing import CliRunner
+
+    import lowbit.calib
+    from lowbit.cli import main
+
+    captured = []
+    monkeypatch.setattr(lowbit.calib, "calibrate", lambda args: captured.append(args.settings) or "x")
+    for flags in ([], ["--act-order"]):
+        result = CliRunner().invoke(main, ["calibrate", str(tiny_qwen2_dir), "--method", "gptq", "-o", "out", *flags])
+        assert result.exit_code == 0, result.output
+    assert "act_order" not in captured[0] and captured[1]["act_order"] == 1
+
+    codes = []
+    for act_order in (0, 1):
+        model = load_torch_model(tiny_qwen2_dir)
+        ctx = make_ctx(tiny_qwen2_dir, QuantSpec(3, 32), "gptq", {"small": {**gptq.DEFAULTS, "act_order": act_order}},
+                       nsamples=2, seqlen=32)
+        codes.append({name: q.codes for name, q in run_gptq(model, quantized_linear_names(model), ctx, random_ids()).items()})
+    assert any(not torch.equal(codes[0][name], codes[1][name]) for name in codes[0])

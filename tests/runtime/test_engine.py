@@ -126,8 +126,11 @@ def test_generate_reuses_the_cached_prefix(engine, torch_model):
     assert engine.last_stats.prompt_tokens == len(longer) - len(cached)
     assert second == engine.tokenizer.decode(_torch_greedy(torch_model, longer, 4))
     diverged = ids[:-1] + [5]  # shorter and different: the cache is rewound first
-    "".join(engine.generate(diverged, GenerationConfig(max_new_tokens=2)))
-    assert engine.sequence_tokens(0)[: len(diverged)] == diverged and first
+    third = "".join(engine.generate(diverged, GenerationConfig(max_new_tokens=4)))
+    assert engine.last_stats.prompt_tokens == 1  # only the differing token is prefilled
+    assert engine.sequence_tokens(0)[: len(diverged)] == diverged
+    assert third == engine.tokenizer.decode(_torch_greedy(torch_model, diverged, 4))  # no stale KV entries
+    assert first == engine.tokenizer.decode(_torch_greedy(torch_model, ids, 4))
 
 
 def test_seeded_sampling_is_reproducible(engine):

@@ -7,6 +7,7 @@ libraries come from PyPI's aarch64 wheels of the installed TVM versions (``aarch
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def test_aarch64_logits_equal_x86_under_qemu(tiny_mlc, tmp_path, scheme):
     runner = build_runner(tmp_path / "vm_runner", runtime)
     manifest, blob = write_params(mlc, engine.metadata, tmp_path)
     out = tmp_path / "logits.bin"
+    # One TVM thread: under qemu-user the runtime's spinning worker threads starve the one working.
     proc = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(runner), str(arm), str(manifest), str(blob),
-                           ",".join(map(str, IDS)), str(out)], capture_output=True, text=True, timeout=300)
+                           ",".join(map(str, IDS)), str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TVM_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = np.fromfile(out, dtype=np.float32).reshape(want.shape)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

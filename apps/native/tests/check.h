@@ -31,6 +31,17 @@ class Checks {
   int passed_ = 0, failed_ = 0;
 };
 
+/*! \brief `body()`'s exit code; an exception (a fixture that cannot be read) is a failed check. */
+template <typename Body>
+int Guarded(Checks& checks, Body body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    checks.Expect(false, std::string("unexpected error: ") + e.what());
+    return checks.Finish();
+  }
+}
+
 /*! \brief The fixture manifest named by the only argument. */
 inline Json Manifest(int argc, char** argv) {
   if (argc != 2) throw std::runtime_error("usage: TEST MANIFEST_JSON");

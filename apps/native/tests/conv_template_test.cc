@@ -6,8 +6,7 @@
 
 using lowbit::Json;
 
-int main(int argc, char** argv) {
-  lowbit::test::Checks checks("conv_template");
+int Run(lowbit::test::Checks& checks, int argc, char** argv) {
   Json manifest = lowbit::test::Manifest(argc, argv);
   Json cases = lowbit::ReadJsonFile(manifest["conv_cases"], "conv cases");
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -30,4 +29,9 @@ int main(int argc, char** argv) {
     checks.Expect(conv.system_prefix_token_ids() == c["prefix_ids"].get<std::vector<int32_t>>(), label + ": prefix ids");
   }
   return checks.Finish();
+}
+
+int main(int argc, char** argv) {
+  lowbit::test::Checks checks("conv_template");
+  return lowbit::test::Guarded(checks, [&] { return Run(checks, argc, argv); });
 }

@@ -36,8 +36,7 @@ void Collect(const char* chunk_json, void* user_data) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  lowbit::test::Checks checks("engine");
+int Run(lowbit::test::Checks& checks, int argc, char** argv) {
   Json manifest = lowbit::test::Manifest(argc, argv);
   Json cases = lowbit::ReadJsonFile(manifest["run_cases"], "run cases");
   const std::string model_dir = manifest["model_dir"], model_lib = manifest["model_lib"];
@@ -94,6 +93,14 @@ int main(int argc, char** argv) {
     messages.push_back({{"role", "assistant"}, {"content", out.text}});
   }
 
+  {  // reset forgets the conversation: the same request then reuses nothing
+    lowbit_engine_reset(engine);
+    Json request = {{"messages", messages}, {"temperature", 0}, {"max_tokens", 2}};
+    Collected out;
+    lowbit_engine_chat_completion(engine, request.dump().c_str(), Collect, &out);
+    checks.Expect(out.usage["extra"]["cached_prompt_tokens"] == 0, "after reset nothing is cached: " + out.usage.dump());
+  }
+
   {  // abort from the callback: the reply ends "interrupted" and the engine goes on
     Collected out;
     out.abort_on_first = true;
@@ -120,4 +127,9 @@ int main(int argc, char** argv) {
   }
   lowbit_engine_free(engine);
   return checks.Finish();
+}
+
+int main(int argc, char** argv) {
+  lowbit::test::Checks checks("engine");
+  return lowbit::test::Guarded(checks, [&] { return Run(checks, argc, argv); });
 }

@@ -21,8 +21,7 @@ bool OneLine(const std::string& s) { return !s.empty() && s.find('\n') == std::s
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  lowbit::test::Checks checks("errors");
+int Run(lowbit::test::Checks& checks, int argc, char** argv) {
   Json manifest = lowbit::test::Manifest(argc, argv);
   const std::string model_dir = manifest["model_dir"], model_lib = manifest["model_lib"];
 
@@ -70,4 +69,9 @@ int main(int argc, char** argv) {
   checks.Expect(rc == 0 && ok.chunks.size() >= 2 && ok.chunks.back().contains("usage"), "a good request after bad ones works");
   lowbit_engine_free(engine);
   return checks.Finish();
+}
+
+int main(int argc, char** argv) {
+  lowbit::test::Checks checks("errors");
+  return lowbit::test::Guarded(checks, [&] { return Run(checks, argc, argv); });
 }

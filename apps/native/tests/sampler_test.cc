@@ -24,8 +24,7 @@ lowbit::SamplingParams Params(const Json& p) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  lowbit::test::Checks checks("sampler");
+int Run(lowbit::test::Checks& checks, int argc, char** argv) {
   Json manifest = lowbit::test::Manifest(argc, argv);
   Json cases = lowbit::ReadJsonFile(manifest["sampler_cases"], "sampler cases");
   for (const Json& c : cases["rng"]) {
@@ -55,4 +54,9 @@ int main(int argc, char** argv) {
     ++i;
   }
   return checks.Finish();
+}
+
+int main(int argc, char** argv) {
+  lowbit::test::Checks checks("sampler");
+  return lowbit::test::Guarded(checks, [&] { return Run(checks, argc, argv); });
 }

@@ -5,8 +5,7 @@
 
 using lowbit::Json;
 
-int main(int argc, char** argv) {
-  lowbit::test::Checks checks("static_model");
+int Run(lowbit::test::Checks& checks, int argc, char** argv) {
   Json manifest = lowbit::test::Manifest(argc, argv);
   Json cases = lowbit::ReadJsonFile(manifest["static_cases"], "static model cases");
   lowbit::Engine engine(cases["model_dir"], "system://" + cases["prefix"].get<std::string>());
@@ -19,4 +18,9 @@ int main(int argc, char** argv) {
     checks.Expect(Json(result.tokens) == c["tokens"], "tokens " + Json(result.tokens).dump() + " vs Python " + c["tokens"].dump());
   }
   return checks.Finish();
+}
+
+int main(int argc, char** argv) {
+  lowbit::test::Checks checks("static_model");
+  return lowbit::test::Guarded(checks, [&] { return Run(checks, argc, argv); });
 }
