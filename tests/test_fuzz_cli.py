@@ -1,0 +1,164 @@
+"""Fuzz the CLI in-process: every bad input ends in a one-line error with a non-zero exit code,
+no traceback and nothing written.
+
+The commands and their options are enumerated from ``lowbit.cli.main`` itself, so a command or
+option added later is fuzzed without editing this file. Values are a fixed list of edge cases
+plus a seeded random sample (bounded count); each case's outcome is tallied and printed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from lowbit.cli import main
+
+SEED = 25
+RANDOM_VALUES = 3  # seeded random values per option, on top of the fixed edge cases
+HUGE = str(10**30)
+INT_VALUES = ("0", "-1", "1", HUGE, f"-{HUGE}", "1.5", "abc", "", "0x10")
+FLOAT_VALUES = ("0", "-1", "1", "nan", "inf", "-inf", "1e400", "abc", "", "1,5")
+CHOICE_VALUES = ("nope", "", "-1", "0")
+
+
+def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every leaf command under ``group``, with the words that invoke it."""
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            out += commands(cmd, (*path, name))
+        else:
+            out.append(((*path, name), cmd))
+    return out
+
+
+def is_numeric(param: click.Parameter) -> bool:
+    return isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType))
+
+
+def fuzzed(param: click.Parameter) -> bool:
+    """Options and arguments whose value is parsed (numbers, choices, custom types), not free
+    text, paths or flags."""
+    t = param.type
+    return not (isinstance(param, click.Option) and param.is_flag) and not isinstance(
+        t, (click.types.StringParamType, click.Path, click.types.BoolParamType, click.File))
+
+
+def bad_values(param: click.Parameter, rng: random.Random) -> list[str]:
+    """Edge cases for the parameter's kind, then seeded random values."""
+    t = param.type
+    if isinstance(t, click.Choice):
+        return [*CHOICE_VALUES, *(c.upper() + "x" for c in t.choices[:1]),
+                *("".join(rng.choices("abcxyz019-_", k=rng.randint(1, 8))) for _ in range(RANDOM_VALUES))]
+    if isinstance(t, click.types.FloatParamType):
+        return [*FLOAT_VALUES, *(repr(rng.uniform(-1e6, 1e6)) for _ in range(RANDOM_VALUES))]
+    return [*INT_VALUES, *(str(rng.randint(-(2**40), 2**40)) for _ in range(RANDOM_VALUES))]
+
+
+def rejected_by_parser(param: click.Parameter, value: str) -> bool:
+    try:
+        param.type.convert(value, param, None)
+    except click.BadParameter:
+        return True
+    return False
+
+
+def base_args(cmd: click.Command, tmp: Path, skip: click.Parameter | None = None) -> list[str]:
+    """Arguments (dummy paths that do not exist, or a valid choice) and required options."""
+    args: list[str] = []
+    for p in cmd.params:
+        if p is skip:
+            continue
+        value = p.type.choices[0] if isinstance(p.type, click.Choice) else str(tmp / "in" / p.name)
+        if isinstance(p, click.Argument):
+            args.append(value)
+        elif p.required:
+            path_like = isinstance(p.type, click.Path)
+            args += [p.opts[0], str(tmp / "out" / p.name) if path_like else value]
+    return args
+
+
+def assert_clean_failure(result: click.testing.Result, case: str) -> str:
+    """Exit 2 (a usage error) or 1 (a LowbitError), one short error line, no traceback; the
+    outcome's name."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{case}: {result.exception!r}")
+    assert "Traceback" not in result.output, case
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    prefix = {2: "Error:", 1: "error:"}.get(result.exit_code)
+    assert prefix is not None, f"{case}: exit code {result.exit_code}\n{result.output}"
+    errors = [line for line in lines if line.startswith(prefix)]
+    assert len(errors) == 1 and errors[0] == lines[-1] and len(errors[0]) < 400, f"{case}\n{result.output}"
+    return {2: "usage error", 1: "lowbit error"}[result.exit_code]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (default outputs land here) and an empty cache elsewhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    return work
+
+
+def test_every_numeric_option_has_a_range():
+    """An unbounded ``int``/``float`` option is the class of bug this file guards against."""
+    unbounded = [
+        f"{' '.join(path)} {p.opts[0]}" for path, cmd in commands() for p in cmd.params
+        if is_numeric(p) and not (isinstance(p.type, click.types._NumberRangeBase)
+                                  and (p.type.min is not None or p.type.max is not None))
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "ppl", "m", "--windows", "0"], ["eval", "ppl", "m", "--seqlen", "0"],
+    ["eval", "ppl", "m", "--seqlen", "-5"], ["eval", "ppl", "m", "--batch-size", "-1"],
+    ["calibrate", "m", "-o", "o", "--nsamples", "0"], ["calibrate", "m", "-o", "o", "--seqlen", "0"],
+    ["calibrate", "m", "-o", "o", "--epochs", "-1"], ["calibrate", "m", "-o", "o", "--epochs", "0"],
+    ["calibrate", "m", "-o", "o", "--bits", "5"], ["calibrate", "m", "-o", "o", "--group-size", "0"],
+    ["calibrate", "m", "-o", "o", "--lr", "nan"], ["run", "d", "--model-lib", "l", "--prompt", "p",
+                                                   "--max-new-tokens", "0"],
+    ["run", "d", "--model-lib", "l", "--prompt", "p", "--max-new-tokens", "-1"],
+    ["run", "d", "--model-lib", "l", "--prompt", "p", "--top-p", "0"],
+    ["serve", "d", "--model-lib", "l", "--port", "70000"],
+])
+def test_known_bad_values_are_usage_errors(workdir, args):
+    """The issue's examples (and their neighbours), each a usage error before anything loads."""
+    result = CliRunner().invoke(main, args)
+    assert assert_clean_failure(result, " ".join(args)) == "usage error"
+    assert list(workdir.iterdir()) == []
+
+
+def test_fuzz_options(workdir, capsys):
+    """Every parsed option and argument of every command, fed bad values."""
+    rng = random.Random(SEED)
+    runner = CliRunner()
+    outcomes: Counter[str] = Counter()
+    for path, cmd in commands():
+        for param in filter(fuzzed, cmd.params):
+            for value in bad_values(param, rng):
+                case = f"{' '.join(path)} {param.name}={value!r}"
+                if isinstance(param, click.Argument):
+                    args = [*path, value, *base_args(cmd, workdir, skip=param)]
+                else:
+                    args = [*path, *base_args(cmd, workdir), param.opts[0], value]
+                result = runner.invoke(main, args, input="")
+                if result.exit_code == 0:
+                    outcome = "ok"  # e.g. `list` with a valid choice
+                    assert not rejected_by_parser(param, value), case
+                else:
+                    outcome = assert_clean_failure(result, case)
+                    assert (outcome == "usage error") == rejected_by_parser(param, value), (
+                        f"{case}\n{result.output}")
+                assert sorted(workdir.iterdir()) == [], f"{case} wrote {sorted(workdir.iterdir())}"
+                outcomes[outcome] += 1
+    with capsys.disabled():
+        print(f"\nfuzz options: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
+    assert outcomes["usage error"] > 100
