@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
-from lowbit.architectures import model_architecture
+from lowbit.architectures import get_architecture, model_architecture
+from lowbit.artifact import read_json
 from lowbit.biases import attach_biases
 from lowbit.errors import LowbitError
+from lowbit.models import read_config
 from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
 
 QCONFIG_NAME = "quantization_config.json"
@@ -121,12 +124,11 @@ def save_fused(
 
 def read_qconfig(folder: Path) -> dict:
     path = Path(folder) / QCONFIG_NAME
-    try:
-        qconfig = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LowbitError(f"{folder} is not a fused checkpoint (no {QCONFIG_NAME})") from None
-    except json.JSONDecodeError as e:
-        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not a fused checkpoint (no {QCONFIG_NAME})")
+    qconfig = read_json(path, "quantization config")
+    if not isinstance(qconfig, dict):
+        raise LowbitError(f"{path} is not a JSON object")
     if qconfig.get("format") != FORMAT_NAME or qconfig.get("format_version") != FORMAT_VERSION:
         raise LowbitError(
             f"{path}: expected format {FORMAT_NAME} v{FORMAT_VERSION}, "
@@ -139,19 +141,31 @@ def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
     """(qconfig, plain tensors, quantized linears) of a fused folder, shapes checked."""
     folder = Path(folder)
     qconfig = read_qconfig(folder)
-    spec = spec_from_qconfig(qconfig)
+    qpath = folder / QCONFIG_NAME
+    try:
+        spec = spec_from_qconfig(qconfig)
+        layers = qconfig["layers"]
+        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+            raise TypeError("'layers' is not a list of names")
+    except (KeyError, TypeError, ValueError) as e:
+        raise LowbitError(f"{qpath} is not a valid quantization config ({type(e).__name__}: {e})") from None
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise LowbitError(f"{folder} has no {WEIGHTS_NAME}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LowbitError(f"{path} is not a valid safetensors file ({e})") from None
     quantized: dict[str, QuantizedWeight] = {}
-    for name in qconfig["layers"]:
+    for name in layers:
         try:
             codes = tensors.pop(f"{name}.codes")
             scales = tensors.pop(f"{name}.scales")
             zeros = tensors.pop(f"{name}.zeros") if spec.has_zeros else None
         except KeyError as e:
             raise LowbitError(f"{path}: missing tensor {e.args[0]}") from None
+        if codes.dim() != 2 or codes.dtype != torch.uint8:
+            raise LowbitError(f"{path}: {name}.codes is {codes.dtype}{list(codes.shape)}, not a uint8 matrix")
         n, k = codes.shape
         want = spec.scales_shape(n, k)
         if tuple(scales.shape) != want or (zeros is not None and tuple(zeros.shape) != want):
@@ -166,6 +180,7 @@ def load_fused(folder: Path) -> FusedModel:
 
     folder = Path(folder)
     qconfig, tensors, quantized = read_quantized(folder)
+    get_architecture(read_config(folder), str(folder))  # one line for a bad config.json
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

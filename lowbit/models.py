@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowbit.architectures import get_architecture
+from lowbit.artifact import read_json
 from lowbit.cache import atomic_dir, cache_dir
 from lowbit.errors import LowbitError
 from lowbit.packages import SMOLLM2_GGUF, PackagedFile, packaged_file
@@ -42,10 +43,10 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise LowbitError(f"{folder} is not a model folder (no config.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise LowbitError(f"{path} is not a JSON object")
+    return config
 
 
 def resolve_model(model: str | Path) -> Path:
@@ -132,6 +133,13 @@ def load_torch_model(folder: Path) -> torch.nn.Module:
 
 
 def load_tokenizer(folder: Path):  # -> transformers.PreTrainedTokenizerBase
+    """The folder's tokenizer (local files only), or one line saying why it cannot load."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    if not Path(folder).is_dir():
+        raise LowbitError(f"{folder} is not a folder")
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers and tokenizers raise many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load the tokenizer of {folder}: {first}") from None

@@ -8,7 +8,9 @@ plus a seeded random sample (bounded count); each case's outcome is tallied and 
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -162,3 +164,100 @@ def test_fuzz_options(workdir, capsys):
     with capsys.disabled():
         print(f"\nfuzz options: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
     assert outcomes["usage error"] > 100
+
+
+# -- corrupted artifacts -------------------------------------------------------------------------
+def corruptions(path: Path) -> list[str]:
+    """What is done to one file: every file can be truncated, flipped or deleted; JSON files also
+    get text that is not JSON, JSON that is not an object, and an object with a key dropped."""
+    kinds = ["truncate", "truncate", "flip", "flip", "delete"]
+    if path.suffix == ".json":
+        kinds += ["garbage", "not-object", "drop-key"]
+    return kinds
+
+
+def corrupt(path: Path, kind: str, rng: random.Random) -> None:
+    """Replace ``path`` (a symlink into the pristine artifact) by a corrupted copy."""
+    data = path.read_bytes()
+    path.unlink()
+    if kind == "delete":
+        return
+    if kind == "truncate":
+        data = data[: rng.randrange(len(data))]
+    elif kind == "flip":
+        buf = bytearray(data)
+        for i in rng.sample(range(len(buf)), min(3, len(buf))):
+            buf[i] ^= 1 << rng.randrange(8)
+        data = bytes(buf)
+    elif kind == "garbage":
+        data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
+    elif kind == "not-object":
+        data = rng.choice([b"[]", b"null", b'"x"', b"42"])
+    elif kind == "drop-key":
+        obj = json.loads(data)
+        obj.pop(rng.choice(sorted(obj)), None)
+        data = json.dumps(obj).encode()
+    path.write_bytes(data)
+
+
+def linked_copy(files: list[Path], dest: Path) -> list[Path]:
+    """``dest`` with a symlink to each file (a case copies only the file it corrupts)."""
+    dest.mkdir(parents=True)
+    for f in files:
+        (dest / f.name).symlink_to(f)
+    return [dest / f.name for f in files]
+
+
+def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
+                  outcomes: Counter[str]) -> None:
+    """Corrupt each file of an artifact in turn and run ``command(folder, out) -> args`` on a
+    folder of the files; expect the reference result (exit 0, same stdout) or a one-line error
+    with nothing written."""
+
+    def invoke(case_dir: Path, target: Path | None = None, kind: str = ""):
+        linked_copy(files, case_dir / "in")
+        if target is not None:
+            corrupt(case_dir / "in" / target.name, kind, rng)
+        result = CliRunner().invoke(main, command(case_dir / "in", case_dir / "out"))
+        stdout = re.sub(r'"seconds": [-+.e0-9]+', '"seconds": T', result.stdout)  # timings vary
+        return result, stdout.replace(str(case_dir), "CASE")
+
+    reference, expected = invoke(tmp / "reference")
+    assert reference.exit_code == 0, reference.output
+    for n, (target, kind) in enumerate((f, k) for f in files for k in corruptions(f)):
+        result, stdout = invoke(tmp / f"case{n}", target, kind)
+        case = f"{target.name} {kind}"
+        if result.exit_code == 0:
+            assert stdout == expected, f"{case}: silently different output\n{result.output}"
+            outcomes["ok (same output)"] += 1
+        else:
+            outcomes[f"{assert_clean_failure(result, case)}"] += 1
+            assert not (tmp / f"case{n}" / "out").exists(), f"{case} wrote its output"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog. " * 8
+                                  for i in range(12)))
+    return path
+
+
+def test_fuzz_mlc_artifacts(tiny_chat, corpus, tmp_path, capsys):
+    """Every file of an MLC folder and its library (with its checksum), corrupted, fed to
+    ``run`` and ``eval ppl --model-lib``."""
+    rng = random.Random(SEED)
+    lib = tiny_chat.lib
+    files = sorted(tiny_chat.mlc_dir.iterdir()) + [lib, lib.with_name(lib.name + ".sha256")]
+    commands = {
+        "run": lambda d, out: ["run", str(d), "--model-lib", str(d / lib.name), "--prompt", "Hello",
+                               "--max-new-tokens", "3", "--temperature", "0"],
+        "eval ppl": lambda d, out: ["eval", "ppl", str(d), "--model-lib", str(d / lib.name),
+                                    "--data", str(corpus), "--seqlen", "16", "--windows", "2",
+                                    "-o", str(out / "ppl.json")],
+    }
+    for name, command in commands.items():
+        outcomes: Counter[str] = Counter()
+        fuzz_artifact(files, command, tmp_path / name.replace(" ", "-"), rng, outcomes)
+        with capsys.disabled():
+            print(f"\nfuzz {name} on an MLC folder: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
