@@ -28,16 +28,23 @@ CHAT_CONFIG_KEYS = ("model_type", "quantization", "model_config")
 LIBRARY_CHECKSUM_SUFFIX = ".sha256"  # <library>.sha256 beside it, in `sha256sum` format
 
 
-def read_json(path: Path, what: str) -> Any:
-    """The parsed JSON of ``path``, or one :class:`LowbitError` line naming the file and the fault."""
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``, or one :class:`LowbitError` line naming the file and the fault."""
     try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
+        return Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise LowbitError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise LowbitError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise LowbitError(f"{path} is not a valid {what} (not UTF-8 at byte {e.start})") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON of ``path``, or one :class:`LowbitError` line naming the file and the fault."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise LowbitError(f"{path} is not a valid {what} (bad JSON: {e})") from None
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
 from lowbit.architectures import get_architecture, model_architecture
-from lowbit.artifact import read_json
+from lowbit.artifact import read_json, sha256_file
 from lowbit.biases import attach_biases
 from lowbit.errors import LowbitError
 from lowbit.models import read_config
@@ -119,7 +119,22 @@ def save_fused(
     for fname in TOKENIZER_FILES:
         if (Path(source) / fname).is_file():
             shutil.copy2(Path(source) / fname, out / fname)
-    (out / QCONFIG_NAME).write_text(json.dumps(qconfig, indent=2))
+    sha256 = {f.name: sha256_file(f) for f in sorted(out.iterdir())}
+    (out / QCONFIG_NAME).write_text(json.dumps({**qconfig, "sha256": sha256}, indent=2))
+
+
+def verify_files(folder: Path, qconfig: dict) -> None:
+    """Every file the checkpoint's ``sha256`` lists is present and unchanged (checkpoints written
+    before checksums list none)."""
+    listed = qconfig.get("sha256", {})
+    if not isinstance(listed, dict):
+        raise LowbitError(f"{Path(folder) / QCONFIG_NAME}: 'sha256' is not an object")
+    for name, want in listed.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise LowbitError(f"fused checkpoint {folder} lacks {name}")
+        if sha256_file(path) != want:
+            raise LowbitError(f"{path} does not match its sha256 in {QCONFIG_NAME} (truncated or corrupted)")
 
 
 def read_qconfig(folder: Path) -> dict:
@@ -141,6 +156,7 @@ def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
     """(qconfig, plain tensors, quantized linears) of a fused folder, shapes checked."""
     folder = Path(folder)
     qconfig = read_qconfig(folder)
+    verify_files(folder, qconfig)
     qpath = folder / QCONFIG_NAME
     try:
         spec = spec_from_qconfig(qconfig)

@@ -128,7 +128,20 @@ def load_torch_model(folder: Path) -> torch.nn.Module:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                           local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:  # a missing, truncated or malformed weight file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load the model weights of {folder}: {first}") from None
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("rotary_emb.inv_freq")]
+    unexpected = list(info.get("unexpected_keys", ()))
+    if any(k.endswith(".codes") for k in unexpected):
+        raise LowbitError(f"{folder} holds quantized codes but no quantization_config.json "
+                          "(a fused checkpoint that lost its config?)")
+    if missing or unexpected:
+        raise LowbitError(f"{folder}: weights do not match config.json ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected, e.g. {sorted(missing or unexpected)[0]})")
     return model.eval()
 
 

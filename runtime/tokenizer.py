@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lowbit.artifact import read_json
+from lowbit.artifact import read_json, read_text
 from lowbit.errors import LowbitError
 
 Message = dict[str, Any]  # {"role", "content"} (+ "tool_calls", "tool_call_id" in tool conversations)
@@ -180,10 +180,7 @@ def load_chat_template(folder: Path, tokenizer: Tokenizer, chat_config: dict):
     folder = Path(folder)
     source = None
     if (path := folder / "chat_template.jinja").is_file():
-        try:
-            source = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise LowbitError(f"{path} is not UTF-8 text (byte {e.start})") from None
+        source = read_text(path, "chat template")
     elif isinstance(tokenizer.config.get("chat_template"), str):
         source = tokenizer.config["chat_template"]
     if source is not None:

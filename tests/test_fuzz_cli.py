@@ -8,6 +8,7 @@ plus a seeded random sample (bounded count); each case's outcome is tallied and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -208,6 +209,22 @@ def linked_copy(files: list[Path], dest: Path) -> list[Path]:
     return [dest / f.name for f in files]
 
 
+def written(case_dir: Path) -> str:
+    """A digest of each file a command wrote, its paths in the case folder made generic; a file
+    copied verbatim from the (possibly corrupted) input is named as such."""
+    out, inp = case_dir / "out", case_dir / "in"
+    lines = []
+    for f in sorted(out.rglob("*")) if out.is_dir() else []:
+        data = f.read_bytes()
+        if (inp / f.name).is_file() and (inp / f.name).read_bytes() == data:
+            lines.append(f"{f.relative_to(out)} copied")
+        else:
+            data = data.replace(str(case_dir).encode(), b"CASE")
+            data = re.sub(rb'"seconds": [-+.e0-9]+', b"", data)
+            lines.append(f"{f.relative_to(out)} {hashlib.sha256(data).hexdigest()}")
+    return "".join(f"\n{line}" for line in lines)
+
+
 def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
                   outcomes: Counter[str]) -> None:
     """Corrupt each file of an artifact in turn and run ``command(folder, out) -> args`` on a
@@ -220,7 +237,7 @@ def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
             corrupt(case_dir / "in" / target.name, kind, rng)
         result = CliRunner().invoke(main, command(case_dir / "in", case_dir / "out"))
         stdout = re.sub(r'"seconds": [-+.e0-9]+', '"seconds": T', result.stdout)  # timings vary
-        return result, stdout.replace(str(case_dir), "CASE")
+        return result, stdout.replace(str(case_dir), "CASE") + written(case_dir)
 
     reference, expected = invoke(tmp / "reference")
     assert reference.exit_code == 0, reference.output
@@ -228,8 +245,10 @@ def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
         result, stdout = invoke(tmp / f"case{n}", target, kind)
         case = f"{target.name} {kind}"
         if result.exit_code == 0:
-            assert stdout == expected, f"{case}: silently different output\n{result.output}"
-            outcomes["ok (same output)"] += 1
+            # an optional file deleted is a valid input: the same output, less that file's copy
+            want = expected.replace(f"\n{target.name} copied", "") if kind == "delete" else expected
+            assert stdout == want, f"{case}: silently different output\n{result.output}"
+            outcomes["ok (same output)" if want == expected else "ok (optional file absent)"] += 1
         else:
             outcomes[f"{assert_clean_failure(result, case)}"] += 1
             assert not (tmp / f"case{n}" / "out").exists(), f"{case} wrote its output"
@@ -261,3 +280,23 @@ def test_fuzz_mlc_artifacts(tiny_chat, corpus, tmp_path, capsys):
         fuzz_artifact(files, command, tmp_path / name.replace(" ", "-"), rng, outcomes)
         with capsys.disabled():
             print(f"\nfuzz {name} on an MLC folder: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
+
+
+@pytest.fixture(scope="module")
+def fused_dir(tiny_chat, tmp_path_factory) -> Path:
+    """A fused RTN checkpoint of the tiny chat model (with its tokenizer)."""
+    out = tmp_path_factory.mktemp("fused") / "w4g32"
+    result = CliRunner().invoke(main, ["calibrate", str(tiny_chat.hf_dir), "--bits", "4",
+                                       "--group-size", "32", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fuzz_fused_checkpoint(fused_dir, tmp_path, capsys):
+    """Every file of a fused checkpoint, corrupted, fed to ``convert``."""
+    outcomes: Counter[str] = Counter()
+    fuzz_artifact(sorted(fused_dir.iterdir()),
+                  lambda d, out: ["convert", str(d), "--scheme", "w4a16g32asym", "-o", str(out)],
+                  tmp_path, random.Random(SEED), outcomes)
+    with capsys.disabled():
+        print(f"\nfuzz convert on a fused checkpoint: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
