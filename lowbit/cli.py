@@ -27,6 +27,9 @@ class LowbitGroup(click.Group):
 @click.version_option(package_name="lowbit")
 def main() -> None:
     """lowbit: calibrate, convert, compile and run 2–4-bit LLMs."""
+    from lowbit.cache import exit_on_sigterm
+
+    exit_on_sigterm()
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -145,23 +148,25 @@ def eval_() -> None:
 @click.option("--windows", type=POSITIVE, default=64, show_default=True)
 @click.option("--batch-size", type=POSITIVE, default=4, show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), help="corpus file (.txt/.jsonl)")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="JSON result file  [default: lowbit-eval/NAME-ppl-SPLIT.json]")
+@click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
 @click.option("--model-lib", type=click.Path(path_type=Path),
               help="compiled library (lowbit compile); MODEL is then its MLC folder")
 def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
-        data: Path | None, output: Path | None, model_lib: Path | None) -> None:
+        data: Path | None, output: Path | None, overwrite: bool, model_lib: Path | None) -> None:
     """Perplexity of MODEL on non-overlapping windows from the start of a corpus split."""
+    from lowbit.cache import atomic_file, check_output
     from lowbit.evaluate.run import evaluate_compiled_perplexity, evaluate_perplexity
 
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
+    check_output(out, overwrite)  # before minutes of evaluation
     if model_lib is not None:
         result = evaluate_compiled_perplexity(Path(model), model_lib, split, seqlen, windows, data)
     else:
         result = evaluate_perplexity(model, split, seqlen, windows, batch_size, data)
     click.echo(json.dumps(result, indent=2))
-    out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
-    from lowbit.cache import atomic_file
-
-    with atomic_file(out) as tmp:
+    with atomic_file(out, overwrite) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(f"perplexity {result['ppl']:.4f}  (wrote {out})", err=True)
 
@@ -171,16 +176,19 @@ def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
 @click.option("--tasks", default="piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq",
               show_default=True, help="comma-separated task names")
 @click.option("--limit", type=click.IntRange(min=1), help="score the first N documents per task")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
-def tasks(model: str, tasks: str, limit: int | None, output: Path | None) -> None:
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="JSON result file  [default: lowbit-eval/NAME-tasks.json]")
+@click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
+def tasks(model: str, tasks: str, limit: int | None, output: Path | None, overwrite: bool) -> None:
     """Zero-shot accuracy of MODEL (lm-eval protocol and prompts, task data from local wheels)."""
-    from lowbit.cache import atomic_file
+    from lowbit.cache import atomic_file, check_output
     from lowbit.evaluate.zeroshot import TasksArgs, evaluate_tasks
 
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-tasks.json"
+    check_output(out, overwrite)  # before the evaluation
     result = evaluate_tasks(TasksArgs(model, tasks, limit))
     click.echo(json.dumps(result, indent=2))
-    out = output or Path("lowbit-eval") / f"{Path(model).name}-tasks.json"
-    with atomic_file(out) as tmp:
+    with atomic_file(out, overwrite) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in result["tasks"].items():
         norm = "" if r["acc_norm"] is None else f"  acc_norm {r['acc_norm']:.4f}"
