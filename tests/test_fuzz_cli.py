@@ -90,7 +90,7 @@ def assert_clean_failure(result: click.testing.Result, case: str) -> str:
     """Exit 2 (a usage error) or 1 (a LowbitError), one short error line, no traceback; the
     outcome's name."""
     assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{case}: {result.exception!r}")
+        f"{case}: {result.exception!r:.300}")
     assert "Traceback" not in result.output, case
     lines = [line for line in result.output.splitlines() if line.strip()]
     prefix = {2: "Error:", 1: "error:"}.get(result.exit_code)
@@ -98,6 +98,33 @@ def assert_clean_failure(result: click.testing.Result, case: str) -> str:
     errors = [line for line in lines if line.startswith(prefix)]
     assert len(errors) == 1 and errors[0] == lines[-1] and len(errors[0]) < 400, f"{case}\n{result.output}"
     return {2: "usage error", 1: "lowbit error"}[result.exit_code]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every connection a case attempts off the loopback interface fails the test (lowbit reads
+    local files only; ``serve`` binds, which is not a connection)."""
+    import ipaddress
+    import socket
+
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                attempts.append(address)
+                raise OSError(f"network blocked by the test: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield
+    assert attempts == []
 
 
 @pytest.fixture
@@ -300,3 +327,42 @@ def test_fuzz_fused_checkpoint(fused_dir, tmp_path, capsys):
                   tmp_path, random.Random(SEED), outcomes)
     with capsys.disabled():
         print(f"\nfuzz convert on a fused checkpoint: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
+
+
+def test_non_mlc_folder_is_one_line_error_without_network(workdir):
+    """The issue's case: ``eval ppl`` on a folder that is not an MLC folder tried a model hub for
+    50 s, then printed a traceback."""
+    (workdir / "plain").mkdir()
+    result = CliRunner().invoke(main, ["eval", "ppl", str(workdir / "plain"), "--model-lib",
+                                       str(workdir / "lib.so"), "-o", str(workdir / "r.json")])
+    assert assert_clean_failure(result, "eval ppl plain folder") == "lowbit error"
+    assert "is not an MLC model folder (no mlc-chat-config.json)" in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["plain"]
+
+
+def test_fuzz_corpus_files(tiny_chat, corpus, tmp_path, capsys):
+    """A damaged corpus file (.txt, .jsonl) for ``eval ppl``: a result from whatever text is left
+    (a corpus is the user's data, so a different one may score differently) or a one-line error."""
+    rng = random.Random(SEED)
+    docs = corpus.read_text().split("\n\n")
+    sources = {".txt": corpus.read_text(), ".jsonl": "".join(json.dumps({"text": d}) + "\n" for d in docs)}
+    outcomes: Counter[str] = Counter()
+    for suffix, text in sources.items():
+        for n, kind in enumerate(["truncate", "truncate", "flip", "flip", "garbage", "delete"]):
+            case_dir = tmp_path / f"{suffix[1:]}{n}"
+            case_dir.mkdir()
+            data = case_dir / f"corpus{suffix}"
+            data.write_text(text)
+            corrupt(data, kind, rng)
+            out = case_dir / "out" / "ppl.json"
+            result = CliRunner().invoke(main, ["eval", "ppl", str(tiny_chat.mlc_dir), "--model-lib",
+                                               str(tiny_chat.lib), "--data", str(data), "--seqlen", "16",
+                                               "--windows", "2", "-o", str(out)])
+            if result.exit_code == 0:
+                assert json.loads(out.read_text())["windows"] == 2
+                outcomes["ok (scored the damaged text)"] += 1
+            else:
+                outcomes[assert_clean_failure(result, f"corpus{suffix} {kind}")] += 1
+                assert not out.parent.exists()
+    with capsys.disabled():
+        print(f"\nfuzz eval ppl on corpus files: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
