@@ -38,6 +38,10 @@ QCONFIG_NAME = "quantization_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "lowbit-fused"
 FORMAT_VERSION = 1
+QCONFIG_TYPES = {  # what readers use of quantization_config.json, and its JSON types
+    "method": (str,), "bits": (int,), "group_size": (int,), "sym": (bool,),
+    "codebook": (str, type(None)), "act_bits": (int, type(None)), "layers": (list,),
+}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -159,9 +163,12 @@ def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
     verify_files(folder, qconfig)
     qpath = folder / QCONFIG_NAME
     try:
+        for key, types in QCONFIG_TYPES.items():
+            if not isinstance(qconfig.get(key), types) or (int in types and isinstance(qconfig[key], bool)):
+                raise TypeError(f"{key!r} is {qconfig.get(key)!r}")
         spec = spec_from_qconfig(qconfig)
         layers = qconfig["layers"]
-        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        if not all(isinstance(n, str) for n in layers):
             raise TypeError("'layers' is not a list of names")
     except (KeyError, TypeError, ValueError) as e:
         raise LowbitError(f"{qpath} is not a valid quantization config ({type(e).__name__}: {e})") from None

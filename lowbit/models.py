@@ -64,6 +64,10 @@ def resolve_model(model: str | Path) -> Path:
         if path.suffix != ".gguf":
             raise LowbitError(f"{path} is a file but not a .gguf; give a folder or a GGUF file")
         return _gguf_folder(path)
+    if is_fused(path):  # its files' checksums before anything reads them
+        from lowbit.fused import read_qconfig, verify_files
+
+        verify_files(path, read_qconfig(path))
     get_architecture(read_config(path), str(path))
     return path
 

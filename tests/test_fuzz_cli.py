@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 
 from lowbit.cli import main
 
-SEED = 25
+SEED = int(os.environ.get("LOWBIT_FUZZ_SEED", "25"))  # CI runs one seed; others explore more
 RANDOM_VALUES = 3  # seeded random values per option, on top of the fixed edge cases
 HUGE = str(10**30)
 INT_VALUES = ("0", "-1", "1", HUGE, f"-{HUGE}", "1.5", "abc", "", "0x10")
@@ -197,10 +198,11 @@ def test_fuzz_options(workdir, capsys):
 # -- corrupted artifacts -------------------------------------------------------------------------
 def corruptions(path: Path) -> list[str]:
     """What is done to one file: every file can be truncated, flipped or deleted; JSON files also
-    get text that is not JSON, JSON that is not an object, and an object with a key dropped."""
+    get text that is not JSON, JSON that is not an object, an object with a key dropped and
+    objects with a key's value of the wrong type."""
     kinds = ["truncate", "truncate", "flip", "flip", "delete"]
     if path.suffix == ".json":
-        kinds += ["garbage", "not-object", "drop-key"]
+        kinds += ["garbage", "not-object", "drop-key", "wrong-type", "wrong-type"]
     return kinds
 
 
@@ -224,6 +226,11 @@ def corrupt(path: Path, kind: str, rng: random.Random) -> None:
     elif kind == "drop-key":
         obj = json.loads(data)
         obj.pop(rng.choice(sorted(obj)), None)
+        data = json.dumps(obj).encode()
+    elif kind == "wrong-type":  # a key's value replaced by one of another JSON type
+        obj = json.loads(data)
+        key = rng.choice(sorted(obj))
+        obj[key] = rng.choice([v for v in ("x", -1, 1.5, None, [], {}, True) if type(v) is not type(obj[key])])
         data = json.dumps(obj).encode()
     path.write_bytes(data)
 
