@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,7 @@ def verify_library(library: Path) -> None:
     library = Path(library)
     record = library_checksum_path(library)
     if not record.is_file():
+        _check_elf_extent(library)
         return
     try:
         want = record.read_text().split()[0].lower()
@@ -276,3 +278,26 @@ def verify_library(library: Path) -> None:
     if sha256_file(library) != want:
         raise LowbitError(f"model library {library} does not match its sha256 in {record.name} "
                           "(truncated or corrupted): rebuild it with lowbit compile")
+
+
+def _check_elf_extent(library: Path) -> None:
+    """For a library without a checksum: a 64-bit little-endian ELF file (a ``.so`` on Linux) must
+    hold every segment and section its header lists, else it was truncated (mapping it would end
+    the process with SIGBUS). Other formats are left to the loader."""
+    size = library.stat().st_size
+    with library.open("rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":
+            return
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(len(table) // phentsize if phentsize >= 56 else 0):  # Elf64_Phdr
+            (offset,) = struct.unpack_from("<Q", table, i * phentsize + 8)
+            (filesz,) = struct.unpack_from("<Q", table, i * phentsize + 32)
+            ends.append(offset + filesz)
+    if max(ends) > size:
+        raise LowbitError(f"model library {library} is truncated ({size} bytes, its ELF header "
+                          f"lists data up to byte {max(ends)})")

@@ -98,8 +98,9 @@ def atomic_file(out: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        if tmp.stat().st_mode & 0o777 == 0o600:  # still mkstemp's file: give it the umask's mode
-            tmp.chmod(0o666 & ~_umask())
+        # mkstemp made the file 0600 (a linker writing into it adds only x bits): give it the
+        # mode a plain open() would, executable if the writer made it so
+        tmp.chmod((0o777 if tmp.stat().st_mode & 0o111 else 0o666) & ~_umask())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

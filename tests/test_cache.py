@@ -56,3 +56,15 @@ def test_signal_removes_temporary_folder(tmp_path, sig, code):
     rc = proc.wait(timeout=30)
     assert rc != 0 and (code is None or rc == code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_keeps_executable_bit_under_umask(tmp_path):
+    """A linker writing into the temporary file makes it 0711; the output is 0755 under 022."""
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "lib.so") as tmp:
+            tmp.write_bytes(b"\x7fELF")
+            tmp.chmod(0o711)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "lib.so").stat().st_mode & 0o777 == 0o755

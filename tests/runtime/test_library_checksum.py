@@ -1,4 +1,5 @@
-"""``lowbit compile`` records the library's sha256 beside it; every load checks it."""
+"""``lowbit compile`` records the library's sha256 beside it; every load checks it (and a
+library without one is at least checked for truncation)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def test_library_without_checksum_still_loads(tiny_chat, lib_copy):
     result = run(tiny_chat, lib_copy)
     assert result.exit_code == 0, result.output
     assert result.stdout == run(tiny_chat, tiny_chat.lib).stdout
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.1])
+def test_truncated_library_without_checksum_is_one_line_error(tiny_chat, lib_copy, keep):
+    """An older library (no .sha256) cut short: its ELF header lists more than the file holds."""
+    lib_copy.with_name(lib_copy.name + ".sha256").unlink()
+    data = lib_copy.read_bytes()
+    lib_copy.write_bytes(data[: int(len(data) * keep)])
+    result = run(tiny_chat, lib_copy)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"error: model library {lib_copy} is truncated ({int(len(data) * keep)} bytes")
