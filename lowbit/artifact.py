@@ -144,7 +144,16 @@ def _md5(path: Path) -> str:
 
 
 def verify_shards(cache: TensorCache, check_md5: bool = True) -> None:
-    """Every shard exists with the recorded size (and md5), else a one-line :class:`LowbitError`."""
+    """Every shard exists with the recorded size (and md5), and ``tokenizer.json`` matches the
+    sha256 lowbit's convert recorded, else a one-line :class:`LowbitError`."""
+    ours = cache.metadata.get("lowbit")
+    want = ours.get("tokenizer_sha256") if isinstance(ours, dict) else None
+    if check_md5 and isinstance(want, str):
+        path = cache.folder / "tokenizer.json"
+        if not path.is_file():
+            raise LowbitError(f"{cache.folder} lacks the tokenizer.json its {TENSOR_CACHE} records")
+        if sha256_file(path) != want:
+            raise LowbitError(f"{path} does not match the sha256 in {TENSOR_CACHE} (edited or corrupted)")
     for shard in cache.shards:
         path = cache.folder / shard["dataPath"]
         if not path.is_file():

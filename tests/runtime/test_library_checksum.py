@@ -1,9 +1,11 @@
-"""``lowbit compile`` records the library's sha256 beside it; every load checks it (and a
-library without one is at least checked for truncation)."""
+"""Checksums every load checks: the library's sha256 that ``lowbit compile`` writes beside it (a
+library without one is at least checked for truncation), and the sha256 of ``tokenizer.json``
+that ``lowbit convert`` records in ``tensor-cache.json``."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -63,3 +65,17 @@ def test_truncated_library_without_checksum_is_one_line_error(tiny_chat, lib_cop
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith(
         f"error: model library {lib_copy} is truncated ({int(len(data) * keep)} bytes")
+
+
+def test_edited_tokenizer_is_one_line_error(tiny_chat, tmp_path):
+    """A tokenizer.json that still parses but lost its decoder would detokenize differently."""
+    mlc = tmp_path / "mlc"
+    shutil.copytree(tiny_chat.mlc_dir, mlc)
+    tok = json.loads((mlc / "tokenizer.json").read_text())
+    del tok["decoder"]
+    (mlc / "tokenizer.json").write_text(json.dumps(tok))
+    result = CliRunner().invoke(main, ["run", str(mlc), "--model-lib", str(tiny_chat.lib), "--prompt", "Hi",
+                                       "--max-new-tokens", "2", "--temperature", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {mlc / 'tokenizer.json'} does not match the sha256 in tensor-cache.json (edited or corrupted)")
