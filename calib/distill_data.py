@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from lowbit.artifact import read_text
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.corpus import corpus_documents, jsonl_rows, split_documents
 from lowbit.errors import LowbitError
@@ -60,7 +61,7 @@ def instruction_prompts(path: Path) -> list[str]:
     if not path.is_file():
         raise LowbitError(f"instruction file {path} not found")
     if path.suffix == ".txt":
-        return [p.strip() + "\n" for p in path.read_text().split("\n\n") if p.strip()]
+        return [p.strip() + "\n" for p in read_text(path, "instructions file").split("\n\n") if p.strip()]
     if path.suffix != ".jsonl":
         raise LowbitError(f"instruction file {path} must be .jsonl or .txt")
     prompts = []

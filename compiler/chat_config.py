@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from lowbit.architectures import Architecture
-from lowbit.artifact import CHAT_CONFIG
+from lowbit.artifact import CHAT_CONFIG, read_json, read_text
 from lowbit.errors import LowbitError
 
 MLC_CHAT_CONFIG_VERSION = "0.1.0"
@@ -56,7 +56,8 @@ def pick_conv_template(folder: Path, name: str | None, default: str) -> dict:
     """The named template, or chatml when the model's chat template uses ``<|im_start|>``, else
     ``default`` (the architecture's)."""
     if name is None:
-        texts = [p.read_text() for p in (folder / "chat_template.jinja", folder / "tokenizer_config.json") if p.is_file()]
+        texts = [read_text(p, "tokenizer file") for p in (folder / "chat_template.jinja", folder / "tokenizer_config.json")
+                 if p.is_file()]
         name = "chatml" if any("<|im_start|>" in t for t in texts) else default
     if name not in CONV_TEMPLATES:
         raise LowbitError(f"unknown conv template {name!r} (available: {', '.join(CONV_TEMPLATES)})")
@@ -66,9 +67,12 @@ def pick_conv_template(folder: Path, name: str | None, default: str) -> dict:
 def _tokenizer_info(folder: Path) -> dict:
     """``TokenizerInfo``: byte-level BPE (GPT-2 style) or byte-fallback (SentencePiece style)."""
     path = folder / "tokenizer.json"
-    decoder = (json.loads(path.read_text()).get("decoder") or {}) if path.is_file() else {}
+    tokenizer = read_json(path, "tokenizer") if path.is_file() else {}
+    decoder = (tokenizer.get("decoder") or {}) if isinstance(tokenizer, dict) else {}
+    if not isinstance(decoder, dict):
+        raise LowbitError(f"{path}: 'decoder' is not an object")
     parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
-    kinds = {d.get("type") for d in parts}
+    kinds = {d.get("type") for d in parts if isinstance(d, dict)} if isinstance(parts, list) else set()
     if "ByteLevel" in kinds:
         return {"token_postproc_method": "byte_level", "prepend_space_in_encode": False, "strip_space_in_decode": False}
     return {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": False, "strip_space_in_decode": "Strip" in kinds}
@@ -77,9 +81,9 @@ def _tokenizer_info(folder: Path) -> dict:
 def _active_vocab_size(folder: Path, vocab_size: int) -> int:
     if not (folder / "tokenizer.json").is_file():
         return vocab_size
-    from transformers import AutoTokenizer
+    from lowbit.models import load_tokenizer
 
-    return len(AutoTokenizer.from_pretrained(folder))
+    return len(load_tokenizer(folder))
 
 
 def write_chat_config(
@@ -87,6 +91,10 @@ def write_chat_config(
     conv_template: str | None,
 ) -> dict:
     """Write ``mlc-chat-config.json`` into ``out`` and copy the tokenizer files; return the dict."""
+    pair = [(folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")]
+    if any(pair) and not all(pair):  # the runtime reads both: one alone is a damaged folder
+        have, lack = ("tokenizer.json", "tokenizer_config.json")[::1 if pair[0] else -1]
+        raise LowbitError(f"{folder} has {have} but no {lack} (the MLC folder needs both)")
     model_config = arch.mlc_model_config(config)
     chat: dict = {
         "version": MLC_CHAT_CONFIG_VERSION,
@@ -112,7 +120,9 @@ def write_chat_config(
     }
     for fname in ("generation_config.json", "config.json"):  # first file that sets a key wins
         path = folder / fname
-        extra = json.loads(path.read_text()) if path.is_file() else {}
+        extra = read_json(path, "model config") if path.is_file() else {}
+        if not isinstance(extra, dict):
+            raise LowbitError(f"{path} is not a JSON object")
         for key, value in extra.items():
             if key in chat and chat[key] is None and key != "embedding_metadata":
                 chat[key] = value

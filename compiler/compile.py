@@ -4,7 +4,8 @@ The target preset (:mod:`lowbit.targets.presets`) supplies the TVM target, the p
 compute dtype, the exporter and the device. The library holds the model's functions (MLC's llama
 exports plus ``prefill_all_logits``) and ``_metadata`` (:class:`lowbit.artifact.LibraryMetadata`:
 target, device, model type, scheme, config, every parameter's name, shape and dtype), so a runtime
-opens the right device and refuses an MLC folder that does not match.
+opens the right device and refuses an MLC folder that does not match. ``<library>.sha256`` beside
+it records the library's checksum, which every load checks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from lowbit.artifact import (
     CHAT_CONFIG,
     METADATA_FUNC,
     LibraryMetadata,
+    checksum_line,
+    library_checksum_path,
     read_chat_config,
     static_metadata_path,
     system_lib_prefix,
@@ -117,11 +120,16 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     executable, metadata = build(chat, preset, options)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
-    with atomic_file(Path(args.out), args.overwrite) as tmp:
+    out = Path(args.out)
+    with atomic_file(out, args.overwrite) as tmp:
         fmt.export(executable, Path(tmp), options)
+        # the checksum lands first: a crash between the two renames leaves a mismatch, which
+        # loading refuses, never an unchecked library
+        with atomic_file(library_checksum_path(out)) as record:
+            record.write_text(checksum_line(Path(tmp), out.name))
     if preset.system_lib:
-        with atomic_file(static_metadata_path(args.out), overwrite=True) as tmp:
+        with atomic_file(static_metadata_path(out), overwrite=True) as tmp:
             tmp.write_text(metadata.to_json())
     steps.update()
     steps.close()
-    return Path(args.out)
+    return out

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from lowbit.architectures import MlcParam, get_architecture
+from lowbit.artifact import sha256_file
 from lowbit.cache import atomic_dir, check_output
 from lowbit.compiler.chat_config import write_chat_config
 from lowbit.compiler.packing import pack, unpack
@@ -217,9 +218,11 @@ class Converter:
                 yield name, np.ascontiguousarray(arr)
 
 
-def _metadata(conv: Converter, args: ConvertArgs, names: list[str]) -> dict:
-    """MLC's ``ParamSize``/``ParamBytes``/``BitsPerParam`` plus what lowbit did."""
+def _metadata(conv: Converter, args: ConvertArgs, names: list[str], folder: Path) -> dict:
+    """MLC's ``ParamSize``/``ParamBytes``/``BitsPerParam`` plus what lowbit did, and the sha256
+    of the ``tokenizer.json`` the folder gets (readers check it with the shards)."""
     spec = conv.source.spec
+    tokenizer = folder / "tokenizer.json"
     return {
         "ParamSize": len(names),
         "ParamBytes": float(conv.param_bytes),
@@ -230,6 +233,7 @@ def _metadata(conv: Converter, args: ConvertArgs, names: list[str]) -> dict:
             "source_quantization": None if spec is None else spec.name,
             "lossless_linears": conv.reused,
             "added_error": conv.errors,
+            "tokenizer_sha256": sha256_file(tokenizer) if tokenizer.is_file() else None,
         },
     }
 
@@ -254,7 +258,7 @@ def convert(args: ConvertArgs) -> ConvertResult:
 
     with atomic_dir(args.out, args.overwrite) as tmp:
         write_tensor_cache(
-            named(conv.params(plan, args.progress)), tmp, lambda: _metadata(conv, args, names)
+            named(conv.params(plan, args.progress)), tmp, lambda: _metadata(conv, args, names, folder)
         )
         write_chat_config(folder, config, arch, scheme.name, tmp, args.conv_template)
     return ConvertResult(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,26 @@ STATIC_METADATA_SUFFIX = ".metadata.json"  # beside a static (system-lib) librar
 CHAT_CONFIG_KEYS = ("model_type", "quantization", "model_config")
 
 
-def _read_json(path: Path, what: str) -> Any:
+LIBRARY_CHECKSUM_SUFFIX = ".sha256"  # <library>.sha256 beside it, in `sha256sum` format
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``, or one :class:`LowbitError` line naming the file and the fault."""
     try:
-        return json.loads(path.read_text())
+        return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise LowbitError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise LowbitError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise LowbitError(f"{path} is not a valid {what} (not UTF-8 at byte {e.start})") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON of ``path``, or one :class:`LowbitError` line naming the file and the fault."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise LowbitError(f"{path} is not a valid {what} (bad JSON: {e})") from None
 
@@ -38,7 +56,7 @@ def read_chat_config(folder: Path) -> dict:
     path = Path(folder) / CHAT_CONFIG
     if not path.is_file():
         raise LowbitError(f"{folder} is not an MLC model folder (no {CHAT_CONFIG})")
-    chat = _read_json(path, "chat config")
+    chat = read_json(path, "chat config")
     if not isinstance(chat, dict):
         raise LowbitError(f"{path} is not a JSON object")
     for key in CHAT_CONFIG_KEYS:
@@ -79,19 +97,43 @@ def read_tensor_cache_index(folder: Path) -> TensorCache:
     path = folder / TENSOR_CACHE
     if not path.is_file():
         raise LowbitError(f"{folder} is not an MLC weight folder (no {TENSOR_CACHE})")
-    info = _read_json(path, "tensor cache index")
+    info = read_json(path, "tensor cache index")
     try:
-        records = {
-            r["name"]: ParamRecord(
-                r["name"], tuple(r["shape"]), r["dtype"], r.get("format", "raw"),
-                shard["dataPath"], r["byteOffset"], r["nbytes"],
-            )
-            for shard in info["records"]
-            for r in shard["records"]
-        }
-    except (KeyError, TypeError) as e:
+        records = {}
+        for shard in info["records"]:
+            _check_shard(shard)
+            for r in shard["records"]:
+                rec = ParamRecord(r["name"], tuple(r["shape"]), r["dtype"], r.get("format", "raw"),
+                                  shard["dataPath"], r["byteOffset"], r["nbytes"])
+                _check_record(rec, shard["nbytes"])
+                records[rec.name] = rec
+        metadata = info.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("'metadata' is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise LowbitError(f"{path} is not a valid tensor cache index ({type(e).__name__}: {e})") from None
-    return TensorCache(folder, records, info["records"], info.get("metadata", {}))
+    return TensorCache(folder, records, info["records"], metadata)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shard(shard: dict) -> None:
+    if not isinstance(shard.get("dataPath"), str) or "/" in shard["dataPath"] or not _is_count(shard.get("nbytes")):
+        raise ValueError(f"shard entry {str(shard)[:80]} needs a file name 'dataPath' and a byte count 'nbytes'")
+
+
+def _check_record(rec: ParamRecord, shard_bytes: int) -> None:
+    """A record's fields have their types and its bytes fit its shape, dtype and shard."""
+    if not isinstance(rec.name, str) or not all(_is_count(d) for d in rec.shape):
+        raise ValueError(f"record {rec.name!r} has a bad name or shape {list(rec.shape)}")
+    if not (_is_count(rec.offset) and _is_count(rec.nbytes) and rec.offset + rec.nbytes <= shard_bytes):
+        raise ValueError(f"record {rec.name} lies outside its shard ({rec.offset}+{rec.nbytes} > {shard_bytes})")
+    bf16 = rec.dtype == "bfloat16" or (rec.encoding == "f32-to-bf16" and rec.dtype == "float32")
+    itemsize = 2 if bf16 else np.dtype(rec.dtype).itemsize
+    if rec.nbytes != int(np.prod(rec.shape, dtype=np.int64)) * itemsize:
+        raise ValueError(f"record {rec.name}: {rec.nbytes} bytes do not fit {rec.dtype}{list(rec.shape)}")
 
 
 def _md5(path: Path) -> str:
@@ -103,7 +145,16 @@ def _md5(path: Path) -> str:
 
 
 def verify_shards(cache: TensorCache, check_md5: bool = True) -> None:
-    """Every shard exists with the recorded size (and md5), else a one-line :class:`LowbitError`."""
+    """Every shard exists with the recorded size (and md5), and ``tokenizer.json`` matches the
+    sha256 lowbit's convert recorded, else a one-line :class:`LowbitError`."""
+    ours = cache.metadata.get("lowbit")
+    want = ours.get("tokenizer_sha256") if isinstance(ours, dict) else None
+    if check_md5 and isinstance(want, str):
+        path = cache.folder / "tokenizer.json"
+        if not path.is_file():
+            raise LowbitError(f"{cache.folder} lacks the tokenizer.json its {TENSOR_CACHE} records")
+        if sha256_file(path) != want:
+            raise LowbitError(f"{path} does not match the sha256 in {TENSOR_CACHE} (edited or corrupted)")
     for shard in cache.shards:
         path = cache.folder / shard["dataPath"]
         if not path.is_file():
@@ -158,6 +209,8 @@ class LibraryMetadata:
     def from_json(cls, text: str) -> LibraryMetadata:
         """Parse the JSON; libraries of format 1 (CPU only, before targets) still load."""
         raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("the metadata is not a JSON object")
         fmt = int(raw.get("format", 1))
         if fmt > METADATA_FORMAT:
             raise LowbitError(f"model library metadata format {fmt} is newer than this lowbit "
@@ -203,3 +256,64 @@ def system_lib_prefix(model_type: str, quantization: str, metadata_json: str) ->
     digest = hashlib.sha256(metadata_json.encode()).hexdigest()[:8]
     clean = "".join(c if c.isalnum() else "_" for c in f"{model_type}_{quantization}")
     return f"{clean}_{digest}_"
+
+
+# -- the library's checksum ----------------------------------------------------------------------
+def library_checksum_path(library: Path) -> Path:
+    """Where ``lowbit compile`` records the library's sha256: ``<library>.sha256`` beside it."""
+    library = Path(library)
+    return library.with_name(library.name + LIBRARY_CHECKSUM_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_line(library: Path, name: str) -> str:
+    """The ``sha256sum`` line for the file ``library``, recorded under the file name ``name``."""
+    return f"{sha256_file(library)}  {name}\n"
+
+
+def verify_library(library: Path) -> None:
+    """Check the library against its recorded sha256 when there is one (libraries built before
+    checksums, or by other tools, have none), so a truncated or altered library is refused
+    before the loader maps it."""
+    library = Path(library)
+    record = library_checksum_path(library)
+    if not record.is_file():
+        _check_elf_extent(library)
+        return
+    try:
+        want = record.read_text().split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise LowbitError(f"cannot read the checksum {record} of model library {library}") from None
+    if sha256_file(library) != want:
+        raise LowbitError(f"model library {library} does not match its sha256 in {record.name} "
+                          "(truncated or corrupted): rebuild it with lowbit compile")
+
+
+def _check_elf_extent(library: Path) -> None:
+    """For a library without a checksum: a 64-bit little-endian ELF file (a ``.so`` on Linux) must
+    hold every segment and section its header lists, else it was truncated (mapping it would end
+    the process with SIGBUS). Other formats are left to the loader."""
+    size = library.stat().st_size
+    with library.open("rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":
+            return
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(len(table) // phentsize if phentsize >= 56 else 0):  # Elf64_Phdr
+            (offset,) = struct.unpack_from("<Q", table, i * phentsize + 8)
+            (filesz,) = struct.unpack_from("<Q", table, i * phentsize + 32)
+            ends.append(offset + filesz)
+    if max(ends) > size:
+        raise LowbitError(f"model library {library} is truncated ({size} bytes, its ELF header "
+                          f"lists data up to byte {max(ends)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,47 +27,94 @@ class LowbitGroup(click.Group):
 @click.version_option(package_name="lowbit")
 def main() -> None:
     """lowbit: calibrate, convert, compile and run 2–4-bit LLMs."""
+    from lowbit.cache import exit_on_sigterm
+
+    exit_on_sigterm()
 
 
-def _group_size(value: str) -> int:
-    return -1 if value in ("-1", "pc", "channel") else int(value)
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses ``nan`` and ``inf`` (they pass its bounds)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+class IntChoice(click.Choice):
+    """One of a fixed set of integers, converted to ``int``."""
+
+    def __init__(self, values: tuple[int, ...]):
+        super().__init__([str(v) for v in values])
+
+    def convert(self, value, param, ctx):
+        return int(super().convert(str(value), param, ctx))
+
+
+class GroupSize(click.ParamType):
+    """A positive group size, or -1 (also ``pc``/``channel``) for one group per channel."""
+
+    name = "group_size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        if value in ("-1", "pc", "channel"):
+            return -1
+        try:
+            size = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer, -1, pc or channel.", param, ctx)
+        if size < 1:
+            self.fail(f"{size} is not a positive group size (or -1 per channel).", param, ctx)
+        return size
+
+
+# lowbit.quantizer's SUPPORTED_BITS and ACT_BITS (not imported here: that module loads torch)
+BITS = (2, 3, 4, 6, 8)
+ACT_BITS = (4, 6, 8)
+SEED = click.IntRange(0, 2**32 - 1)
+POSITIVE = click.IntRange(min=1)
+WINDOW_TOKENS = click.IntRange(min=2)  # a window of n tokens scores n - 1 predictions
 
 
 @main.command()
 @click.argument("model")
 @click.option("--method", default="rtn", show_default=True, help="see `lowbit list methods`")
-@click.option("--bits", type=int, default=4, show_default=True, help="2, 3, 4, 6 or 8")
-@click.option("--group-size", default="128", show_default=True, help="32/40/64/128, or -1 per channel")
+@click.option("--bits", type=IntChoice(BITS), default="4", show_default=True)
+@click.option("--group-size", type=GroupSize(), default="128", show_default=True,
+              help="32/40/64/128, or -1 per channel")
 @click.option("--sym", is_flag=True, help="symmetric (MLC's convention) instead of asymmetric")
 @click.option("--nf3", is_flag=True,
               help="BitDistiller's NF3 codebook (3 bits, two scales per group; rtn, bitdistiller)")
-@click.option("--act-bits", type=int,
+@click.option("--act-bits", type=IntChoice(ACT_BITS),
               help="also fake-quantize every linear's input per token (4, 6, 8), e.g. W4A4")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="fused checkpoint folder")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), help="calibration corpus (.txt/.jsonl)")
 @click.option("--preset", type=click.Choice(["small", "paper"]),
               help="calibration budget: small (32×512 tokens, few epochs; default) or paper")
-@click.option("--nsamples", type=int, help="calibration windows (overrides the preset)")
-@click.option("--seqlen", type=int, help="tokens per calibration window (overrides the preset)")
-@click.option("--epochs", type=int, help="omniquant: epochs per block (overrides the preset)")
+@click.option("--nsamples", type=POSITIVE, help="calibration windows (overrides the preset)")
+@click.option("--seqlen", type=WINDOW_TOKENS, help="tokens per calibration window (overrides the preset)")
+@click.option("--epochs", type=POSITIVE, help="omniquant: epochs per block (overrides the preset)")
 @click.option("--let", is_flag=True,
               help="omniquant: learnable equivalent transformation (channel-wise scaling)")
 @click.option("--shift", is_flag=True,
               help="omniquant --let / smoothquant, with --act-bits: also a channel-wise shift")
-@click.option("--alpha", type=float,
+@click.option("--alpha", type=FiniteFloatRange(0.0, 1.0),
               help="omniquant --let / smoothquant: migration strength of the initial scales")
 @click.option("--act-order", is_flag=True,
               help="gptq: visit columns by decreasing Hessian diagonal")
-@click.option("--steps", type=int, help="bitdistiller: optimizer steps (overrides the preset)")
-@click.option("--lr", type=float, help="omniquant, bitdistiller: learning rate (overrides the preset)")
+@click.option("--steps", type=POSITIVE, help="bitdistiller: optimizer steps (overrides the preset)")
+@click.option("--lr", type=FiniteFloatRange(min=0.0, min_open=True), help="omniquant, bitdistiller: learning rate (overrides the preset)")
 @click.option("--loss", type=click.Choice(["cakld", "fkl", "rkl", "ce"]),
               help="bitdistiller: distillation loss (default cakld; the others for ablations)")
 @click.option("--instructions", type=click.Path(exists=True, dir_okay=False),
               help="bitdistiller: extra teacher prompts (.jsonl with instruction/input, or .txt)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its checkpoints")
-def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, nf3: bool,
+def calibrate(model: str, method: str, bits: int, group_size: int, sym: bool, nf3: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
@@ -76,16 +124,12 @@ def calibrate(model: str, method: str, bits: int, group_size: str, sym: bool, nf
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
 
-    try:
-        gs = _group_size(group_size)
-    except ValueError:
-        raise LowbitError(f"group size must be an integer, got {group_size!r}") from None
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
                "let": int(let) or None, "shift": int(shift) or None, "alpha": alpha, "act_order": int(act_order) or None,
                "steps": steps, "lr": lr, "loss": loss, "instructions": instructions,
                "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
-    args = CalibrateArgs(model, method, bits, gs, sym, out, overwrite, seed, data,
+    args = CalibrateArgs(model, method, bits, group_size, sym, out, overwrite, seed, data,
                          settings=settings, act_bits=act_bits, codebook="nf3" if nf3 else None)
     click.echo(f"calibrate: {args.display()}", err=True)
     click.echo(f"wrote {run(args)}")
@@ -100,27 +144,29 @@ def eval_() -> None:
 @click.argument("model")
 @click.option("--split", default="test", show_default=True,
               type=click.Choice(["calibration", "validation", "test"]))
-@click.option("--seqlen", type=int, default=512, show_default=True)
-@click.option("--windows", type=int, default=64, show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seqlen", type=WINDOW_TOKENS, default=512, show_default=True)
+@click.option("--windows", type=POSITIVE, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=4, show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), help="corpus file (.txt/.jsonl)")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="JSON result file  [default: lowbit-eval/NAME-ppl-SPLIT.json]")
+@click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
 @click.option("--model-lib", type=click.Path(path_type=Path),
               help="compiled library (lowbit compile); MODEL is then its MLC folder")
 def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
-        data: Path | None, output: Path | None, model_lib: Path | None) -> None:
+        data: Path | None, output: Path | None, overwrite: bool, model_lib: Path | None) -> None:
     """Perplexity of MODEL on non-overlapping windows from the start of a corpus split."""
+    from lowbit.cache import atomic_file, check_output
     from lowbit.evaluate.run import evaluate_compiled_perplexity, evaluate_perplexity
 
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
+    check_output(out, overwrite)  # before minutes of evaluation
     if model_lib is not None:
         result = evaluate_compiled_perplexity(Path(model), model_lib, split, seqlen, windows, data)
     else:
         result = evaluate_perplexity(model, split, seqlen, windows, batch_size, data)
     click.echo(json.dumps(result, indent=2))
-    out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
-    from lowbit.cache import atomic_file
-
-    with atomic_file(out) as tmp:
+    with atomic_file(out, overwrite) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(f"perplexity {result['ppl']:.4f}  (wrote {out})", err=True)
 
@@ -130,16 +176,19 @@ def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
 @click.option("--tasks", default="piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq",
               show_default=True, help="comma-separated task names")
 @click.option("--limit", type=click.IntRange(min=1), help="score the first N documents per task")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON result file")
-def tasks(model: str, tasks: str, limit: int | None, output: Path | None) -> None:
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="JSON result file  [default: lowbit-eval/NAME-tasks.json]")
+@click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
+def tasks(model: str, tasks: str, limit: int | None, output: Path | None, overwrite: bool) -> None:
     """Zero-shot accuracy of MODEL (lm-eval protocol and prompts, task data from local wheels)."""
-    from lowbit.cache import atomic_file
+    from lowbit.cache import atomic_file, check_output
     from lowbit.evaluate.zeroshot import TasksArgs, evaluate_tasks
 
+    out = output or Path("lowbit-eval") / f"{Path(model).name}-tasks.json"
+    check_output(out, overwrite)  # before the evaluation
     result = evaluate_tasks(TasksArgs(model, tasks, limit))
     click.echo(json.dumps(result, indent=2))
-    out = output or Path("lowbit-eval") / f"{Path(model).name}-tasks.json"
-    with atomic_file(out) as tmp:
+    with atomic_file(out, overwrite) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in result["tasks"].items():
         norm = "" if r["acc_norm"] is None else f"  acc_norm {r['acc_norm']:.4f}"
@@ -188,15 +237,15 @@ def _generation_options(f):
     opts = [
         click.argument("model_dir", type=click.Path(path_type=Path)),
         click.option("--model-lib", type=click.Path(path_type=Path), required=True, help="compiled library (lowbit compile)"),
-        click.option("--max-new-tokens", type=int, default=256, show_default=True),
-        click.option("--temperature", type=float, help="0 = greedy  [default: the folder's]"),
-        click.option("--top-p", type=float, help="[default: the folder's]"),
-        click.option("--top-k", type=int, default=0, show_default=True, help="0 = off"),
-        click.option("--repetition-penalty", type=float, help="[default: the folder's]"),
-        click.option("--seed", type=int, help="seed of the sampler (reproducible output)"),
+        click.option("--max-new-tokens", type=POSITIVE, default=256, show_default=True),
+        click.option("--temperature", type=FiniteFloatRange(min=0.0), help="0 = greedy  [default: the folder's]"),
+        click.option("--top-p", type=FiniteFloatRange(0.0, 1.0, min_open=True), help="[default: the folder's]"),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off"),
+        click.option("--repetition-penalty", type=FiniteFloatRange(min=0.0, min_open=True), help="[default: the folder's]"),
+        click.option("--seed", type=SEED, help="seed of the sampler (reproducible output)"),
         click.option("--stop", multiple=True, help="stop string (repeatable)"),
         click.option("--system", help="system message"),
-        click.option("--context-window", type=int, help="cap the context window (less KV-cache memory)"),
+        click.option("--context-window", type=POSITIVE, help="cap the context window (less KV-cache memory)"),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -235,17 +284,17 @@ def chat(**kw) -> None:
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--model-lib", type=click.Path(path_type=Path), required=True, help="compiled library (lowbit compile)")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--model-id", help="the id clients name in requests  [default: MODEL_DIR's name]")
-@click.option("--max-batch", type=int, default=8, show_default=True, help="sequences generating at once")
-@click.option("--max-total-tokens", type=int, default=16384, show_default=True,
+@click.option("--max-batch", type=POSITIVE, default=8, show_default=True, help="sequences generating at once")
+@click.option("--max-total-tokens", type=POSITIVE, default=16384, show_default=True,
               help="KV cache pool, in tokens, shared by all sequences")
-@click.option("--prefill-chunk", type=int, default=256, show_default=True,
+@click.option("--prefill-chunk", type=POSITIVE, default=256, show_default=True,
               help="prompt tokens per prefill step, interleaved with decode steps")
-@click.option("--max-queue", type=int, default=64, show_default=True,
+@click.option("--max-queue", type=POSITIVE, default=64, show_default=True,
               help="requests waiting beyond the batch; more get 503")
 @click.option("--api-key", envvar="LOWBIT_API_KEY", help="require Authorization: Bearer KEY (or $LOWBIT_API_KEY)")
-@click.option("--context-window", type=int, help="cap the context window")
+@click.option("--context-window", type=POSITIVE, help="cap the context window")
 def serve(**kw) -> None:
     """Serve a compiled model over an OpenAI-compatible REST API (/v1/chat/completions, …)."""
     from lowbit.serve.server import ServeArgs

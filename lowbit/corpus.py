@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifact import read_text
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.errors import LowbitError
 from lowbit.packages import WIKI_SUMMARIES, packaged_file
@@ -38,13 +39,16 @@ def wiki_documents() -> list[str]:
 def jsonl_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a ``.jsonl`` file; bad JSON is one line."""
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, "JSONL file").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append((i, json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise LowbitError(f"{path}:{i}: not valid JSON: {e}") from None
+        if not isinstance(row, dict):
+            raise LowbitError(f"{path}:{i}: not a JSON object")
+        rows.append((i, row))
     return rows
 
 
@@ -54,7 +58,7 @@ def file_documents(path: Path) -> list[str]:
     if not path.is_file():
         raise LowbitError(f"corpus file {path} not found")
     if path.suffix == ".txt":
-        docs = [d.strip() for d in path.read_text().split("\n\n")]
+        docs = [d.strip() for d in read_text(path, "corpus file").split("\n\n")]
         return [d for d in docs if d]
     if path.suffix == ".jsonl":
         docs = []

@@ -23,18 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lowbit import __version__
-from lowbit.architectures import model_architecture
+from lowbit.architectures import get_architecture, model_architecture
+from lowbit.artifact import read_json, sha256_file
 from lowbit.biases import attach_biases
 from lowbit.errors import LowbitError
+from lowbit.models import read_config
 from lowbit.quantizer import QuantizedWeight, QuantSpec, token_quant_pre_hook
 
 QCONFIG_NAME = "quantization_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "lowbit-fused"
 FORMAT_VERSION = 1
+QCONFIG_TYPES = {  # what readers use of quantization_config.json, and its JSON types
+    "method": (str,), "bits": (int,), "group_size": (int,), "sym": (bool,),
+    "codebook": (str, type(None)), "act_bits": (int, type(None)), "layers": (list,),
+}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -116,17 +123,31 @@ def save_fused(
     for fname in TOKENIZER_FILES:
         if (Path(source) / fname).is_file():
             shutil.copy2(Path(source) / fname, out / fname)
-    (out / QCONFIG_NAME).write_text(json.dumps(qconfig, indent=2))
+    sha256 = {f.name: sha256_file(f) for f in sorted(out.iterdir())}
+    (out / QCONFIG_NAME).write_text(json.dumps({**qconfig, "sha256": sha256}, indent=2))
+
+
+def verify_files(folder: Path, qconfig: dict) -> None:
+    """Every file the checkpoint's ``sha256`` lists is present and unchanged (checkpoints written
+    before checksums list none)."""
+    listed = qconfig.get("sha256", {})
+    if not isinstance(listed, dict):
+        raise LowbitError(f"{Path(folder) / QCONFIG_NAME}: 'sha256' is not an object")
+    for name, want in listed.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise LowbitError(f"fused checkpoint {folder} lacks {name}")
+        if sha256_file(path) != want:
+            raise LowbitError(f"{path} does not match its sha256 in {QCONFIG_NAME} (truncated or corrupted)")
 
 
 def read_qconfig(folder: Path) -> dict:
     path = Path(folder) / QCONFIG_NAME
-    try:
-        qconfig = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LowbitError(f"{folder} is not a fused checkpoint (no {QCONFIG_NAME})") from None
-    except json.JSONDecodeError as e:
-        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+    if not path.is_file():
+        raise LowbitError(f"{folder} is not a fused checkpoint (no {QCONFIG_NAME})")
+    qconfig = read_json(path, "quantization config")
+    if not isinstance(qconfig, dict):
+        raise LowbitError(f"{path} is not a JSON object")
     if qconfig.get("format") != FORMAT_NAME or qconfig.get("format_version") != FORMAT_VERSION:
         raise LowbitError(
             f"{path}: expected format {FORMAT_NAME} v{FORMAT_VERSION}, "
@@ -139,19 +160,35 @@ def read_quantized(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
     """(qconfig, plain tensors, quantized linears) of a fused folder, shapes checked."""
     folder = Path(folder)
     qconfig = read_qconfig(folder)
-    spec = spec_from_qconfig(qconfig)
+    verify_files(folder, qconfig)
+    qpath = folder / QCONFIG_NAME
+    try:
+        for key, types in QCONFIG_TYPES.items():
+            if not isinstance(qconfig.get(key), types) or (int in types and isinstance(qconfig[key], bool)):
+                raise TypeError(f"{key!r} is {qconfig.get(key)!r}")
+        spec = spec_from_qconfig(qconfig)
+        layers = qconfig["layers"]
+        if not all(isinstance(n, str) for n in layers):
+            raise TypeError("'layers' is not a list of names")
+    except (KeyError, TypeError, ValueError) as e:
+        raise LowbitError(f"{qpath} is not a valid quantization config ({type(e).__name__}: {e})") from None
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise LowbitError(f"{folder} has no {WEIGHTS_NAME}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LowbitError(f"{path} is not a valid safetensors file ({e})") from None
     quantized: dict[str, QuantizedWeight] = {}
-    for name in qconfig["layers"]:
+    for name in layers:
         try:
             codes = tensors.pop(f"{name}.codes")
             scales = tensors.pop(f"{name}.scales")
             zeros = tensors.pop(f"{name}.zeros") if spec.has_zeros else None
         except KeyError as e:
             raise LowbitError(f"{path}: missing tensor {e.args[0]}") from None
+        if codes.dim() != 2 or codes.dtype != torch.uint8:
+            raise LowbitError(f"{path}: {name}.codes is {codes.dtype}{list(codes.shape)}, not a uint8 matrix")
         n, k = codes.shape
         want = spec.scales_shape(n, k)
         if tuple(scales.shape) != want or (zeros is not None and tuple(zeros.shape) != want):
@@ -166,6 +203,7 @@ def load_fused(folder: Path) -> FusedModel:
 
     folder = Path(folder)
     qconfig, tensors, quantized = read_quantized(folder)
+    get_architecture(read_config(folder), str(folder))  # one line for a bad config.json
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

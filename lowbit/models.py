@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowbit.architectures import get_architecture
+from lowbit.artifact import read_json
 from lowbit.cache import atomic_dir, cache_dir
 from lowbit.errors import LowbitError
 from lowbit.packages import SMOLLM2_GGUF, PackagedFile, packaged_file
@@ -42,10 +43,10 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise LowbitError(f"{folder} is not a model folder (no config.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LowbitError(f"{path} is not valid JSON: {e}") from None
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise LowbitError(f"{path} is not a JSON object")
+    return config
 
 
 def resolve_model(model: str | Path) -> Path:
@@ -63,6 +64,10 @@ def resolve_model(model: str | Path) -> Path:
         if path.suffix != ".gguf":
             raise LowbitError(f"{path} is a file but not a .gguf; give a folder or a GGUF file")
         return _gguf_folder(path)
+    if is_fused(path):  # its files' checksums before anything reads them
+        from lowbit.fused import read_qconfig, verify_files
+
+        verify_files(path, read_qconfig(path))
     get_architecture(read_config(path), str(path))
     return path
 
@@ -127,11 +132,31 @@ def load_torch_model(folder: Path) -> torch.nn.Module:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                           local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:  # a missing, truncated or malformed weight file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load the model weights of {folder}: {first}") from None
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("rotary_emb.inv_freq")]
+    unexpected = list(info.get("unexpected_keys", ()))
+    if any(k.endswith(".codes") for k in unexpected):
+        raise LowbitError(f"{folder} holds quantized codes but no quantization_config.json "
+                          "(a fused checkpoint that lost its config?)")
+    if missing or unexpected:
+        raise LowbitError(f"{folder}: weights do not match config.json ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected, e.g. {sorted(missing or unexpected)[0]})")
     return model.eval()
 
 
 def load_tokenizer(folder: Path):  # -> transformers.PreTrainedTokenizerBase
+    """The folder's tokenizer (local files only), or one line saying why it cannot load."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    if not Path(folder).is_dir():
+        raise LowbitError(f"{folder} is not a folder")
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers and tokenizers raise many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LowbitError(f"cannot load the tokenizer of {folder}: {first}") from None

@@ -22,6 +22,7 @@ from lowbit.artifact import (
     LibraryMetadata,
     read_chat_config,
     read_tensor_cache_index,
+    verify_library,
 )
 from lowbit.errors import LowbitError
 from lowbit.runtime.grammar import Grammars
@@ -423,6 +424,7 @@ def _load_library(path: Path):
 
     if not path.is_file():
         raise LowbitError(f"model library {path} does not exist")
+    verify_library(path)  # a truncated library would crash the loader (SIGBUS), not raise
     try:
         return tvm.runtime.load_module(str(path))
     except Exception as e:  # TVM raises its own error types

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lowbit.artifact import read_json, read_text
 from lowbit.errors import LowbitError
 
 Message = dict[str, Any]  # {"role", "content"} (+ "tool_calls", "tool_call_id" in tool conversations)
@@ -27,9 +28,14 @@ class Tokenizer:
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
             raise LowbitError(f"{folder} has no tokenizer.json")
-        self._tok = HFTokenizer.from_file(str(path))
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+            raise LowbitError(f"{path} is not a valid tokenizer ({str(e).splitlines()[0][:200]})") from None
         config = Path(folder) / "tokenizer_config.json"
-        self.config: dict = json.loads(config.read_text()) if config.is_file() else {}
+        self.config: dict = read_json(config, "tokenizer config") if config.is_file() else {}
+        if not isinstance(self.config, dict):
+            raise LowbitError(f"{config} is not a JSON object")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -95,7 +101,10 @@ class JinjaTemplate:
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.source = source
-        self._template = env.from_string(source)
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise LowbitError(f"the chat template is not valid jinja (line {e.lineno}: {e.message})") from None
         self._specials = {k: tokenizer.special_token(k) for k in ("bos_token", "eos_token")}
         self.takes_tools = "tools" in jinja2.meta.find_undeclared_variables(env.parse(source))
 
@@ -170,8 +179,8 @@ def load_chat_template(folder: Path, tokenizer: Tokenizer, chat_config: dict):
     """The folder's jinja template if it has one, else its MLC ``conv_template``."""
     folder = Path(folder)
     source = None
-    if (folder / "chat_template.jinja").is_file():
-        source = (folder / "chat_template.jinja").read_text()
+    if (path := folder / "chat_template.jinja").is_file():
+        source = read_text(path, "chat template")
     elif isinstance(tokenizer.config.get("chat_template"), str):
         source = tokenizer.config["chat_template"]
     if source is not None:

@@ -41,7 +41,27 @@ def get_architecture(config: Mapping[str, Any], where: str) -> Architecture:
             f"unsupported architecture {arch!r} (model_type {model_type!r}) in {where}; "
             f"supported model types: {', '.join(ARCHITECTURES)}"
         )
+    _check_sizes(config, where)
     return ARCHITECTURES[model_type]
+
+
+REQUIRED_SIZES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "context_window_size", "prefill_chunk_size")
+
+
+def _check_sizes(config: Mapping[str, Any], where: str) -> None:
+    """The model's dimensions (in an HF config, or an MLC chat config's ``model_config``) are
+    positive integers, so a damaged config is one line here, not a TypeError deep in a stage.
+    (Configs that only name the model type, as :func:`model_architecture` passes, are skipped.)"""
+    sizes = config.get("model_config") if "model_config" in config else config
+    if not isinstance(sizes, Mapping) or not any(k in sizes for k in REQUIRED_SIZES):
+        return
+    for key in REQUIRED_SIZES + OPTIONAL_SIZES:
+        value = sizes.get(key)
+        if value is None and key in OPTIONAL_SIZES:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LowbitError(f"{where}: {key} must be a positive integer, got {value!r}")
 
 
 def model_architecture(model: Any) -> Architecture:

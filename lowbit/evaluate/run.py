@@ -34,8 +34,10 @@ def evaluate_compiled_perplexity(
     data: Path | None = None, progress: bool = True,
 ) -> dict:
     """Perplexity of a compiled library (``lowbit compile``) on its MLC folder; same windows."""
+    from lowbit.artifact import read_chat_config
     from lowbit.runtime.engine import Engine
 
+    read_chat_config(Path(mlc_dir))  # one line for a folder that is not an MLC folder
     tokenizer = load_tokenizer(Path(mlc_dir))
     ids = eval_windows(split_tokens(tokenizer, split, data), seqlen, windows)
     engine = Engine(Path(mlc_dir), Path(model_lib), context_window=seqlen)
