@@ -10,6 +10,36 @@ import pytest
 from tiny_models import save_tiny, tiny_llama_config, tiny_qwen2_config, tiny_qwen3_config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline():
+    """lowbit reads local files only: a connection off the loopback interface from the test
+    process, where every CLI command and API call of the suite runs, fails the call and the run
+    (``serve`` binds and its clients connect on loopback). The documented PyPI downloads of data
+    wheels run pip in its own process."""
+    import ipaddress
+    import socket
+
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                attempts.append(address)
+                raise OSError(f"network blocked by the test suite: {address}")
+        return real_connect(self, address)
+
+    socket.socket.connect = connect
+    yield
+    socket.socket.connect = real_connect
+    assert attempts == [], f"connections off the loopback interface: {attempts}"
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny_llama"), tiny_llama_config())

@@ -101,33 +101,6 @@ def assert_clean_failure(result: click.testing.Result, case: str) -> str:
     return {2: "usage error", 1: "lowbit error"}[result.exit_code]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every connection a case attempts off the loopback interface fails the test (lowbit reads
-    local files only; ``serve`` binds, which is not a connection)."""
-    import ipaddress
-    import socket
-
-    attempts: list[object] = []
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None:
-            try:
-                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                attempts.append(address)
-                raise OSError(f"network blocked by the test: {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield
-    assert attempts == []
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """An empty working directory (default outputs land here) and an empty cache elsewhere."""

@@ -1,8 +1,8 @@
 """The bundled SmolLM2-135M compiled for llvm: test-split perplexity equals PyTorch's.
 
 Both sides hold the same weights (the MLC folder; PyTorch through the converter's reader) and
-score the same 16 windows of 512 tokens; the compiled figure must be within 0.5 % (it is
-equal to ~1e-6 in practice: both compute in fp32).
+score the same 16 windows of 512 tokens. The llvm build computes in fp32 as PyTorch does, so the
+figures agree to fp32 rounding (1e-5 relative), far inside the project's 0.5 % bar.
 """
 
 from __future__ import annotations
@@ -30,4 +30,4 @@ def test_compiled_perplexity_matches_pytorch(bundled_dir, scheme, tmp_path):
     ids = eval_windows(split_tokens(load_tokenizer(mlc), "test"), SEQLEN, WINDOWS)
     reference = perplexity(torch_logits_fn(load_mlc_model(mlc)), ids, 4, progress=False)
     assert compiled["tokens"] == reference.tokens
-    assert abs(compiled["ppl"] / reference.ppl - 1) < 0.005, (compiled["ppl"], reference.ppl)
+    assert abs(compiled["ppl"] / reference.ppl - 1) < 1e-5, (compiled["ppl"], reference.ppl)

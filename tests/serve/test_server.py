@@ -29,7 +29,9 @@ CONTEXT = 1024
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Water boils at", "Once upon a time",
            "The three primary colors are", "import numpy as np\n", "My favourite food is", "In 1969,"]
 LOWBIT = str(Path(sys.executable).parent / "lowbit")
-STOPPED = -signal.SIGTERM  # uvicorn drains, then re-raises the signal it caught
+# uvicorn drains, then re-raises the SIGTERM it caught; lowbit's handler (which removes unfinished
+# outputs) turns that into exit status 128 + SIGTERM, as a shell reports a terminated process
+STOPPED = 128 + signal.SIGTERM
 
 
 @dataclass
