@@ -10,7 +10,7 @@ it records the library's checksum, which every load checks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lowbit.architectures import get_architecture
@@ -35,6 +35,7 @@ class CompileArgs:
     out: Path = Path("model.so")
     overwrite: bool = False
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
+    overrides: dict[str, int] = field(default_factory=dict)  # context_window_size, prefill_chunk_size
 
     def display(self) -> str:
         shown = {k: v for k, v in asdict(self).items() if k != "cuda_archs" or self.target == "cuda"}
@@ -105,6 +106,17 @@ def build(chat: dict, preset: Preset, options: BuildOptions | None = None):
     return executable, metadata
 
 
+OVERRIDES = ("context_window_size", "prefill_chunk_size")  # what a build may change in the chat config
+
+
+def apply_overrides(chat: dict, overrides: dict[str, int]) -> dict:
+    """The chat config with ``overrides`` (MLC's ``--overrides``: context_window_size,
+    prefill_chunk_size) set in it and in its model config."""
+    if not overrides:
+        return chat
+    return {**chat, **overrides, "model_config": {**chat["model_config"], **overrides}}
+
+
 def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     """Build ``args.out`` for the MLC folder ``args.mlc_dir``; returns the library path."""
     from tqdm import tqdm
@@ -113,7 +125,7 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     fmt = preset.library_format(args.out)
     check_output(args.out, args.overwrite)
     fmt.check_tools()
-    chat = read_chat_config(args.mlc_dir)
+    chat = apply_overrides(read_chat_config(args.mlc_dir), args.overrides)
     get_architecture(chat, str(args.mlc_dir))  # refuse before building anything
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)

@@ -71,6 +71,31 @@ class GroupSize(click.ParamType):
         return size
 
 
+class Overrides(click.ParamType):
+    """MLC's ``--overrides``: ``key=value;key=value`` of positive integers, keys from compile's OVERRIDES."""
+
+    name = "overrides"
+
+    def convert(self, value, param, ctx):
+        from lowbit.compiler.compile import OVERRIDES
+
+        if isinstance(value, dict):
+            return value
+        parsed: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in value.split(";"))):
+            key, sep, number = item.partition("=")
+            key = key.strip()
+            if not sep or key not in OVERRIDES:
+                self.fail(f"{item!r}: expected KEY=N with KEY one of {', '.join(OVERRIDES)}.", param, ctx)
+            try:
+                parsed[key] = int(number)
+            except ValueError:
+                self.fail(f"{item!r}: {number.strip()!r} is not an integer.", param, ctx)
+            if parsed[key] < 1:
+                self.fail(f"{item!r}: {key} must be positive.", param, ctx)
+        return parsed
+
+
 # lowbit.quantizer's SUPPORTED_BITS and ACT_BITS (not imported here: that module loads torch)
 BITS = (2, 3, 4, 6, 8)
 ACT_BITS = (4, 6, 8)
@@ -220,16 +245,38 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="library file; its suffix picks the format where a target has several (.so, .a, .tar, .dylib)")
 @click.option("--arch", "archs", help="cuda: comma-separated SM architectures (default sm_80,sm_86,sm_89,sm_90a)")
+@click.option("--overrides", type=Overrides(), default="",
+              help="MLC-style 'context_window_size=N;prefill_chunk_size=M' baked into the library")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
-def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overwrite: bool) -> None:
+def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overrides: dict, overwrite: bool) -> None:
     """Compile the model of MLC_DIR (lowbit convert's output) into one library for a target."""
     from lowbit.compiler.compile import CompileArgs, compile_model
 
-    args = CompileArgs(mlc_dir, target, out, overwrite)
+    args = CompileArgs(mlc_dir, target, out, overwrite, overrides=overrides)
     if archs:
         args.cuda_archs = tuple(a.strip() for a in archs.split(",") if a.strip())
     click.echo(f"compile: {args.display()}", err=True)
     click.echo(f"wrote {compile_model(args)}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default="lowbit-package.json",
+              show_default=True, help="device and model_list, as MLC's mlc-package-config.json")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default="dist", show_default=True,
+              help="package folder: lib/, include/, bundle/ (see apps/README.md)")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
+@click.option("--verify", "verify_dir", type=click.Path(path_type=Path),
+              help="only check an existing package folder (archive, app config, bundled weights agree)")
+def package(config_path: Path, out: Path, overwrite: bool, verify_dir: Path | None) -> None:
+    """Compile the config's models for a phone into one static archive, with the app config and weights."""
+    from lowbit.packager.package import package as run
+    from lowbit.packager.package import verify_package
+
+    if verify_dir is not None:
+        verify_package(verify_dir)
+        click.echo(f"{verify_dir}: archive, app config and bundled weights agree")
+        return
+    click.echo(f"wrote {run(config_path, out, overwrite)}")
 
 
 def _generation_options(f):

@@ -18,7 +18,7 @@ from typing import Any
 
 from lowbit.errors import LowbitError
 from lowbit.targets import cuda, export
-from lowbit.targets.tools import AARCH64_CXX, HOST_CXX, LLVM_AR, NVCC, ZIG, Tool
+from lowbit.targets.tools import AARCH64_CXX, HOST_CXX, LLVM_AR, NVCC, ZIG, Tool, ios_cxx_finder
 
 # Host ISA → llvm target fields (x86-64 micro-architecture levels).
 LLVM_ISA = {
@@ -93,6 +93,9 @@ class Preset:
     formats: tuple[LibraryFormat, ...]  # the first is the default
     host: Callable[[], dict[str, Any]] | None = None
     system_lib: bool = False  # a static archive whose symbols carry a per-model prefix
+    # The C++ compiler `lowbit package` builds the engine with, into the device's archive (None:
+    # the app's own build compiles apps/native, as Android's Gradle does with the NDK).
+    app_cxx: Tool | None = None
 
     def tvm_target(self, options: BuildOptions | None = None):
         import tvm
@@ -163,6 +166,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         device="metal", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "metal"}),
         host=_fixed({"kind": "llvm", "mtriple": f"arm64-apple-ios{export.IOS_MIN}"}), system_lib=True,
         formats=(LibraryFormat(".a", "darwin static archive", export.darwin_archive, (LLVM_AR,)),),
+        app_cxx=Tool("an iOS C++ compiler", ios_cxx_finder(export.IOS_MIN),
+                     "pip install ziglang, or on macOS install Xcode (xcrun clang++)"),
     ),
     Preset(
         name="android", summary="Android: OpenCL kernels, aarch64 host code in a prefixed static archive",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
+import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +54,29 @@ def _find_zig() -> list[str] | None:
     return _which("zig")()
 
 
+def zig_lib_dir(zig: list[str]) -> Path | None:
+    """zig's lib/ folder (its libc headers, libc++ sources and Apple's libSystem.tbd)."""
+    env = subprocess.run([*zig, "env"], capture_output=True, text=True).stdout
+    found = re.search(r'lib_dir"?\s*[=:]\s*"([^"]+)"', env)  # JSON before zig 0.15, ZON after
+    return Path(found.group(1)).resolve() if found else None
+
+
+def ios_cxx_finder(ios_min: str) -> Callable[[], list[str] | None]:
+    """A C++ compiler for arm64 iOS: Xcode's clang on macOS, else zig's clang with zig's Darwin
+    headers (no SDK is needed to compile objects; linking the app happens in Xcode)."""
+    def find() -> list[str] | None:
+        if platform.system() == "Darwin" and shutil.which("xcrun"):
+            return ["xcrun", "--sdk", "iphoneos", "clang++", "-arch", "arm64", f"-mios-version-min={ios_min}"]
+        zig = _find_zig()
+        lib = zig and zig_lib_dir(zig)
+        headers = lib / "libc" / "include" / "any-darwin-any" if lib else None  # macOS's; iOS declares the same libc
+        if not headers or not headers.is_dir():
+            return None
+        return [*zig, "c++", "-target", f"aarch64-ios.{ios_min}", "-isystem", str(headers)]
+
+    return find
+
+
 @dataclass(frozen=True)
 class Tool:
     """An external program: ``find`` returns its command line (argv prefix) or None."""
@@ -75,3 +101,6 @@ NVCC = Tool("nvcc", _find_nvcc,
 LLVM_AR = Tool("llvm-ar", _which("llvm-ar", *(f"llvm-ar-{v}" for v in range(22, 13, -1))),
                "apt-get install llvm (a Mach-O linker needs llvm-ar's darwin archives; GNU ar will not do)")
 ZIG = Tool("zig", _find_zig, "pip install ziglang (links Mach-O and Android shared objects)")
+LLVM_NM = Tool("llvm-nm", _which("llvm-nm", *(f"llvm-nm-{v}" for v in range(22, 13, -1))),
+               "apt-get install llvm (reads the symbols of ELF and Mach-O archives)")
+CMAKE = Tool("cmake", _which("cmake"), "apt-get install cmake (or pip install cmake)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from target_checks import require
+from required_tools import require
 
 from lowbit.artifact import LibraryMetadata
 from lowbit.cli import main

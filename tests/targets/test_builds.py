@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from target_checks import device_module, kernel_sources, require, require_any, require_module
+from required_tools import require, require_any, require_module
+from target_checks import device_module, kernel_sources
 
 from lowbit.artifact import read_chat_config
 from lowbit.cli import main

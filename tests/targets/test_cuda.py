@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from target_checks import require
+from required_tools import require
 
 from lowbit.cli import main
 from lowbit.errors import LowbitError
