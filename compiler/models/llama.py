@@ -263,7 +263,9 @@ class LlamaForCausalLM(nn.Module):
         return self.get_logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
 
     def batch_prefill(self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache):
-        h = op.take(self.model(input_embeds, paged_kv_cache), logit_positions, axis=1)
+        h = self.model(input_embeds, paged_kv_cache)
+        # clip, not relax's default "fast" (which TVM warns may segfault): positions are the runtime's
+        h = op.wrap_nested(rx.op.take(h._expr, logit_positions._expr, axis=1, mode="clip"), name="take")
         return self.get_logits(h), paged_kv_cache
 
     def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache):

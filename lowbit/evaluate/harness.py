@@ -94,7 +94,7 @@ class TorchScorer:
             return scores
         conts = [groups[g][1][i] for g, i in rows]
         owner = torch.tensor([g for g, _ in rows])
-        cache = out.past_key_values
+        cache = getattr(out, self.cache_kw)  # reading the old name warns too
         cache.batch_select_indices(owner)
         longest = max(len(c) - 1 for c in conts)
         inputs = torch.tensor([c[:-1] + [0] * (longest - len(c) + 1) for c in conts])

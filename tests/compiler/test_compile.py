@@ -42,6 +42,14 @@ def test_library_runs_and_carries_metadata(compiled):
     np.testing.assert_allclose(engine.prefill(0, ids), want, atol=1e-4)
 
 
+def test_compile_prints_no_tvm_warning(tiny_llama_dir, tmp_path, capfd):
+    """TVM's "Fast mode segfaults" warning (a take in fast mode) no longer comes with every build."""
+    mlc = convert(ConvertArgs(str(tiny_llama_dir), "q0f32", tmp_path / "mlc", progress=False)).out
+    compile_model(CompileArgs(mlc, "llvm", tmp_path / "lib.so"), progress=False)
+    err = capfd.readouterr().err
+    assert "Warning" not in err and "segfault" not in err, err
+
+
 def test_mismatched_mlc_folder_is_refused(compiled, tmp_path):
     root, mlc, lib = compiled
     other = tmp_path / "other"

@@ -137,8 +137,17 @@ def test_shared_context_scoring_equals_full_forwards(tiny_llama_dir, max_length)
 
 def test_batched_groups_equal_full_forwards(tiny_llama_dir):
     """Documents batched together (left-padded contexts of different lengths, continuations of
-    different lengths and counts) score as each request's own full forward."""
+    different lengths and counts) score as each request's own full forward; transformers has no
+    deprecation to print into the progress bar."""
+    import logging
+
     from transformers import AutoModelForCausalLM
+
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    warnings: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = warnings.append  # transformers' logger does not propagate to pytest's
+    logging.getLogger("transformers").addHandler(catcher)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(1)
@@ -153,3 +162,5 @@ def test_batched_groups_equal_full_forwards(tiny_llama_dir):
         want = [_reference_lls(model, ctx, conts) for ctx, conts in groups]
     for got_g, want_g in zip(got, want, strict=True):
         assert got_g == pytest.approx(want_g, abs=1e-4)
+    logging.getLogger("transformers").removeHandler(catcher)
+    assert not [w.getMessage() for w in warnings]
