@@ -51,10 +51,19 @@ class Definitions:
         return {name: members for name, members in self.strong.items() if len(members) > 1}
 
 
-def _member(line: str) -> tuple[str, str]:
-    """``archive[member]: rest`` → (member, rest)."""
-    head, rest = line.split("]: ", 1)
-    return head.rsplit("[", 1)[1], rest
+def _member(line: str, archive: str) -> tuple[str, str] | None:
+    """(member, rest) of llvm-nm's ``ARCHIVE[member]: rest`` (``-P``) or ``ARCHIVE:member: rest``
+    (``-m``); None for other lines."""
+    if not line.startswith(archive):
+        return None
+    tail = line[len(archive):]
+    if tail.startswith("[") and "]: " in tail:
+        member, rest = tail[1:].split("]: ", 1)
+    elif tail.startswith(":") and ": " in tail[1:]:
+        member, rest = tail[1:].split(": ", 1)
+    else:
+        return None
+    return member, rest
 
 
 def read_definitions(archive: Path) -> Definitions:
@@ -70,16 +79,17 @@ def read_definitions(archive: Path) -> Definitions:
     weak: set[str] = set()
     undefined: set[str] = set()
     for line in proc.stdout.splitlines():
-        if "]: " not in line:
+        if (parsed := _member(line, str(archive))) is None:
             continue
-        member, rest = _member(line)
-        if macho:  # "0000 (__TEXT,__text) [weak ]external NAME" / "(undefined) external NAME"
-            if " external " not in rest or "non-external" in rest:
+        member, rest = parsed
+        if macho:  # "0000 (__TEXT,__text) [weak ][private ]external NAME", "(undefined) external NAME"
+            flags, name = rest.rsplit(" ", 1)
+            flags = flags.split()
+            if "external" not in flags:
                 continue
-            name = rest.rsplit(" ", 1)[1]
-            if "(undefined)" in rest:
+            if "(undefined)" in flags:
                 undefined.add(name)
-            elif "weak external" in rest:
+            elif "weak" in flags:
                 weak.add(name)
             else:
                 strong[name].append(member)

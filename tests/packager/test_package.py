@@ -215,9 +215,9 @@ exports:
 ...
 """
 # libc++ and its ABI library: what iOS's libc++.dylib and libc++abi.dylib export.
-CXX_RUNTIME = re.compile(r"^__(ZNSt3__1|ZNKSt3__1|ZSt|ZNSt|ZTVNSt3__1|ZTINSt3__1|ZTISt|ZTVSt|ZTVN10__cxxabiv1|"
-                         r"ZTIN10__cxxabiv1|Znwm|Znam|ZdlPv|ZdaPv|ZnwmSt|ZnamSt|ZTIDn|ZTI[a-z]|ZTIP)|"
-                         r"^___cxa_|^___gxx_personality_v0$|^__Unwind_|^___cxx_")
+CXX_RUNTIME = re.compile(r"^__(ZNSt3__1|ZNKSt3__1|ZSt|ZNSt|ZNKSt|ZTVNSt3__1|ZTINSt3__1|ZTTNSt3__1|ZTISt|ZTVSt|"
+                         r"ZTVN10__cxxabiv1|ZTIN10__cxxabiv1|Znwm|Znam|ZdlPv|ZdaPv)|"
+                         r"^___cxa_|^___gxx_personality_v0$|^__Unwind_|^___dynamic_cast$")
 
 
 def _exports(library: Path) -> set[str]:
@@ -231,7 +231,7 @@ def _libsystem_exports() -> set[str]:
     """macOS's libSystem export list, from zig's copy of Apple's libSystem.tbd (the iOS SDK's
     libSystem exports the same C library)."""
     tbd = zig_lib_dir(ZIG.command()) / "libc" / "darwin" / "libSystem.tbd"
-    return set(re.findall(r"'?(_[A-Za-z0-9_$.]+)'?", tbd.read_text()))
+    return set(re.findall(r"'?(_[A-Za-z0-9_$.]+)'?", tbd.read_text())) | {"dyld_stub_binder"}
 
 
 def test_iphone_archive_links_into_a_program(tiny_mlc, tmp_path):
