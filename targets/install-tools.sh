@@ -2,12 +2,13 @@
 # The Debian packages that cross builds and their tests use: llvm-ar (darwin archives), clang
 # (OpenCL C syntax check), the aarch64 cross linker and qemu-user (aarch64 runs), PoCL (OpenCL on
 # the CPU) and lavapipe (Vulkan on the CPU, for WGSL through wgpu); and for the native engine
-# (apps/native): CMake, PCRE2 (x86-64 and, for its aarch64 build, arm64) and nlohmann-json. As
+# (apps/native): CMake, PCRE2 (x86-64 and, for its aarch64 build, arm64) and nlohmann-json; and
+# the JDK that builds and runs the Android bridge (apps/android) on the host. As
 # root it installs what is missing; otherwise it prints the sudo line, and the tests that need a
 # missing package skip with that line as the reason (with CI=true they fail instead).
 set -euo pipefail
 packages=(llvm clang lld g++-aarch64-linux-gnu qemu-user pocl-opencl-icd ocl-icd-libopencl1 mesa-vulkan-drivers
-          cmake pkg-config libpcre2-dev nlohmann-json3-dev libpcre2-dev:arm64)
+          cmake pkg-config libpcre2-dev nlohmann-json3-dev libpcre2-dev:arm64 openjdk-17-jdk-headless)
 command -v dpkg-query >/dev/null || { echo "install-tools: not a Debian-like system; install ${packages[*]} yourself"; exit 0; }
 missing=()
 for p in "${packages[@]}"; do

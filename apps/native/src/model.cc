@@ -79,7 +79,11 @@ std::string Basename(const std::string& path) {
 ffi::Module LoadLibrary(const std::string& model_lib) {
   if (model_lib.rfind(kSystemLibScheme, 0) == 0) {
     std::string prefix = model_lib.substr(sizeof(kSystemLibScheme) - 1);
-    return ffi::Function::GetGlobalRequired("ffi.SystemLib")(prefix).cast<ffi::Module>();
+    auto library = ffi::Function::GetGlobalRequired("ffi.SystemLib")(prefix).cast<ffi::Module>();
+    if (!library->GetFunction("vm_load_executable").has_value())  // an unknown prefix gives an empty module
+      throw Error("no model with system_lib_prefix '" + prefix + "' is linked into this program " +
+                  "(its model archive and app config come from different `lowbit package` runs?)");
+    return library;
   }
   if (!IsFile(model_lib)) throw Error("model library " + model_lib + " does not exist");
   try {

@@ -1,4 +1,4 @@
-"""Building and testing apps/native from pytest: tool checks, the CMake build, CTest runs."""
+"""Building and testing apps/ from pytest (tests/native, tests/apps): tool checks, CMake builds, CTest runs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-NATIVE = Path(__file__).resolve().parents[2] / "apps" / "native"
+NATIVE = Path(__file__).resolve().parents[1] / "apps" / "native"
 INSTALL_HINT = "bash targets/install-tools.sh (as root) installs it"
 
 
-def missing(what: str) -> None:
+def missing(what: str, needed_by: str = "the native engine's build") -> None:
     """Skip (fail with ``CI=true``) naming what to install."""
-    message = f"{what} is not installed (the native engine's build needs it); {INSTALL_HINT}"
+    message = f"{what} is not installed ({needed_by} needs it); {INSTALL_HINT}"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
