@@ -11,8 +11,7 @@ namespace {
 // What the patterns tell apart: \p{L}, \p{N}, \s, and everything else ([^\s\p{L}\p{N}]).
 enum class Kind { kLetter, kNumber, kSpace, kOther };
 
-Kind KindOf(uint32_t cp) {
-  const uint8_t classes = UnicodeClassesOf(cp);
+Kind KindOf(uint8_t classes) {
   if (classes & kLetter) return Kind::kLetter;
   if (classes & kNumber) return Kind::kNumber;
   if (classes & kWhiteSpace) return Kind::kSpace;
@@ -47,7 +46,7 @@ class Utf8Text {
     return ((lead & 0x07) << 18) | (tail(1) << 12) | (tail(2) << 6) | tail(3);
   }
 
-  Kind KindAt(size_t i, size_t* next) const { return KindOf(CodePoint(i, next)); }
+  Kind KindAt(size_t i, size_t* next) const { return KindOf(ClassesOf(CodePoint(i, next))); }
 
   // End of the run of `kind` characters that starts at `i`.
   size_t RunEnd(size_t i, Kind kind) const {
@@ -116,7 +115,16 @@ class Utf8Text {
   }
 
  private:
+  // Text in one script mostly stays in one range of the class table: remember the last one.
+  uint8_t ClassesOf(uint32_t cp) const {
+    if (cp < kUnicodeDirectLimit) return kUnicodeDirectClasses[cp];
+    if (cp < cached_first_ || cp >= cached_end_) cached_classes_ = UnicodeClassRangeOf(cp, &cached_first_, &cached_end_);
+    return cached_classes_;
+  }
+
   std::string_view s_;
+  mutable uint32_t cached_first_ = 0, cached_end_ = 0;
+  mutable uint8_t cached_classes_ = 0;
 };
 
 // Patterns that match somewhere at every position: the matches tile the text.

@@ -1,7 +1,6 @@
 #include "unicode_classes.h"
 
 #include <algorithm>
-#include <array>
 #include <iterator>
 
 namespace lowbit {
@@ -14,27 +13,27 @@ struct UnicodeClassRange {
 
 #include "unicode_class_table.inc"
 
-uint8_t LookUpRanges(uint32_t cp) {
-  const auto after = std::upper_bound(std::begin(kUnicodeClassRanges), std::end(kUnicodeClassRanges), cp,
-                                      [](uint32_t c, const UnicodeClassRange& r) { return c < r.first; });
-  return std::prev(after)->classes;
-}
-
-// Code points below this are looked up directly: they cover ASCII, Latin, Greek, Cyrillic and
-// the other two-byte UTF-8 scripts, the bulk of most text.
-constexpr uint32_t kDirectLimit = 0x800;
-
-struct DirectTable {
-  std::array<uint8_t, kDirectLimit> classes;
-  DirectTable() {
-    for (uint32_t cp = 0; cp < kDirectLimit; ++cp) classes[cp] = LookUpRanges(cp);
+constexpr std::array<uint8_t, kUnicodeDirectLimit> DirectClasses() {
+  std::array<uint8_t, kUnicodeDirectLimit> classes{};
+  size_t range = 0;
+  for (uint32_t cp = 0; cp < kUnicodeDirectLimit; ++cp) {
+    while (kUnicodeClassRanges[range + 1].first <= cp) ++range;
+    classes[cp] = kUnicodeClassRanges[range].classes;
   }
-};
-
-const DirectTable kDirect;  // built from constant data only, so safe during static initialization
+  return classes;
+}
 
 }  // namespace
 
-uint8_t UnicodeClassesOf(uint32_t cp) { return cp < kDirectLimit ? kDirect.classes[cp] : LookUpRanges(cp); }
+constexpr std::array<uint8_t, kUnicodeDirectLimit> kUnicodeDirectClasses = DirectClasses();
+
+uint8_t UnicodeClassRangeOf(uint32_t cp, uint32_t* first, uint32_t* end) {
+  const auto after = std::upper_bound(std::begin(kUnicodeClassRanges), std::end(kUnicodeClassRanges), cp,
+                                      [](uint32_t c, const UnicodeClassRange& r) { return c < r.first; });
+  const auto range = std::prev(after);
+  *first = range->first;
+  *end = after == std::end(kUnicodeClassRanges) ? 0x110000 : after->first;
+  return range->classes;
+}
 
 }  // namespace lowbit

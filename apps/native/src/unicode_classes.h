@@ -2,6 +2,7 @@
 // generated out of HF `tokenizers` itself (tools/make_unicode_class_table.py).
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 namespace lowbit {
@@ -13,8 +14,20 @@ enum UnicodeClass : uint8_t {
   kWordChar = 8,    // Rust regex's \w: Alphabetic, M, Nd, Pc, Join_Control
 };
 
-// The UnicodeClass bits of code point `cp`.
-uint8_t UnicodeClassesOf(uint32_t cp);
+// Code points below this (ASCII and the other two-byte UTF-8 characters, the bulk of most text)
+// have their classes in a flat array.
+constexpr uint32_t kUnicodeDirectLimit = 0x800;
+extern const std::array<uint8_t, kUnicodeDirectLimit> kUnicodeDirectClasses;
+
+// The UnicodeClass bits of code point `cp`, and the range [*first, *end) of code points that
+// share them (a caller can skip the look-up for the next character in that range).
+uint8_t UnicodeClassRangeOf(uint32_t cp, uint32_t* first, uint32_t* end);
+
+inline uint8_t UnicodeClassesOf(uint32_t cp) {
+  if (cp < kUnicodeDirectLimit) return kUnicodeDirectClasses[cp];
+  uint32_t first, end;
+  return UnicodeClassRangeOf(cp, &first, &end);
+}
 
 inline bool IsLetter(uint32_t cp) { return UnicodeClassesOf(cp) & kLetter; }
 inline bool IsNumber(uint32_t cp) { return UnicodeClassesOf(cp) & kNumber; }
