@@ -29,6 +29,8 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# ByteLevel's own
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VARIANT_DOCS = 300  # corpus documents per trained-tokenizer fixture (plus the edge cases)
 
@@ -284,6 +286,35 @@ def test_without_pcre2(native_build_without_pcre2, bundled_dir, tmp_path, varian
     fixture = tmp_path / "fixture.jsonl"
     _write_fixture(tokenizer_json, fixture, VARIANT_DOCS)
     _check(build, tokenizer_json, fixture)
+
+
+def test_builtin_split_patterns_match_hf(native_build_without_pcre2, tmp_path):
+    """Without PCRE2, the built-in matchers cut text into HF's own pieces: the fixture's edge cases
+    and Wikipedia documents, and random texts of code points from every plane (HF's Unicode is
+    newer than PCRE2's, so this is the check for the characters PCRE2 cannot judge)."""
+    import importlib.util
+
+    from tokenizers import Regex, pre_tokenizers
+
+    spec = importlib.util.spec_from_file_location("make_tokenizer_fixture", MAKE_FIXTURE)
+    fixture_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture_module)
+    texts = (
+        fixture_module.EDGE_CASES
+        + fixture_module.random_texts(2000)
+        + fixture_module.corpus_texts(VARIANT_DOCS)
+    )
+    fixture = tmp_path / "splits.jsonl"
+    with fixture.open("w", encoding="utf-8") as f:
+        for pattern in (GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, r"\p{N}"):
+            split = pre_tokenizers.Split(Regex(pattern), "isolated")
+            for text in texts:
+                pieces = [piece for piece, _ in split.pre_tokenize_str(text)]
+                row = {"pattern": pattern, "text": text, "pieces": pieces}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    result = run([native_build_without_pcre2 / "tokenizer_test", "--splits", fixture], timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert f"splits: {4 * len(texts)} passed, 0 failed" in result.stdout
 
 
 def _minimal_spec(**changes) -> dict:

@@ -79,6 +79,8 @@ EDGE_CASES: list[str] = [
     "\ufeffbyte order mark",
     "zero\u200bwidth\u200cjoiner\u200dtest\u2060",
     "private use \ue000 \U000f0000 and noncharacter \ufdd0",
+    # letters and digits newer than Unicode 14 (Python's and PCRE2's here; HF's Unicode is newer)
+    "Kawi \U00011f04\U00011f05 \U00011f50\U00011f51, Garay !\U00010d4a\U00010d4b, \u1c89\u1c8a, \U00031350 x\U00011f50",
 ]
 
 
