@@ -2,8 +2,10 @@
 # The Debian packages that cross builds and their tests use: llvm-ar (darwin archives), clang
 # (OpenCL C syntax check), the aarch64 cross linker and qemu-user (aarch64 runs), PoCL (OpenCL on
 # the CPU) and lavapipe (Vulkan on the CPU, for WGSL through wgpu); and for the native engine
-# (apps/native): CMake, PCRE2 (x86-64 and, for its aarch64 build, arm64) and nlohmann-json; and
-# the JDK that builds and runs the Android bridge (apps/android) on the host. As
+# (apps/native): CMake, nlohmann-json and PCRE2 (x86-64 and, for its aarch64 build, arm64; the
+# engine needs it only for pre-tokenizer regexes without a built-in matcher, and the tests check
+# the built-in matchers against it); and the JDK that builds and runs the Android bridge
+# (apps/android) on the host. As
 # root it installs what is missing; otherwise it prints the sudo line, and the tests that need a
 # missing package skip with that line as the reason (with CI=true they fail instead).
 set -euo pipefail

@@ -4,7 +4,9 @@ Writes fixtures with apps/native/tests/make_tokenizer_fixture.py and runs the C+
 ``tokenizer_test`` (the cached build of conftest.py) on them: the
 bundled model's tokenizer through ctest, and small BPE tokenizers trained here for the
 components the bundled one lacks (Qwen2's NFC and Split regex, Digits, String splits, split
-behaviors, added-token options, unk and byte fallback, a BOS template).
+behaviors, added-token options, unk and byte fallback, a BOS template). The pre-tokenizer
+patterns of the supported models have built-in matchers, checked against PCRE2 (ctest
+``split_pattern``) and, without PCRE2, against HF again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# ByteLevel's own
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VARIANT_DOCS = 300  # corpus documents per trained-tokenizer fixture (plus the edge cases)
 
@@ -56,6 +60,14 @@ def test_bundled_tokenizer_via_ctest(native_build, bundled_dir, tmp_path):
     rows = sum(1 for _ in fixture.open())
     assert f"tokenizer: {rows} passed, 0 failed" in out and rows > 2000
     print(hf_speed, out, sep="\n")
+
+
+def test_builtin_split_patterns_match_pcre2(native_build):
+    """The built-in GPT-2, Llama-3, Qwen2 and Digits matchers split 20,000 generated documents as
+    PCRE2 does, on character tables that agree with PCRE2's Unicode; prints their speeds."""
+    out = run_ctest(native_build, "split_pattern")
+    assert "split_pattern: 5 passed, 0 failed" in out
+    print(*(line for line in out.splitlines() if "timing" in line or "classes:" in line), sep="\n")
 
 
 # -- small BPE tokenizers trained here, one per component the bundled tokenizer does not use
@@ -259,6 +271,79 @@ def test_trained_tokenizer_variant(native_build, tmp_path, variant):
     _check(native_build, tokenizer_json, fixture)
 
 
+@pytest.mark.parametrize("variant", ["bundled", "qwen2"])
+def test_without_pcre2(native_build_without_pcre2, bundled_dir, tmp_path, variant):
+    """Built without PCRE2, the tokenizer still gives HF's ids for the bundled tokenizer (ByteLevel's
+    GPT-2 pattern) and a Qwen2-pattern one."""
+    build = native_build_without_pcre2
+    linked = run(["ldd", build / "tokenizer_test"])
+    assert linked.returncode == 0 and "pcre2" not in linked.stdout, linked.stdout
+    if variant == "bundled":
+        tokenizer_json = Path(bundled_dir) / "tokenizer.json"
+    else:
+        tokenizer_json = tmp_path / "tokenizer.json"
+        tokenizer_json.write_text(json.dumps(_qwen2()))
+    fixture = tmp_path / "fixture.jsonl"
+    _write_fixture(tokenizer_json, fixture, VARIANT_DOCS)
+    _check(build, tokenizer_json, fixture)
+
+
+def test_builtin_split_patterns_match_hf(native_build_without_pcre2, tmp_path):
+    """Without PCRE2, the built-in matchers cut text into HF's own pieces: the fixture's edge cases
+    and Wikipedia documents, and random texts of code points from every plane (HF's Unicode is
+    newer than PCRE2's, so this is the check for the characters PCRE2 cannot judge)."""
+    import importlib.util
+
+    from tokenizers import Regex, pre_tokenizers
+
+    spec = importlib.util.spec_from_file_location("make_tokenizer_fixture", MAKE_FIXTURE)
+    fixture_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture_module)
+    texts = (
+        fixture_module.EDGE_CASES
+        + fixture_module.random_texts(2000)
+        + fixture_module.corpus_texts(VARIANT_DOCS)
+    )
+    fixture = tmp_path / "splits.jsonl"
+    with fixture.open("w", encoding="utf-8") as f:
+        for pattern in (GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, r"\p{N}"):
+            split = pre_tokenizers.Split(Regex(pattern), "isolated")
+            for text in texts:
+                pieces = [piece for piece, _ in split.pre_tokenize_str(text)]
+                row = {"pattern": pattern, "text": text, "pieces": pieces}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    result = run([native_build_without_pcre2 / "tokenizer_test", "--splits", fixture], timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert f"splits: {4 * len(texts)} passed, 0 failed" in result.stdout
+
+
+def _minimal_spec(**changes) -> dict:
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": _byte_level(),
+        "post_processor": None,
+        "decoder": _byte_level(),
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]},
+    }
+    spec.update(changes)
+    return spec
+
+
+def test_other_pattern_without_pcre2_is_one_line_error(native_build_without_pcre2, tmp_path):
+    """A Split regex that has no built-in matcher needs PCRE2: the load fails naming it."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_minimal_spec(pre_tokenizer=_split({"Regex": r"\s+"}, "Removed"))))
+    result = run([native_build_without_pcre2 / "tokenizer_test", "--load", path])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and '"\\\\s+"' in lines[0] and "no PCRE2" in lines[0], result.stderr
+    print(lines[0])
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -308,20 +393,8 @@ def test_trained_tokenizer_variant(native_build, tmp_path, variant):
     ],
 )
 def test_unsupported_component_is_one_line_error(native_build, tmp_path, change, message):
-    spec = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [],
-        "normalizer": None,
-        "pre_tokenizer": _byte_level(),
-        "post_processor": None,
-        "decoder": _byte_level(),
-        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]},
-    }
-    spec.update(change)
     path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(spec))
+    path.write_text(json.dumps(_minimal_spec(**change)))
     result = run([native_build / "tokenizer_test", "--load", path])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -1,8 +1,5 @@
 #include "tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -17,6 +14,9 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+
+#include "split_pattern.h"
+#include "unicode_classes.h"
 
 namespace lowbit {
 namespace {
@@ -268,129 +268,6 @@ std::string Nfc(const std::string& text) {
   return out;
 }
 
-// ---------------------------------------------------------------------------------------------
-// PCRE2
-
-// Per-thread match buffers: pcre2_match_data and the JIT stack are not safe to share.
-struct MatchScratch {
-  pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
-  pcre2_jit_stack* jit_stack = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, nullptr);
-  pcre2_match_context* context = pcre2_match_context_create(nullptr);
-  MatchScratch() { pcre2_jit_stack_assign(context, nullptr, jit_stack); }
-  ~MatchScratch() {
-    pcre2_match_context_free(context);
-    pcre2_jit_stack_free(jit_stack);
-    pcre2_match_data_free(data);
-  }
-  MatchScratch(const MatchScratch&) = delete;
-  MatchScratch& operator=(const MatchScratch&) = delete;
-};
-
-MatchScratch& Scratch() {
-  thread_local MatchScratch scratch;
-  return scratch;
-}
-
-// HF compiles its patterns with Oniguruma, whose \s is Unicode White_Space; PCRE2's \s also
-// takes U+180E. Spelling \s and \S as the property keeps the two engines in agreement.
-std::string OnigurumaToPcre2(const std::string& pattern) {
-  std::string out;
-  out.reserve(pattern.size());
-  for (size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern[i] == '\\' && i + 1 < pattern.size()) {
-      const char escaped = pattern[++i];
-      if (escaped == 's') {
-        out += "\\p{White_Space}";
-      } else if (escaped == 'S') {
-        out += "\\P{White_Space}";
-      } else {
-        out += '\\';
-        out += escaped;
-      }
-    } else {
-      out += pattern[i];
-    }
-  }
-  return out;
-}
-
-class Regex {
- public:
-  explicit Regex(const std::string& pattern) {
-    int error = 0;
-    PCRE2_SIZE error_offset = 0;
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                     PCRE2_UTF | PCRE2_UCP, &error, &error_offset, nullptr);
-    if (code == nullptr) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(error, message, sizeof(message));
-      Fail("regex " + json(pattern).dump() + " does not compile with PCRE2 at offset " +
-           std::to_string(error_offset) + ": " + reinterpret_cast<const char*>(message));
-    }
-    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter when JIT is absent
-    code_.reset(code, pcre2_code_free);
-  }
-
-  // Whether the pattern matches at `start` of valid UTF-8 `text`; fills [*begin, *end).
-  bool Search(std::string_view text, size_t start, size_t* begin, size_t* end, uint32_t options = 0) const {
-    MatchScratch& scratch = Scratch();
-    const int rc = pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                               PCRE2_NO_UTF_CHECK | options, scratch.data, scratch.context);
-    if (rc == PCRE2_ERROR_NOMATCH) return false;
-    if (rc < 0) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(rc, message, sizeof(message));
-      throw std::runtime_error(std::string("tokenizer: regex match failed: ") + reinterpret_cast<const char*>(message));
-    }
-    const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(scratch.data);
-    *begin = ovector[0];
-    *end = ovector[1];
-    return true;
-  }
-
-  // Whether the whole of `text` matches (used for one-character class tests).
-  bool MatchesWhole(std::string_view text) const {
-    size_t begin, end;
-    return Search(text, 0, &begin, &end, PCRE2_ANCHORED | PCRE2_ENDANCHORED);
-  }
-
-  // The successive matches, as Oniguruma's find_iter (which HF uses) yields them: an empty match
-  // right where the previous match ended is skipped by retrying one character further on.
-  void FindAll(std::string_view text, std::vector<std::pair<size_t, size_t>>* matches) const {
-    size_t search_from = 0;
-    bool have_last = false;
-    size_t last_end = 0;
-    while (search_from <= text.size()) {
-      size_t begin, end;
-      if (!Search(text, search_from, &begin, &end)) return;
-      if (begin == end && have_last && end == last_end) {
-        if (search_from >= text.size()) return;
-        size_t len;
-        NextUtf8(text, search_from, &len);
-        search_from += len;
-        continue;
-      }
-      matches->emplace_back(begin, end);
-      search_from = end;
-      last_end = end;
-      have_last = true;
-    }
-  }
-
- private:
-  std::shared_ptr<pcre2_code> code_;
-};
-
-// Character classes of Rust's `regex` crate, which HF's added-token code uses: \w and \s.
-const Regex& RustWordChar() {
-  static const Regex re("[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]");
-  return re;
-}
-const Regex& RustSpaceChar() {
-  static const Regex re("\\p{White_Space}");
-  return re;
-}
-
 // Start of the last character of non-empty valid UTF-8 `s`.
 size_t LastCharStart(std::string_view s) {
   size_t i = s.size() - 1;
@@ -419,8 +296,9 @@ SplitBehavior ParseBehavior(const std::string& name) {
 }
 
 // Spans of `text` alternating between matches and the gaps between them (HF's Pattern::find_matches).
-std::vector<Span> MatchSpans(const Regex* regex, const std::string* literal, std::string_view text, bool invert) {
-  std::vector<std::pair<size_t, size_t>> matches;
+std::vector<Span> MatchSpans(const SplitPattern* regex, const std::string* literal, std::string_view text,
+                             bool invert) {
+  Matches matches;
   if (regex != nullptr) {
     regex->FindAll(text, &matches);
   } else {
@@ -496,7 +374,14 @@ void SplitBy(std::string_view text, const std::vector<Span>& spans, SplitBehavio
   }
 }
 
-const char* const kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+// The pre-tokenizer regex `pattern`'s matcher; a pattern the build cannot match fails the load.
+std::unique_ptr<SplitPattern> CompilePattern(std::string_view pattern) {
+  try {
+    return CompileSplitPattern(std::string(pattern));
+  } catch (const std::runtime_error& e) {
+    Fail(e.what());
+  }
+}
 
 class PreTokenizer {
  public:
@@ -509,7 +394,7 @@ class ByteLevelPreTokenizer : public PreTokenizer {
  public:
   ByteLevelPreTokenizer(bool add_prefix_space, bool use_regex)
       : add_prefix_space_(add_prefix_space),
-        regex_(use_regex ? std::make_unique<Regex>(OnigurumaToPcre2(kGpt2Pattern)) : nullptr) {}
+        regex_(use_regex ? CompilePattern(kGpt2Pattern) : nullptr) {}
 
   void Apply(std::vector<std::string>* pieces) const override {
     const ByteLevelTable& table = ByteLevel();
@@ -535,13 +420,13 @@ class ByteLevelPreTokenizer : public PreTokenizer {
 
  private:
   bool add_prefix_space_;
-  std::unique_ptr<Regex> regex_;
+  std::unique_ptr<SplitPattern> regex_;
 };
 
 class SplitPreTokenizer : public PreTokenizer {
  public:
   // Exactly one of `regex` / `literal` is used; the other is empty.
-  SplitPreTokenizer(std::unique_ptr<Regex> regex, std::string literal, SplitBehavior behavior, bool invert)
+  SplitPreTokenizer(std::unique_ptr<SplitPattern> regex, std::string literal, SplitBehavior behavior, bool invert)
       : regex_(std::move(regex)), literal_(std::move(literal)), behavior_(behavior), invert_(invert) {}
 
   void Apply(std::vector<std::string>* pieces) const override {
@@ -553,7 +438,7 @@ class SplitPreTokenizer : public PreTokenizer {
   }
 
  private:
-  std::unique_ptr<Regex> regex_;
+  std::unique_ptr<SplitPattern> regex_;
   std::string literal_;
   SplitBehavior behavior_;
   bool invert_;
@@ -563,7 +448,7 @@ class SplitPreTokenizer : public PreTokenizer {
 class DigitsPreTokenizer : public SplitPreTokenizer {
  public:
   explicit DigitsPreTokenizer(bool individual_digits)
-      : SplitPreTokenizer(std::make_unique<Regex>("\\p{N}"), "",
+      : SplitPreTokenizer(CompilePattern(kNumberPattern), "",
                           individual_digits ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, false) {}
 };
 
@@ -593,8 +478,8 @@ std::unique_ptr<PreTokenizer> ParsePreTokenizer(const json& j) {
     const SplitBehavior behavior = ParseBehavior(j.at("behavior").get<std::string>());
     const bool invert = j.value("invert", false);
     if (pattern.contains("Regex")) {
-      return std::make_unique<SplitPreTokenizer>(
-          std::make_unique<Regex>(OnigurumaToPcre2(pattern["Regex"].get<std::string>())), "", behavior, invert);
+      return std::make_unique<SplitPreTokenizer>(CompilePattern(pattern["Regex"].get<std::string>()), "", behavior,
+                                                 invert);
     }
     if (pattern.contains("String")) {
       const std::string literal = pattern["String"].get<std::string>();
@@ -681,20 +566,20 @@ class AddedTokenMatcher {
     return nullptr;
   }
 
+  // Rust's \w (HF's single_word check) and char::is_whitespace (its lstrip and rstrip).
   static bool EndsWithWordChar(std::string_view s) {
-    return !s.empty() && RustWordChar().MatchesWhole(s.substr(LastCharStart(s)));
+    size_t len;
+    return !s.empty() && IsWordChar(DecodeCodePoint(s, LastCharStart(s), &len));
   }
   static bool StartsWithWordChar(std::string_view s) {
-    if (s.empty()) return false;
     size_t len;
-    NextUtf8(s, 0, &len);
-    return RustWordChar().MatchesWhole(s.substr(0, len));
+    return !s.empty() && IsWordChar(DecodeCodePoint(s, 0, &len));
   }
   static size_t TrailingSpaceStart(std::string_view s) {
-    size_t start = s.size();
+    size_t start = s.size(), len;
     while (start > 0) {
       const size_t last = LastCharStart(s.substr(0, start));
-      if (!RustSpaceChar().MatchesWhole(s.substr(last, start - last))) break;
+      if (!IsWhiteSpace(DecodeCodePoint(s, last, &len))) break;
       start = last;
     }
     return start;
@@ -702,8 +587,7 @@ class AddedTokenMatcher {
   static size_t LeadingSpaceLength(std::string_view s) {
     size_t end = 0, len = 0;
     for (; end < s.size(); end += len) {
-      NextUtf8(s, end, &len);
-      if (!RustSpaceChar().MatchesWhole(s.substr(end, len))) break;
+      if (!IsWhiteSpace(DecodeCodePoint(s, end, &len))) break;
     }
     return end;
   }

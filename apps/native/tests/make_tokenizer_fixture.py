@@ -4,8 +4,9 @@ Usage: python make_tokenizer_fixture.py TOKENIZER_JSON OUT_JSONL [--docs N]
 
 Rows are ``{"text", "ids", "decoded"}``: ``ids`` from ``encode(text)`` (special tokens added),
 ``decoded`` from ``decode(ids)`` (special tokens skipped). The inputs are N documents of the
-bundled Wikipedia corpus (the test split, then the validation split if N needs more) and
-hand-written edge cases. Last come rows without ``text``: random id sequences (seeded), whose
+bundled Wikipedia corpus (the test split, then the validation split if N needs more),
+hand-written edge cases and random texts (seeded) of code points from every plane, for the
+pre-tokenizer's character classes. Last come rows without ``text``: random id sequences (seeded), whose
 decoding is mostly invalid UTF-8, for the U+FFFD replacement and the stream decoder.
 """
 
@@ -78,7 +79,51 @@ EDGE_CASES: list[str] = [
     "\ufeffbyte order mark",
     "zero\u200bwidth\u200cjoiner\u200dtest\u2060",
     "private use \ue000 \U000f0000 and noncharacter \ufdd0",
+    # letters and digits newer than Unicode 14 (Python's and PCRE2's here; HF's Unicode is newer)
+    "Kawi \U00011f04\U00011f05 \U00011f50\U00011f51, Garay !\U00010d4a\U00010d4b, \u1c89\u1c8a, \U00031350 x\U00011f50",
 ]
+
+
+# What random texts are made of: random code points (surrogates aside, unassigned and private use
+# included) and pieces that meet the pre-tokenizer patterns' alternatives.
+RANDOM_PIECES = [
+    " ",
+    "  ",
+    "\n",
+    "\r\n",
+    "\t",
+    "\u00a0",
+    "\u3000",
+    "\u2028",
+    "'s",
+    "'S",
+    "'re",
+    "'LL",
+    "'\u017f",
+    "12345",
+    "\u00bd",
+    "abc",
+    "Word",
+    "?!",
+    ".\n",
+]
+
+
+def random_texts(n_texts: int = 200) -> list[str]:
+    rng = random.Random(1)
+
+    def code_point() -> str:
+        top = rng.choice([0x80, 0x800, 0x10000, 0x110000])
+        c = rng.randrange(top)
+        return chr(c) if not 0xD800 <= c <= 0xDFFF else "\ufffd"
+
+    return [
+        "".join(
+            rng.choice(RANDOM_PIECES) if rng.random() < 0.3 else code_point()
+            for _ in range(rng.randint(1, 40))
+        )
+        for _ in range(n_texts)
+    ]
 
 
 def corpus_texts(n_docs: int) -> list[str]:
@@ -121,7 +166,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(args.tokenizer_json))
-    texts = corpus_texts(args.docs) + EDGE_CASES
+    texts = corpus_texts(args.docs) + EDGE_CASES + random_texts()
 
     start = time.perf_counter()
     encoded = [tokenizer.encode(text).ids for text in texts]

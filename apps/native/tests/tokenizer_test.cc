@@ -7,6 +7,9 @@
 //       "tokenizer: N passed, M failed" (exit status 1 if any failed).
 //   tokenizer_test --load TOKENIZER_JSON           loads the file; on error prints the message on
 //       stderr and exits 2 (lets a caller check the refusal of unsupported components).
+//   tokenizer_test --splits FIXTURE_JSONL          per row {"pattern", "text", "pieces"}: the
+//       built-in matcher of the pre-tokenizer regex splits text into HF's pieces (Split, Isolated);
+//       prints "splits: N passed, M failed".
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "split_pattern.h"
 #include "tokenizer.h"
 
 namespace {
@@ -126,13 +130,52 @@ int LoadOnly(const std::string& path) {
   }
 }
 
+// `text` cut at the matches of `pattern` and between them, as HF's Split with Isolated cuts it.
+std::vector<std::string> IsolatedPieces(const lowbit::SplitPattern& pattern, const std::string& text) {
+  lowbit::Matches matches;
+  pattern.FindAll(text, &matches);
+  std::vector<std::string> pieces;
+  size_t previous = 0;
+  for (const auto& [begin, end] : matches) {
+    if (previous != begin) pieces.push_back(text.substr(previous, begin - previous));
+    pieces.push_back(text.substr(begin, end - begin));
+    previous = end;
+  }
+  if (previous != text.size()) pieces.push_back(text.substr(previous));
+  return pieces;
+}
+
+int CheckSplits(const std::string& fixture) {
+  std::ifstream file(fixture);
+  if (!file) throw std::runtime_error("cannot open fixture " + fixture);
+  size_t passed = 0, failed = 0;
+  std::string line;
+  while (std::getline(file, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json row = nlohmann::json::parse(line);
+    const auto pattern = lowbit::BuiltInSplitPattern(row.at("pattern").get<std::string>());
+    if (pattern == nullptr) throw std::runtime_error("no built-in matcher for " + row.at("pattern").dump());
+    const std::string text = row.at("text").get<std::string>();
+    if (IsolatedPieces(*pattern, text) == row.at("pieces").get<std::vector<std::string>>()) {
+      ++passed;
+    } else if (++failed <= 20) {
+      std::cout << "FAIL " << row.at("pattern").dump() << " on " << nlohmann::json(text).dump() << "\n  got "
+                << nlohmann::json(IsolatedPieces(*pattern, text)).dump() << "\n  HF  " << row.at("pieces").dump()
+                << "\n";
+    }
+  }
+  std::printf("splits: %zu passed, %zu failed\n", passed, failed);
+  return failed == 0 && passed > 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--load") return LoadOnly(argv[2]);
+  if (argc == 3 && std::string(argv[1]) == "--splits") return CheckSplits(argv[2]);
   if (argc != 2 && argc != 3) {
     std::cerr << "usage: tokenizer_test MANIFEST_JSON | tokenizer_test TOKENIZER_JSON FIXTURE_JSONL | "
-                 "tokenizer_test --load TOKENIZER_JSON\n";
+                 "tokenizer_test --load TOKENIZER_JSON | tokenizer_test --splits FIXTURE_JSONL\n";
     return 2;
   }
   try {
