@@ -1,7 +1,8 @@
 """The engine (apps/native's C API) compiled for a device into one static archive, with CMake.
 
 Built in the cache and kept between runs (CMake rebuilds what changed). Only the tvm-ffi headers
-and nlohmann-json's header are needed: the app links the TVM runtime itself.
+and nlohmann-json's headers (found by apps/native's CMake) are needed: the app links the TVM
+runtime itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from lowbit.targets.tools import CMAKE, LLVM_AR
 
 NATIVE = Path(__file__).resolve().parents[1] / "apps" / "native"
 ENGINE_ARCHIVE = "liblowbit_engine_static.a"
-NLOHMANN_DIRS = ("/usr/include", "/usr/local/include", "/opt/homebrew/include")
 
 
 def native_source() -> Path:
@@ -37,23 +37,6 @@ def tvm_ffi_include() -> list[Path]:
         raise LowbitError("tvm_ffi is not installed: pip install apache-tvm")
     root = Path(spec.submodule_search_locations[0])
     return [root / "include", root / "3rdparty" / "dlpack" / "include"]
-
-
-def nlohmann_include(workdir: Path) -> Path:
-    """A folder with only ``nlohmann/`` in it, linked to the installed headers ($NLOHMANN_JSON_INCLUDE,
-    or the usual prefixes): adding a host's /usr/include to an iOS compile would shadow its libc."""
-    candidates = [os.environ.get("NLOHMANN_JSON_INCLUDE", ""), *NLOHMANN_DIRS]
-    for base in filter(None, candidates):
-        if (Path(base) / "nlohmann" / "json.hpp").is_file():
-            link = workdir / "nlohmann-include" / "nlohmann"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() and link.resolve() != (Path(base) / "nlohmann").resolve():
-                link.unlink()
-            if not link.is_symlink():
-                link.symlink_to(Path(base) / "nlohmann")
-            return link.parent
-    raise LowbitError("nlohmann/json.hpp not found (apt-get install nlohmann-json3-dev, brew install "
-                      "nlohmann-json, or set NLOHMANN_JSON_INCLUDE)")
 
 
 def _toolchain(workdir: Path, cxx: list[str], ar_format: str) -> Path:
@@ -96,8 +79,8 @@ def build_engine(preset: Preset, ar_format: str) -> Path:
     toolchain = _toolchain(workdir, cxx, ar_format)
     build = workdir / "build"
     _run([*cmake, "-S", source, "-B", build, f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
-          "-DLOWBIT_ENGINE_ONLY=ON", f"-DLOWBIT_TVM_FFI_INCLUDE={';'.join(map(str, tvm_ffi_include()))}",
-          f"-DLOWBIT_NLOHMANN_INCLUDE={nlohmann_include(workdir)}"], f"configuring the engine for {preset.name}")
+          "-DLOWBIT_ENGINE_ONLY=ON", f"-DLOWBIT_TVM_FFI_INCLUDE={';'.join(map(str, tvm_ffi_include()))}"],
+         f"configuring the engine for {preset.name}")
     _run([*cmake, "--build", build, "-j", str(os.cpu_count() or 2), "--target", "lowbit_engine_static"],
          f"compiling the engine for {preset.name}")
     return build / ENGINE_ARCHIVE

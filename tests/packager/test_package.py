@@ -26,6 +26,7 @@ ELF_AARCH64 = 183
 MACHO_ARM64 = (0xFEEDFACF, 0x0100000C)
 ENGINE_API = ("lowbit_engine_create", "lowbit_engine_chat_completion", "lowbit_engine_completion",
               "lowbit_engine_abort", "lowbit_engine_reset", "lowbit_engine_free", "lowbit_last_error")
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -245,8 +246,11 @@ def test_iphone_archive_links_into_a_program(tiny_mlc, tmp_path):
     dist = _package({"device": "iphone", "model_list": [
         {"model": str(tiny_mlc("q4f16_1")), "model_id": "tiny", "estimated_vram_bytes": 300_000_000,
          "bundle_weight": True}]}, tmp_path, "dist")
-    assert _files(dist) >= {"lib/libmodel_iphone.a", "lib/lowbit-libs.json", "include/lowbit/engine.h",
-                            "bundle/lowbit-app-config.json", f"bundle/tiny/{CHAT_CONFIG}"}
+    shards = [f"bundle/tiny/{p.name}" for p in tiny_mlc("q4f16_1").glob("params_shard_*.bin")]
+    assert _files(dist) == {"lib/libmodel_iphone.a", "lib/lowbit-libs.json", "include/lowbit/engine.h",
+                            "bundle/lowbit-app-config.json", f"bundle/tiny/{CHAT_CONFIG}", f"bundle/tiny/{TENSOR_CACHE}",
+                            *shards}
+    assert (dist / "include/lowbit/engine.h").read_bytes() == (REPO / "apps/native/include/lowbit/engine.h").read_bytes()
     archive = dist / "lib/libmodel_iphone.a"
     assert archive.read_bytes()[8:100].find(b"__.SYMDEF") >= 0  # the index Apple's linker reads
     for obj in _members(archive, tmp_path / "objects"):
