@@ -180,6 +180,8 @@ def verify_package(dist: Path) -> None:
     under its prefix, built for the metadata format this lowbit's engine reads, with bundled
     weights that fit it; no symbol is defined twice. Else one line naming the model."""
     dist = Path(dist)
+    if not (dist / LIBS_MANIFEST).is_file():
+        raise LowbitError(f"{dist} is not a lowbit package folder (no {LIBS_MANIFEST})")
     libs = _read_dict(dist / LIBS_MANIFEST, "library manifest")
     app = _read_dict(dist / APP_CONFIG, "app config")
     device = DEVICES.get(libs.get("device"))

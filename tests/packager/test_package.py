@@ -132,6 +132,10 @@ def _edit_json(path: Path, edit) -> None:
     (lambda d: next((d / "bundle/tiny-q4").glob("params_shard_*.bin")).write_bytes(b"\0" * 10),
      "has 10 bytes, expected"),
     (lambda d: (d / "bundle/tiny-q4/mlc-chat-config.json").unlink(), "model 'tiny-q4': bundled folder"),
+    (lambda d: (d / "lib/lowbit-libs.json").unlink(), "is not a lowbit package folder (no lib/lowbit-libs.json)"),
+    (lambda d: (d / "lib/libmodel_android.a").unlink(), "lib/libmodel_android.a is missing"),
+    (lambda d: _edit_json(d / "bundle/lowbit-app-config.json", lambda c: c.update(device="iphone")),
+     "app config is for device 'iphone', libraries for 'android'"),
 ])
 def test_verify_refuses_a_mismatch(android_dist, tmp_path, tamper, message):
     """`lowbit package --verify` (also the last step of packaging) names the model at fault."""
