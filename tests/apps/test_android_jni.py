@@ -49,11 +49,9 @@ def _package_dir(name: str) -> Path:
 def jni_build(tiny_chat, tmp_path_factory) -> JniBuild:
     """liblowbit_jni.so for the host (CMake build cached between runs) with the tiny model's
     llvm-static archive, and the Java sources plus the driver compiled by javac."""
-    for tool, package in (("cmake", "cmake"), ("pkg-config", "pkg-config"), ("javac", "openjdk-17-jdk-headless")):
+    for tool, package in (("cmake", "cmake"), ("javac", "openjdk-17-jdk-headless")):
         if shutil.which(tool) is None:
             missing(package, NEEDED_BY)
-    if run(["pkg-config", "--exists", "libpcre2-8"]).returncode != 0:
-        missing("libpcre2-dev", NEEDED_BY)
     if not Path("/usr/include/nlohmann/json.hpp").is_file():
         missing("nlohmann-json3-dev", NEEDED_BY)
     tmp = tmp_path_factory.mktemp("android-jni")
