@@ -18,6 +18,9 @@ extra op at inference, no new tensor in the fused format):
   reference's pairs leave alone: on the bundled model, 6-bit activations on ``down_proj``'s input
   alone cost 7.6 % perplexity, the most of any linear (q/k/v 5.8 %, gate/up 5.4 %, o 0.4 %).
 
+A pair's producer may be a fused linear (q/k/v in one, gate/up in one): the consumer reads its
+last rows (v, up), and only those rows take the scale and the shift.
+
 Scales start from SmoothQuant's rule with the reference's ``alpha``:
 ``s_j = max|X_j|^α / max_i |W_ij|^(1−α)`` (≥ 1e-5), with ``max|X_j|`` over the FP model's
 calibration tokens and the weight maximum over every linear the scale feeds.
@@ -90,10 +93,15 @@ def o_channel_to_v(block: torch.nn.Module, layout: BlockLayout) -> torch.Tensor:
 def _per_v(values: torch.Tensor, block: torch.nn.Module, layout: BlockLayout,
            reduce: str = "amax") -> torch.Tensor:
     """Reduce a per-o-input-channel tensor to per v channel over the query group."""
-    v = block.get_submodule(layout.v_o[0])
-    out = torch.zeros(v.out_features, dtype=values.dtype, device=values.device)
     idx = o_channel_to_v(block, layout).to(values.device)
+    out = torch.zeros(int(idx.max()) + 1, dtype=values.dtype, device=values.device)
     return out.scatter_reduce(0, idx, values, reduce, include_self=False)
+
+
+def _last_rows(t: torch.Tensor, rows: int, fill: float) -> torch.Tensor:
+    """``t`` [n] placed on the last n of a producer's ``rows`` output rows, ``fill`` before it
+    (a fused producer's rows that its consumer does not read)."""
+    return torch.cat([t.new_full((rows - t.numel(),), fill), t])
 
 
 def _smooth(act: torch.Tensor, wmax: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -204,20 +212,22 @@ def transformed(
                 out[f"{f}.bias"] = p[f"{f}.bias"] + p[f"{f}.weight"] @ shifts[g.key]
     s = scales["out"]
     o_map = o_channel_to_v(block, layout).to(s.device)
-    out[f"{v_proj}.weight"] = out[f"{v_proj}.weight"] / s[:, None]
+    v_rows = p[f"{v_proj}.weight"].shape[0]
+    out[f"{v_proj}.weight"] = out[f"{v_proj}.weight"] / _last_rows(s, v_rows, 1.0)[:, None]
     v_bias = out.get(f"{v_proj}.bias", p.get(f"{v_proj}.bias"))
     if shifts is not None:
-        v_bias = v_bias - shifts["out"]
+        v_bias = v_bias - _last_rows(shifts["out"], v_rows, 0.0)
         out[f"{o_proj}.bias"] = p[f"{o_proj}.bias"] + p[f"{o_proj}.weight"] @ shifts["out"][o_map]
     if v_bias is not None:
-        out[f"{v_proj}.bias"] = v_bias / s
+        out[f"{v_proj}.bias"] = v_bias / _last_rows(s, v_rows, 1.0)
     out[f"{o_proj}.weight"] = p[f"{o_proj}.weight"] * s[o_map]
     if "down" in scales:
         s = scales["down"]
-        out[f"{up_proj}.weight"] = out[f"{up_proj}.weight"] / s[:, None]
+        s_up = _last_rows(s, p[f"{up_proj}.weight"].shape[0], 1.0)
+        out[f"{up_proj}.weight"] = out[f"{up_proj}.weight"] / s_up[:, None]
         up_bias = out.get(f"{up_proj}.bias", p.get(f"{up_proj}.bias"))
         if up_bias is not None:
-            out[f"{up_proj}.bias"] = up_bias / s
+            out[f"{up_proj}.bias"] = up_bias / s_up
         out[f"{down_proj}.weight"] = p[f"{down_proj}.weight"] * s
     return out
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lowbit.architectures import Architecture
 from lowbit.artifact import CHAT_CONFIG, read_json, read_text
@@ -52,13 +54,18 @@ CONV_TEMPLATES = {  # conversation_template/registry.py
 }
 
 
-def pick_conv_template(folder: Path, name: str | None, default: str) -> dict:
+def pick_conv_template(folder: Path, name: str | None, default: str | Mapping[str, Any]) -> dict:
     """The named template, or chatml when the model's chat template uses ``<|im_start|>``, else
-    ``default`` (the architecture's)."""
+    ``default`` (the architecture's: a name, or its own template's ``Conversation`` fields)."""
     if name is None:
         texts = [read_text(p, "tokenizer file") for p in (folder / "chat_template.jinja", folder / "tokenizer_config.json")
                  if p.is_file()]
-        name = "chatml" if any("<|im_start|>" in t for t in texts) else default
+        if any("<|im_start|>" in t for t in texts):
+            name = "chatml"
+        elif isinstance(default, Mapping):
+            return _conversation(**default)
+        else:
+            name = default
     if name not in CONV_TEMPLATES:
         raise LowbitError(f"unknown conv template {name!r} (available: {', '.join(CONV_TEMPLATES)})")
     return CONV_TEMPLATES[name]

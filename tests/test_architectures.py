@@ -18,12 +18,13 @@ from lowbit.cli import main
 from lowbit.errors import LowbitError
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED = "supported model types: llama, qwen2, qwen3"
+SUPPORTED = "supported model types: llama, phi3, qwen2, qwen3"
 
 
-def test_registry_holds_llama_qwen2_and_qwen3():
-    assert list(ARCHITECTURES) == ["llama", "qwen2", "qwen3"]
-    classes = {"llama": "LlamaForCausalLM", "qwen2": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+def test_registry_holds_llama_phi3_qwen2_and_qwen3():
+    assert list(ARCHITECTURES) == ["llama", "phi3", "qwen2", "qwen3"]
+    classes = {"llama": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM", "qwen2": "LlamaForCausalLM",
+               "qwen3": "Qwen3ForCausalLM"}
     for model_type, arch in ARCHITECTURES.items():
         assert arch.model_type == model_type
         assert get_architecture({"model_type": model_type}, "x") is arch

@@ -1,4 +1,4 @@
-"""Tiny random Llama / Qwen2 / Qwen3 models for unit tests (imported by conftest and by tests)."""
+"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 models for unit tests (imported by conftest and by tests)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,21 @@ def tiny_qwen3_config(**overrides):
     )
     kw.update(overrides)
     return Qwen3Config(**kw)
+
+
+def tiny_phi3_config(**overrides):
+    """Phi-3.5-style: fused qkv / gate_up, GQA 4:2, head_dim 24, longrope past 16 positions (of
+    128: cos/sin scale sqrt(1 + ln 8 / ln 16)) with distinct short and long factors."""
+    from transformers import Phi3Config
+
+    rng = torch.Generator().manual_seed(0)
+    short, long = (1 + torch.rand(12, generator=rng), 2 + 6 * torch.rand(12, generator=rng))
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        original_max_position_embeddings=16, rope_theta=10000.0, rms_norm_eps=1e-5,
+        rope_scaling={"type": "longrope", "short_factor": short.tolist(), "long_factor": long.tolist()},
+        tie_word_embeddings=False, pad_token_id=None, bos_token_id=1, eos_token_id=2,
+    )
+    kw.update(overrides)
+    return Phi3Config(**kw)

@@ -234,6 +234,7 @@ class LlamaForCausalLM(nn.Module):
 
     config_class = LlamaConfig
     body_class: type[LlamaModel] = LlamaModel  # the decoder stack (a family subclasses its layers)
+    rope_mode: RopeMode = RopeMode.NORMAL  # NONE: the family's attention rotates q and k itself
 
     def __init__(self, cfg: LlamaConfig, scheme: Scheme, target: Target, dtype: str = "float32"):
         self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype
@@ -295,7 +296,7 @@ class LlamaForCausalLM(nn.Module):
             v_head_dim=c.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=self.rope_mode,
             rope_scale=1,
             rope_theta=c.rope_theta,
             rope_scaling=dict(c.rope_scaling),

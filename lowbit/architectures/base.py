@@ -48,6 +48,7 @@ class BlockLayout:
 
     ``v_o`` and ``up_down`` are the (producer, consumer) pairs whose channel scaling is exact:
     attention mixes each v channel only across tokens, SwiGLU is linear in each ``up`` channel.
+    A fused producer (q/k/v or gate/up in one linear) holds the consumer's channels in its last rows.
     """
 
     layers: str  # the decoder stack inside the causal LM
@@ -67,7 +68,9 @@ class Architecture:
     ``hf_config_from_mlc(model_config)``: the HF ``config.json`` fields that rebuild the PyTorch
     model. ``model`` is the relax ``nn.Module`` as ``"module:Class"``; the class's
     ``config_class.from_dict(model_config, **model_options)`` reads its config.
-    ``conv_template``: the conversation template when the model's own chat template is not ChatML.
+    ``conv_template``: the conversation template when the model's own chat template is not ChatML:
+    a name from ``compiler/chat_config.py``'s table, or the family's own template as the fields of
+    MLC's ``Conversation`` that differ from its defaults.
     """
 
     model_type: str
@@ -77,7 +80,7 @@ class Architecture:
     hf_config_from_mlc: Callable[[dict], dict]
     model: str
     model_options: Mapping[str, Any] = field(default_factory=dict)
-    conv_template: str = "LM"
+    conv_template: str | Mapping[str, Any] = "LM"
 
     def model_class(self) -> type:
         """The relax model definition (imports the compiler, hence TVM)."""

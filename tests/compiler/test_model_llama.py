@@ -38,7 +38,7 @@ def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert err <= ATOL * max(1.0, np.abs(want).max()), f"{what}: max abs error {err:.3g}"
 
 
-def check_compiled_matches_torch(hf_dir, scheme: str, tmp_path) -> None:
+def check_compiled_matches_torch(hf_dir, scheme: str, tmp_path) -> Engine:
     mlc = tmp_path / f"mlc-{scheme}"
     convert(ConvertArgs(str(hf_dir), scheme, mlc, progress=False))
     ref = load_mlc_model(mlc)
@@ -66,6 +66,7 @@ def check_compiled_matches_torch(hf_dir, scheme: str, tmp_path) -> None:
         logits = engine.decode(0, seq[-1])
         _assert_close(logits, ref_logits(seq)[-1], f"decode step {step}")
     check_batch_decode_matches_decode(engine, 0, vocab)
+    return engine
 
 
 def check_batch_decode_matches_decode(engine: Engine, parent: int, vocab: int) -> None:
