@@ -18,12 +18,13 @@ from lowbit.cli import main
 from lowbit.errors import LowbitError
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED = "supported model types: llama, qwen2, qwen3"
+SUPPORTED = "supported model types: llama, mistral, qwen2, qwen3"
 
 
-def test_registry_holds_llama_qwen2_and_qwen3():
-    assert list(ARCHITECTURES) == ["llama", "qwen2", "qwen3"]
-    classes = {"llama": "LlamaForCausalLM", "qwen2": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+def test_registry_holds_llama_mistral_qwen2_and_qwen3():
+    assert list(ARCHITECTURES) == ["llama", "mistral", "qwen2", "qwen3"]
+    classes = {"llama": "LlamaForCausalLM", "mistral": "LlamaForCausalLM",
+               "qwen2": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
     for model_type, arch in ARCHITECTURES.items():
         assert arch.model_type == model_type
         assert get_architecture({"model_type": model_type}, "x") is arch
@@ -37,7 +38,7 @@ def test_registry_imports_neither_torch_nor_tvm():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "mistral", None])
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", None])
 def test_lookup_refuses_in_one_line(model_type):
     with pytest.raises(LowbitError, match=f"in here; {SUPPORTED}$"):
         get_architecture({"model_type": model_type}, "here")
