@@ -25,7 +25,8 @@ from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
 from lowbit.fused import load_fused, make_qconfig, quantized_linear_names, save_fused
 from lowbit.models import load_torch_model
 from lowbit.quantizer import QuantSpec, fake_quantize
-from lowbit.runtime.engine import Engine
+from lowbit.runtime.batching import BatchEngine, Request, pages_for
+from lowbit.runtime.engine import Engine, GenerationConfig
 
 WINDOW = 8
 
@@ -54,6 +55,9 @@ def test_mistral_sliding_window_matches_transformers(tiny_mistral_dir, tmp_path)
         got = engine.all_logits(child, tail)
         _assert_close(got, ref_logits(ids[:length] + tail)[-len(tail):], f"fork at {length}")
         engine.remove_sequence(child)
+    # the batching engine reserves pages for each choice's copy of the prompt
+    request = Request(ids, GenerationConfig(max_new_tokens=4), n=2)
+    assert BatchEngine(engine, max_running=2)._reservation(request) == pages_for(2 * 30 + 2 * 4) + 3
     windowed = ref_logits(ids)
     ref.config.sliding_window = None  # the window matters: plain causal attention differs
     assert np.abs(ref_logits(ids)[WINDOW:] - windowed[WINDOW:]).max() > 100 * ATOL
