@@ -19,9 +19,14 @@ from lowbit.architectures.llama import (
     hf_config_common,
     rope_theta,
 )
+from lowbit.errors import LowbitError
 
 
 def mlc_params(config: dict) -> list[MlcParam]:
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise LowbitError(f"lowbit's mistral model has no RoPE scaling; this model has "
+                          f"{rope.get('rope_type')!r}")
     return decoder_params(config, "qkv_proj", qkv_bias=False)
 
 

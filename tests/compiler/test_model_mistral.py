@@ -12,16 +12,19 @@ model (every compile costs ~25 s: one per case).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from test_model_llama import ATOL, _assert_close, check_compiled_matches_torch
 from tiny_models import save_tiny, tiny_mistral_config
 
+from lowbit.architectures import ARCHITECTURES
 from lowbit.calib import gptq, omniquant
 from lowbit.calib.blocks import resolve_settings
 from lowbit.calib.methods import CalibContext
 from lowbit.cli import main
 from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
+from lowbit.errors import LowbitError
 from lowbit.fused import load_fused, make_qconfig, quantized_linear_names, save_fused
 from lowbit.models import load_torch_model
 from lowbit.quantizer import QuantSpec, fake_quantize
@@ -61,6 +64,12 @@ def test_mistral_sliding_window_matches_transformers(tiny_mistral_dir, tmp_path)
     windowed = ref_logits(ids)
     ref.config.sliding_window = None  # the window matters: plain causal attention differs
     assert np.abs(ref_logits(ids)[WINDOW:] - windowed[WINDOW:]).max() > 100 * ATOL
+
+
+def test_mistral_rope_scaling_is_refused():
+    config = tiny_mistral_config(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(LowbitError, match="no RoPE scaling; this model has 'linear'"):
+        ARCHITECTURES["mistral"].mlc_params(config.to_dict())
 
 
 def _ctx(model_dir, spec: QuantSpec, method: str, defaults: dict, **settings) -> CalibContext:
