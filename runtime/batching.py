@@ -296,7 +296,13 @@ class BatchEngine:
 
     def _reservation(self, request: Request) -> int:
         budget = min(request.config.max_new_tokens, self.engine.context_window - len(request.prompt))
-        return pages_for(len(request.prompt) + request.n * budget) + request.n + 1
+        prompts = request.n if self._forks_copy() else 1
+        return pages_for(prompts * len(request.prompt) + request.n * budget) + request.n + 1
+
+    def _forks_copy(self) -> bool:
+        """Whether a fork prefills its own copy of the prefix (:meth:`Engine.fork_sequence` for
+        sliding-window models) instead of sharing the parent's pages: then no prefix is reused."""
+        return self.engine.sliding_window > 0
 
     def _admit(self) -> None:
         """Move waiting jobs (in order) to running while slots and pages allow; cond held."""
@@ -319,7 +325,8 @@ class BatchEngine:
                           queue_seconds=time.perf_counter() - job.submitted)
         job.choices = [_Choice(i, e.generation(job.request.config, i)) for i in range(job.request.n)]
         scoring = job.request.prompt_logprobs is not None  # every prompt token is run, none reused
-        parent, shared = self._longest_prefix(prompt) if not scoring else (-1, 0)
+        reuse = not scoring and not self._forks_copy()
+        parent, shared = self._longest_prefix(prompt) if reuse else (-1, 0)
         self._make_room(sequences=1, pages=0)
         if shared:
             self._cache.move_to_end(parent)
@@ -381,7 +388,8 @@ class BatchEngine:
         self._prefill_tok_s = len(chunk) / dt if dt else 0.0
         if job.pending:
             return
-        self._make_room(sequences=len(job.choices) - 1, pages=0)
+        copies = len(job.choices) - 1 if self._forks_copy() else 0
+        self._make_room(sequences=len(job.choices) - 1, pages=copies * (pages_for(len(job.request.prompt)) + 1))
         for choice in job.choices[1:]:
             choice.seq_id = e.fork_sequence(first.seq_id)
         if job.request.prompt_logprobs is not None:

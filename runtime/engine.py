@@ -108,6 +108,7 @@ class Engine:
         if self.prefill_chunk < 1 or max_batch_size < 1 or (max_total_tokens or 1) < 1:
             raise LowbitError("the prefill chunk, batch size and KV pool must be positive")
         self.max_batch_size = max_batch_size
+        self.sliding_window = int((md.config if md else {}).get("sliding_window_size", -1))
         self.max_total_tokens = max_total_tokens or self.context_window * max_batch_size
         shape = tvm.runtime.ShapeTuple
         self.kv = self.vm["create_paged_kv_cache"](
@@ -166,6 +167,12 @@ class Engine:
         length = len(cached) if length is None else length
         if not 0 < length <= len(cached):
             raise LowbitError(f"cannot fork {length} of sequence {parent}'s {len(cached)} tokens")
+        if self.sliding_window > 0:
+            # The KV cache windows each shared block of a fork on its own, which lets the child
+            # see past its window: the child gets its own copy of the prefix instead.
+            self.add_sequence(seq_id)
+            self.prefill(seq_id, cached[:length])
+            return seq_id
         self._f["kv_state_fork_sequence"](self.kv, parent, seq_id, -1 if length == len(cached) else length)
         self._tokens[seq_id] = cached[:length]
         return seq_id

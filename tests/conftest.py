@@ -10,6 +10,7 @@ import pytest
 from tiny_models import (
     save_tiny,
     tiny_llama_config,
+    tiny_mistral_config,
     tiny_phi3_config,
     tiny_qwen2_config,
     tiny_qwen3_config,
@@ -59,6 +60,11 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny_qwen3"), tiny_qwen3_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny_mistral"), tiny_mistral_config())
 
 
 @pytest.fixture(scope="session")

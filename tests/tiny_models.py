@@ -1,4 +1,4 @@
-"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 models for unit tests (imported by conftest and by tests)."""
+"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 / Mistral models for unit tests (imported by conftest and by tests)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,17 @@ def tiny_phi3_config(**overrides):
     )
     kw.update(overrides)
     return Phi3Config(**kw)
+
+
+def tiny_mistral_config(**overrides):
+    """Mistral: a sliding window of 8 (tests run past it), head_dim 32 ≠ hidden / heads (24), GQA
+    4:2, untied lm_head."""
+    from transformers import MistralConfig
+
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=8,
+    )
+    kw.update(overrides)
+    return MistralConfig(**kw)

@@ -50,6 +50,7 @@ class LlamaConfig:
     qkv_name: str = "qkv_proj"
     qkv_bias: bool = False
     rope_scaling: dict[str, Any] = field(default_factory=dict)
+    sliding_window_size: int = -1  # a query sees the keys less than this many positions back; -1: all
 
     @classmethod
     def from_dict(
@@ -72,6 +73,15 @@ class LlamaConfig:
         window = cfg.get("context_window_size") or cfg.get("max_position_embeddings")
         if not window:
             raise LowbitError("config has neither context_window_size nor max_position_embeddings")
+        sliding = int(cfg.get("sliding_window_size") or -1)
+        chunk = int(cfg.get("prefill_chunk_size") or min(window, 2048))
+        if sliding > 0:
+            # The KV cache windows a chunk's attention to the cached keys but not to the chunk's
+            # own, and a query that sees no cached key at all gets garbage: a chunk shorter than
+            # the window keeps its own keys inside the window and at least one cached key in it.
+            if sliding < 2:
+                raise LowbitError(f"sliding_window_size must be at least 2, got {sliding}")
+            chunk = min(chunk, sliding - 1)
         return cls(
             hidden_size=cfg["hidden_size"],
             intermediate_size=cfg["intermediate_size"],
@@ -83,11 +93,12 @@ class LlamaConfig:
             rms_norm_eps=cfg["rms_norm_eps"],
             rope_theta=float(theta),
             context_window_size=int(window),
-            prefill_chunk_size=int(cfg.get("prefill_chunk_size") or min(window, 2048)),
+            prefill_chunk_size=chunk,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_name=qkv_name,
             qkv_bias=qkv_bias or bool(cfg.get("attention_bias", False)),
             rope_scaling=scaling,
+            sliding_window_size=sliding,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,15 +292,22 @@ class LlamaForCausalLM(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         c = self.cfg
+        kinds, window_args = ["mha"] * c.num_hidden_layers, {}
+        if c.sliding_window_size > 0:
+            # "mha_sliding" layers keep every key in the cache and attend to the window's (HF's
+            # sliding-window mask), so the context is not capped at the window. TVM allocates the
+            # fused-qkv attention's buffers only for a cache with an "mha" layer: one more, unused.
+            kinds = ["mha_sliding"] * c.num_hidden_layers + ["mha"]
+            window_args = {"layer_sliding_window_size": c.sliding_window_size}
         return TIRPagedKVCache(
-            attn_kind="mha",
+            attn_kind=kinds,
             max_batch_size=max_batch_size,
             max_total_seq_len=max_total_seq_len,
             prefill_chunk_size=prefill_chunk_size,
             page_size=page_size,
             support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, c.num_hidden_layers]),
-            num_hidden_layers=c.num_hidden_layers,
+            layer_partition=rx.ShapeExpr([0, len(kinds)]),
+            num_hidden_layers=len(kinds),
             num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads,
             qk_head_dim=c.head_dim,
@@ -305,6 +323,7 @@ class LlamaForCausalLM(nn.Module):
             enable_disaggregation=False,
             dtype=self.dtype,
             target=self.target,
+            **window_args,
         )
 
     def get_default_spec(self) -> nn.spec.ModuleSpec:
