@@ -96,7 +96,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
@@ -112,7 +112,11 @@ def main() -> None:
     ap.add_argument("--list-stale", action="store_true", help="name the stale rows and stop")
     ap.add_argument("--rerun-stale", action="store_true",
                     help="re-measure the grid's stale rows instead of keeping them")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     tasks, limit = args.tasks.split(","), args.limit or None
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
