@@ -215,10 +215,12 @@ def main() -> None:
             if reason is None or not args.rerun_stale:
                 print(f"[cached] {cell.tag}" + (f"  STALE: {reason}" if reason else ""))
                 continue
-            rows.remove(done[key])
         row = run_cell(cell, args.model, args.split, args.seqlen, args.windows, root)
         print(f"{cell.tag}: ppl {row['ppl']}  calib {row['seconds']} s")
-        rows.append(row)
+        if key in done:  # a re-measured stale row keeps its place
+            rows[rows.index(done[key])] = row
+        else:
+            rows.append(row)
         done[key] = row
         with atomic_file(args.results) as tmp:  # rewrite after every cell: a crash loses one cell
             tmp.write_text(json.dumps(rows, indent=1) + "\n")

@@ -142,9 +142,10 @@ def main() -> None:
             continue
         for row in cell_rows(cell, args.model, todo, limit, root):
             old = done.get(row_key(row))
-            if old is not None:
-                rows.remove(old)
-            rows.append(row)
+            if old is not None:  # a re-measured stale row keeps its place
+                rows[rows.index(old)] = row
+            else:
+                rows.append(row)
             done[row_key(row)] = row
             with atomic_file(args.results) as tmp:  # rewrite after every task
                 tmp.write_text(json.dumps(rows, indent=1) + "\n")

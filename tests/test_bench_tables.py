@@ -95,3 +95,72 @@ def test_zeroshot_sentences_follow_the_json(readme, zeroshot_rows):
         min(losses), max(losses), readme_tables.zeroshot_average(zeroshot_rows, w3))
     assert quoted(readme, r"W2 g128 is at chance \(([\d.]+),") == (
         readme_tables.zeroshot_average(zeroshot_rows, w2),)
+
+
+# The README's hand-laid weight-activation summary: per column, the settings of the quality.json
+# rows it quotes (SmoothQuant's column quotes three, separated by " / ").
+WA_COLUMNS = [
+    [("rtn", {})],
+    [("smoothquant", {"preset": "small", "down_scale": 0}), ("smoothquant", {"preset": "small"}),
+     ("smoothquant", {"preset": "small", "shift": 1})],
+    [("omniquant", {"preset": "small", "let": 1, "down_scale": 0})],
+    [("omniquant", {"preset": "small", "let": 1})],
+    [("omniquant", {"preset": "small", "let": 1, "shift": 1})],
+]
+
+
+def test_weight_activation_summary_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+    fp = next(r["ppl"] for r in rows if r["method"] == "fp")
+    lines = [line for line in readme.splitlines() if re.match(r"\| W(\d)A\1 \|", line)]
+    assert [line[:6] for line in lines] == ["| W6A6", "| W4A4"]
+    for line in lines:
+        bits = int(line[3])
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert len(cells) == len(WA_COLUMNS)
+        for cell, column in zip(cells, WA_COLUMNS, strict=True):
+            parts = cell.split(" / ")
+            assert len(parts) == len(column), cell
+            for part, (method, settings) in zip(parts, column, strict=True):
+                (ppl,) = [r["ppl"] for r in rows if r["method"] == method and
+                          r["w_bits"] == r["a_bits"] == bits and r["group_size"] == -1 and
+                          r["settings"] == settings]
+                m = re.fullmatch(r"\**([\d,]+(?:\.(\d+))?)(?: \(([\d.]+)×\))?\**", part)
+                assert m, part
+                shown, decimals = float(m[1].replace(",", "")), len(m[2] or "")
+                assert shown == round(ppl, decimals), (method, settings, bits, part)
+                if m[3]:
+                    assert float(m[3]) == round(ppl / fp, 3), (method, settings, bits, part)
+
+
+def shown_matches(text: str, value: float) -> bool:
+    """Whether ``text`` ("15.96", "15,595", "4.3 M", "528 k") is ``value`` as the README rounds."""
+    m = re.fullmatch(r"([\d,]+)(?:\.(\d+))?(?: ([kM]))?", text)
+    assert m, text
+    scale = {"k": 1e3, "M": 1e6, None: 1.0}[m[3]]
+    return float(f"{m[1].replace(',', '')}.{m[2] or 0}") == round(value / scale, len(m[2] or ""))
+
+
+def test_calibration_method_ranking_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+
+    def ppl(method: str, bits: int, group: int, settings: dict) -> float:
+        (value,) = [r["ppl"] for r in rows if r["method"] == method and r["w_bits"] == bits and
+                    r["a_bits"] == 16 and r["group_size"] == group and not r["sym"] and
+                    r["settings"] == settings]
+        return value
+
+    sentence = re.search(r"OmniQuant < min\(GPTQ, AWQ-clip\) < RTN: ([^.]*(?:\.\d[^.]*)*)\.",
+                         " ".join(readme.split()))
+    assert sentence, "README no longer ranks the calibration methods"
+    number = r"(\d{1,3}(?:,\d{3})*(?:\.\d+)?(?: [kM])?)"
+    cells = re.findall(rf"W(\d) g(\d+) {number} < {number} < {number}", sentence[1])
+    assert len(cells) == 4
+    small = {"preset": "small"}
+    for bits, group, omni, best, rtn in cells:
+        b, g = int(bits), int(group)
+        values = (ppl("omniquant", b, g, small),
+                  min(ppl("gptq", b, g, small), ppl("awq-clip", b, g, small)), ppl("rtn", b, g, {}))
+        assert values[0] < values[1] < values[2], (bits, group)
+        for text, value in zip((omni, best, rtn), values, strict=True):
+            assert shown_matches(text, value), (bits, group, text, value)
