@@ -7,7 +7,8 @@
 
 Each run starts from scratch: fresh checkpoints and results in a scratch folder, so neither the
 checkpoint cache nor ``bench/results`` is touched (only ``--out``, by default
-``bench/results/verify.json``, is written). Rows recorded before provenance carry no command;
+``bench/results/verify.json``, rewritten after every row: an entry per row, the latest
+re-measurement of each, with its provenance). Rows recorded before provenance carry no command;
 theirs is derived from the row's key fields (``row_command`` of quality.py / zeroshot.py).
 
 Methods without data or training (FP, RTN) are the same arithmetic every run: run once, they
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,9 +129,9 @@ def subprocess_runner(bench: str, row: dict, scratch: Path) -> dict:
 
 
 def verify(selected: list[Selected], repeat: int, tolerance: float, scratch: Path,
-           runner: Runner = subprocess_runner) -> list[dict]:
-    """Re-measure each selected row (``repeat`` times unless its method is deterministic)."""
-    report = []
+           runner: Runner = subprocess_runner) -> Iterator[dict]:
+    """Re-measure each selected row (``repeat`` times unless its method is deterministic); an
+    entry per row as it finishes."""
     for s in selected:
         times = 1 if s.row["method"] in DETERMINISTIC_METHODS else repeat
         runs = []
@@ -139,15 +140,17 @@ def verify(selected: list[Selected], repeat: int, tolerance: float, scratch: Pat
             folder.mkdir(parents=True)
             runs.append(runner(s.bench, s.row, folder))
         comparisons = compare(s.row, runs, METRICS[s.bench], tolerance)
-        report.append({"row": s.label, "bench": s.bench, "index": s.index,
-                       "command": ROW_COMMAND[s.bench](s.row),
-                       "deterministic": s.row["method"] in DETERMINISTIC_METHODS,
-                       "comparisons": [{**asdict(c), "mean": c.mean, "rel_diff": c.rel_diff,
-                                        "spread": c.spread, "matches": c.matches}
-                                       for c in comparisons],
-                       "run_seconds": [r.get("seconds", 0.0) + r.get("eval_seconds", 0.0)
-                                       for r in runs]})
-    return report
+        entry = {"row": s.label, "bench": s.bench, "index": s.index,
+                 "command": ROW_COMMAND[s.bench](s.row),
+                 "deterministic": s.row["method"] in DETERMINISTIC_METHODS,
+                 "comparisons": [{**asdict(c), "mean": c.mean, "rel_diff": c.rel_diff,
+                                  "spread": c.spread, "matches": c.matches}
+                                 for c in comparisons],
+                 "run_seconds": [r.get("seconds", 0.0) + r.get("eval_seconds", 0.0)
+                                 for r in runs],
+                 "provenance": record()}
+        print(table([entry]), flush=True)
+        yield entry
 
 
 def table(report: list[dict]) -> str:
@@ -194,12 +197,17 @@ def main() -> None:
         print(f"{s.label}: recorded {s.cost:.0f} s  {' '.join(ROW_COMMAND[s.bench](s.row))}")
     if args.dry_run:
         return
+    if args.scratch:
+        args.scratch.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    report = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        report = verify(selected, args.repeat, args.tolerance, Path(scratch))
+        for entry in verify(selected, args.repeat, args.tolerance, Path(scratch)):
+            report.append(entry)
+            kept = [e for e in kept if e["row"] != entry["row"]] + [entry]
+            with atomic_file(args.out) as tmp:
+                tmp.write_text(json.dumps({"rows": kept}, indent=1) + "\n")
     print(table(report))
-    with atomic_file(args.out) as tmp:
-        tmp.write_text(json.dumps({"provenance": record(), "tolerance": args.tolerance,
-                                   "rows": report}, indent=1) + "\n")
     if not all(c["matches"] for entry in report for c in entry["comparisons"]):
         raise SystemExit("some rows do not match their recorded numbers")
 

@@ -187,7 +187,8 @@ def test_verify_repeats_only_nondeterministic_methods(tmp_path):
     selected = [verify.Selected("quality", 2, rows["quality"][2]),
                 verify.Selected("quality", 3, rows["quality"][3]),
                 verify.Selected("zeroshot", 0, rows["zeroshot"][0])]
-    report = verify.verify(selected, repeat=2, tolerance=1e-3, scratch=tmp_path, runner=runner)
+    report = list(verify.verify(selected, repeat=2, tolerance=1e-3, scratch=tmp_path,
+                                runner=runner))
     assert [c[:2] for c in calls] == [("quality", "rtn"), ("quality", "gptq"),
                                       ("quality", "gptq"), ("zeroshot", "rtn")]
     assert len({c[2] for c in calls}) == 4  # a fresh scratch folder per run
