@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from provenance import record
 
 from lowbit.cache import atomic_file
 from lowbit.corpus import eval_windows, split_tokens
@@ -58,7 +59,8 @@ def main() -> None:
                     w.copy_(fake_quantize(w, QuantSpec(w_bits, -1)))
         quantize_linear_inputs(net, [n for n in names if n.rsplit(".", 1)[-1] in projs], args.bits)
         ppl = perplexity(torch_logits_fn(net), ids, progress=False).ppl
-        rows.append({"model": args.model, "setting": name, "ppl": round(ppl, 4)})
+        rows.append({"model": args.model, "setting": name, "ppl": round(ppl, 4),
+                     "provenance": record()})
         print(f"{name:28s} {ppl:8.3f}  ×{ppl / rows[0]['ppl']:.3f} FP", flush=True)
     with atomic_file(args.results) as tmp:
         tmp.write_text(json.dumps(rows, indent=1) + "\n")

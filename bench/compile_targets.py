@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import record
+
 from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.targets import PRESETS
 
@@ -58,7 +60,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.write_text(json.dumps({"model": args.model, "machine": f"{platform.machine()}, "
                                    f"{len(os.sched_getaffinity(0))} cores",
-                                   "results": rows}, indent=2) + "\n")
+                                   "results": rows, "provenance": record()}, indent=2) + "\n")
     print("\n| target | scheme | format | compile s | library MiB |\n|---|---|---|---|---|")
     for r in rows:
         if "seconds" in r:

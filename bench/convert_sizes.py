@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+from provenance import record
+
 from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.compiler.schemes import SCHEMES
 
@@ -43,7 +45,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(out)
     dest = Path(__file__).parent / "results" / "convert_sizes.json"
-    dest.write_text(json.dumps({"model": args.model, "results": rows}, indent=2) + "\n")
+    dest.write_text(json.dumps({"model": args.model, "results": rows, "provenance": record()},
+                                indent=2) + "\n")
 
 
 if __name__ == "__main__":

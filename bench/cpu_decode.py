@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from provenance import record
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
 BATCH_RESULTS = Path(__file__).parent / "results" / "cpu_batch_decode.json"
@@ -180,8 +181,10 @@ def main() -> None:
         rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens))
         if sizes:
             batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
+    prov = record()
     with atomic_file(RESULTS) as tmp:
-        tmp.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        tmp.write_text(json.dumps([{**asdict(r), "provenance": prov} for r in rows], indent=2)
+                       + "\n")
     base = rows[0]
     print("| engine | scheme | threads | prefill tok/s | decode tok/s | decode vs torch |")
     print("|---|---|---|---|---|---|")
@@ -196,8 +199,10 @@ def print_batch(rows: list[BatchRow], single: dict[str, float]) -> None:
     """Write the batch rows and print them with their ratio to one sequence's ``decode``."""
     from lowbit.cache import atomic_file
 
+    prov = record()
     with atomic_file(BATCH_RESULTS) as tmp:
-        tmp.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        tmp.write_text(json.dumps([{**asdict(r), "provenance": prov} for r in rows], indent=2)
+                       + "\n")
     print("\n| scheme | threads | batch | aggregate decode tok/s | vs one sequence's decode |")
     print("|---|---|---|---|---|")
     for r in rows:

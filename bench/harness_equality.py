@@ -20,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from provenance import record  # noqa: E402
+
 from lowbit.cache import atomic_file  # noqa: E402
 from lowbit.evaluate.harness import TorchScorer, example_metrics, score_example  # noqa: E402
 from lowbit.evaluate.tasks import TASKS  # noqa: E402
@@ -111,6 +113,7 @@ def main() -> None:
                                  "harness": {k: v for k, v in out["results"][f"local_{name}"].items()
                                              if k.startswith("acc")}}
         print(name, report["tasks"][name])
+    report["provenance"] = record()
     with atomic_file(args.results) as t:
         t.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from provenance import record
+
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.compiler.convert import ConvertArgs, convert
@@ -105,7 +107,7 @@ def main() -> None:
         print(f"{name:30s} tokens equal: {row['tokens_equal_python']!s:5s}  wall {row['wall_s']:7.2f} s  "
               f"prefill {row['prefill_tok_s']:7.1f} tok/s  decode {row['decode_tok_s']:6.1f} tok/s")
     result = {"model": "smollm2-135m", "scheme": SCHEME, "prompt": args.prompt, "max_tokens": args.max_tokens,
-              "rows": rows}
+              "rows": rows, "provenance": record()}
     RESULTS.mkdir(exist_ok=True)
     with atomic_file(RESULTS / "native_engine.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))

@@ -5,7 +5,12 @@
 
 Each finished cell is a row of ``bench/results/quality.json``; a cell already there is skipped,
 so later methods add rows without re-running old ones. ``bench/results/quality.md`` is the
-table the README shows. Fused checkpoints are kept under ``$LOWBIT_CACHE/bench``.
+table the README shows. Fused checkpoints are kept under ``$LOWBIT_CACHE/bench``, keyed by the
+code version of their method (:func:`provenance.code_version`), so a checkpoint made by older
+code is rebuilt, not reused. Every row records its code version, the command that reproduces it
+and :func:`provenance.record` (commit, package versions, argv); ``--list-stale`` names the rows
+whose method code has changed since (or that predate provenance), ``--rerun-stale`` re-measures
+the stale rows of the grid given.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from provenance import code_version, record
 
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.calib import CalibrateArgs, calibrate
@@ -85,25 +92,74 @@ def cell_key(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> d
             "windows": windows, "settings": dict(cell.settings)}
 
 
-def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> dict:
-    calib_seconds = 0.0
-    target = model
-    if cell.method != "fp":
-        target = str(cache_dir() / "bench" / f"{model}-{cell.tag}")
-        if not (Path(target) / "quantization_config.json").exists():
-            start = time.perf_counter()
-            calibrate(CalibrateArgs(model, cell.method, cell.w_bits, cell.group_size, cell.sym,
-                                    Path(target), overwrite=True, settings=dict(cell.settings),
-                                    act_bits=cell.a_bits if cell.a_bits < 16 else None))
-            calib_seconds = time.perf_counter() - start
-        else:
-            calib_seconds = json.loads((Path(target) / "quantization_config.json").read_text())[
-                "seconds"]
+def cell_of(row: dict) -> Cell:
+    """The cell a row (of this table or the zero-shot one) was measured for."""
+    return Cell(row["method"], row["w_bits"], row["group_size"], row["sym"],
+                dict(row["settings"]), row.get("a_bits", 16))
+
+
+def grid_item(cell: Cell) -> str:
+    """``cell`` as a ``--grid`` item (the inverse of :func:`parse_grid` for one cell)."""
+    if cell.method == "fp":
+        return "fp"
+    a = f"a{cell.a_bits}" if cell.a_bits < 16 else ""
+    g = "pc" if cell.group_size == -1 else f"g{cell.group_size}"
+    return f"w{cell.w_bits}{a}{g}{'sym' if cell.sym else ''}"
+
+
+def cell_args(cell: Cell, model: str) -> list[str]:
+    """The ``--model --methods --grid --setting`` arguments that select exactly ``cell``."""
+    settings = [a for k, v in cell.settings.items() for a in ("--setting", f"{k}={v}")]
+    return ["--model", model, "--methods", "rtn" if cell.method == "fp" else cell.method,
+            "--grid", grid_item(cell), *settings]
+
+
+def row_command(row: dict) -> list[str]:
+    """The command that measures ``row`` alone (recorded, or derived from the row's key)."""
+    if "command" in row:
+        return list(row["command"])
+    return ["python", "bench/quality.py", *cell_args(cell_of(row), row["model"]),
+            "--split", row["split"], "--seqlen", str(row["seqlen"]),
+            "--windows", str(row["windows"])]
+
+
+def checkpoint(cell: Cell, model: str, root: Path) -> tuple[str, float]:
+    """The model to evaluate for ``cell`` and its calibration seconds: the FP model, or the fused
+    checkpoint under ``root`` for the method's current code version, calibrated if missing."""
+    if cell.method == "fp":
+        return model, 0.0
+    target = root / f"{model}-{cell.tag}-{code_version(cell.method)}"
+    config = target / "quantization_config.json"
+    if config.exists():
+        return str(target), json.loads(config.read_text())["seconds"]
+    start = time.perf_counter()
+    calibrate(CalibrateArgs(model, cell.method, cell.w_bits, cell.group_size, cell.sym, target,
+                            overwrite=True, settings=dict(cell.settings),
+                            act_bits=cell.a_bits if cell.a_bits < 16 else None))
+    return str(target), time.perf_counter() - start
+
+
+def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int,
+             root: Path) -> dict:
+    target, calib_seconds = checkpoint(cell, model, root)
     result = evaluate_perplexity(target, split, seqlen, windows)
+    key = cell_key(cell, model, split, seqlen, windows)
     return {
-        **cell_key(cell, model, split, seqlen, windows), "ppl": round(result["ppl"], 4),
+        **key, "ppl": round(result["ppl"], 4),
         "seconds": round(calib_seconds, 1), "eval_seconds": round(result["seconds"], 1),
+        "code_version": code_version(cell.method), "command": row_command(key),
+        "provenance": record(),
     }
+
+
+def stale_reason(row: dict) -> str | None:
+    """Why ``row`` no longer stands for the current code, or None when it does."""
+    recorded = row.get("code_version")
+    if recorded is None:
+        return "no recorded code version (measured before provenance)"
+    if recorded != code_version(row["method"]):
+        return f"{row['method']} code changed ({recorded} → {code_version(row['method'])})"
+    return None
 
 
 def markdown(rows: list[dict]) -> str:
@@ -124,7 +180,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
@@ -134,25 +190,52 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=64)
     ap.add_argument("--results", type=Path, default=RESULTS / "quality.json")
-    args = ap.parse_args()
+    ap.add_argument("--checkpoints", type=Path, help="fused checkpoints (default "
+                    "$LOWBIT_CACHE/bench)")
+    ap.add_argument("--list-stale", action="store_true", help="name the stale rows and stop")
+    ap.add_argument("--rerun-stale", action="store_true",
+                    help="re-measure the grid's stale rows instead of keeping them")
+    return ap
 
-    settings = parse_settings(args.setting)
+
+def main() -> None:
+    args = parser().parse_args()
+
     rows = json.loads(args.results.read_text()) if args.results.exists() else []
-    done = {row_key(r) for r in rows}
+    if args.list_stale:
+        list_stale(rows)
+        return
+    settings = parse_settings(args.setting)
+    root = args.checkpoints or cache_dir() / "bench"
+    done = {row_key(r): r for r in rows}
     for cell in parse_grid(args.grid, args.methods.split(","), settings):
-        if row_key(cell_key(cell, args.model, args.split, args.seqlen, args.windows)) in done:
-            print(f"[cached] {cell.tag}")
-            continue
-        row = run_cell(cell, args.model, args.split, args.seqlen, args.windows)
+        key = row_key(cell_key(cell, args.model, args.split, args.seqlen, args.windows))
+        if key in done:
+            reason = stale_reason(done[key])
+            if reason is None or not args.rerun_stale:
+                print(f"[cached] {cell.tag}" + (f"  STALE: {reason}" if reason else ""))
+                continue
+        row = run_cell(cell, args.model, args.split, args.seqlen, args.windows, root)
         print(f"{cell.tag}: ppl {row['ppl']}  calib {row['seconds']} s")
-        rows.append(row)
-        done.add(row_key(row))
+        if key in done:  # a re-measured stale row keeps its place
+            rows[rows.index(done[key])] = row
+        else:
+            rows.append(row)
+        done[key] = row
         with atomic_file(args.results) as tmp:  # rewrite after every cell: a crash loses one cell
             tmp.write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown(rows)
     with atomic_file(args.results.with_suffix(".md")) as tmp:
         tmp.write_text(table)
     print(table)
+
+
+def list_stale(rows: list[dict]) -> None:
+    """Print each stale row with why and the command that re-measures it."""
+    stale = [(r, reason) for r in rows if (reason := stale_reason(r))]
+    for r, reason in stale:
+        print(f"{cell_of(r).tag}: {reason}\n    {' '.join(row_command(r))} --rerun-stale")
+    print(f"{len(stale)} of {len(rows)} rows stale")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu_decode import build_scheme  # noqa: E402 - the same cached MLC folder and library
+from provenance import record  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve.json"
 PREFILL_CHUNK = 256
@@ -300,7 +301,8 @@ def main() -> None:
         check["itl_p99_over_chunk"] = round(check["itl_ms_p99_during_prefill"] / check["chunk_ms"], 2)
     result = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "prefill_chunk": PREFILL_CHUNK, "cpu_count": os.cpu_count()},
-              "rows": [asdict(r) for r in rows_all], "long_prompt": checks_all, "notes": notes}
+              "rows": [asdict(r) for r in rows_all], "long_prompt": checks_all, "notes": notes,
+              "provenance": record()}
     with atomic_file(RESULTS) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
 

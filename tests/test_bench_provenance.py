@@ -1,0 +1,202 @@
+"""bench/provenance.py, the code-version keyed checkpoint cache, row commands and verify.py's
+comparison (fake rows and a fake runner: nothing is calibrated or evaluated)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import provenance  # noqa: E402
+import quality  # noqa: E402
+import verify  # noqa: E402
+import zeroshot  # noqa: E402
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                   check=True, capture_output=True)
+
+
+def test_git_state_commit_and_dirty(tmp_path):
+    assert provenance.git_state(tmp_path) == {"commit": None, "dirty": None}
+    git(tmp_path, "init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git(tmp_path, "add", "a.txt")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "a.txt").write_text("2")
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": True}
+
+
+def test_record_names_the_script_from_the_repo_and_the_packages():
+    rec = provenance.record([str(BENCH / "quality.py"), "--methods", "rtn", "--grid", "w4g128"])
+    assert rec["argv"] == ["python", "bench/quality.py", "--methods", "rtn", "--grid", "w4g128"]
+    assert set(rec["packages"]) == set(provenance.PACKAGES)
+    assert rec["packages"]["torch"] == __import__("torch").__version__
+    assert len(rec["commit"]) == 40 and isinstance(rec["dirty"], bool)
+
+
+def test_source_closure_follows_imports_but_not_other_methods():
+    rtn = provenance.source_closure("lowbit.calib.rtn")
+    assert {"lowbit.calib.rtn", "lowbit.quantizer"} <= rtn.keys()
+    assert not {"lowbit.calib", "lowbit.calib.gptq", "lowbit.calib.omniquant"} & rtn.keys()
+    omni = provenance.source_closure("lowbit.calib.omniquant")
+    assert {"lowbit.calib.let", "lowbit.calib.blocks"} <= omni.keys()
+    calibrate = provenance.source_closure(provenance.CALIBRATE_MODULE)
+    assert "lowbit.fused" in calibrate
+    assert provenance.code_version("rtn") != provenance.code_version("gptq")
+
+
+def test_hash_sources_changes_with_any_file(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    before = provenance.hash_sources([a, b])
+    assert provenance.hash_sources([a, b]) == before
+    b.write_text("y = 3\n")
+    assert provenance.hash_sources([a, b]) != before
+
+
+def test_changed_code_version_rebuilds_the_checkpoint(tmp_path, monkeypatch):
+    versions = {"rtn": "v1"}
+    built: list[Path] = []
+
+    def fake_calibrate(args):
+        built.append(args.out)
+        args.out.mkdir(parents=True)
+        (args.out / "quantization_config.json").write_text(json.dumps({"seconds": 7.0}))
+
+    monkeypatch.setattr(quality, "code_version", lambda method: versions[method])
+    monkeypatch.setattr(quality, "calibrate", fake_calibrate)
+    cell = quality.Cell("rtn", 4, 128)
+    first, _ = quality.checkpoint(cell, "tiny", tmp_path)
+    assert quality.checkpoint(cell, "tiny", tmp_path) == (first, 7.0)  # reused
+    assert len(built) == 1
+    versions["rtn"] = "v2"  # the method's sources changed
+    second, _ = quality.checkpoint(cell, "tiny", tmp_path)
+    assert len(built) == 2 and second != first
+    assert quality.checkpoint(cell, "tiny", tmp_path)[0] == second
+
+
+def test_stale_reason(monkeypatch):
+    monkeypatch.setattr(quality, "code_version", lambda method: "now")
+    assert quality.stale_reason({"method": "rtn", "code_version": "now"}) is None
+    assert "then → now" in quality.stale_reason({"method": "rtn", "code_version": "then"})
+    assert "before provenance" in quality.stale_reason({"method": "rtn"})
+
+
+def parsed_quality_key(command: list[str]) -> tuple:
+    assert command[:2] == ["python", "bench/quality.py"]
+    args = quality.parser().parse_args(command[2:])
+    cells = quality.parse_grid(args.grid, args.methods.split(","),
+                               quality.parse_settings(args.setting))
+    assert len(cells) == 1
+    return quality.row_key(quality.cell_key(cells[0], args.model, args.split, args.seqlen,
+                                            args.windows))
+
+
+def test_every_recorded_quality_row_has_a_command_that_measures_it():
+    for row in json.loads((BENCH / "results" / "quality.json").read_text()):
+        assert parsed_quality_key(quality.row_command(row)) == quality.row_key(row), row
+
+
+def test_every_recorded_zeroshot_row_has_a_command_that_measures_it():
+    for row in json.loads((BENCH / "results" / "zeroshot.json").read_text()):
+        command = zeroshot.row_command(row)
+        assert command[:2] == ["python", "bench/zeroshot.py"]
+        args = zeroshot.parser().parse_args(command[2:])
+        (cell,) = quality.parse_grid(args.grid, args.methods.split(","),
+                                     quality.parse_settings(args.setting))
+        assert args.tasks == row["task"] and (args.limit or None) == row["limit"]
+        assert quality.cell_of(row) == cell and cell.settings == row["settings"]
+
+
+def test_zeroshot_keys_by_a_bits():
+    row = {"model": "m", "method": "rtn", "w_bits": 6, "group_size": -1, "sym": False,
+           "settings": {}, "task": "piqa", "limit": 500}
+    assert zeroshot.row_key({**row, "a_bits": 16}) == zeroshot.row_key(row)
+    assert zeroshot.row_key({**row, "a_bits": 6}) != zeroshot.row_key(row)
+    command = zeroshot.row_command({**row, "a_bits": 6})
+    assert command[command.index("--grid") + 1] == "w6a6pc"
+
+
+def test_comparison_deterministic_within_tolerance():
+    same = verify.Comparison("ppl", 18.2104, (18.2104,), 1e-3)
+    assert (same.rel_diff, same.spread, same.matches) == (0.0, 0.0, True)
+    near = verify.Comparison("ppl", 100.0, (100.05,), 1e-3)
+    assert near.rel_diff == pytest.approx(0.0005) and near.matches
+    far = verify.Comparison("ppl", 100.0, (100.2,), 1e-3)
+    assert far.rel_diff == pytest.approx(0.002) and not far.matches
+
+
+def test_comparison_nondeterministic_uses_the_spread():
+    # runs 47.0 and 48.0: mean 47.5, spread 1 / 47.5 = 2.105 %
+    inside = verify.Comparison("ppl", 46.64, (47.0, 48.0), 1e-3)
+    assert inside.mean == 47.5
+    assert inside.spread == pytest.approx(0.0210526, rel=1e-5)
+    assert inside.rel_diff == pytest.approx(0.0184391, rel=1e-5)  # 0.86 / 46.64
+    assert inside.matches
+    outside = verify.Comparison("ppl", 45.0, (47.0, 48.0), 1e-3)
+    assert outside.rel_diff == pytest.approx(0.0555556, rel=1e-5) and not outside.matches
+
+
+def fake_rows() -> dict[str, list[dict]]:
+    base = {"model": "m", "a_bits": 16, "sym": False, "split": "test", "seqlen": 512,
+            "windows": 64, "settings": {}, "eval_seconds": 100.0}
+    q = [{**base, "method": "fp", "w_bits": 16, "group_size": -1, "ppl": 13.0, "seconds": 0.0},
+         {**base, "method": "rtn", "w_bits": 4, "group_size": 128, "ppl": 18.0, "seconds": 9.0},
+         {**base, "method": "rtn", "w_bits": 3, "group_size": 128, "ppl": 78.0, "seconds": 5.0},
+         {**base, "method": "gptq", "w_bits": 3, "group_size": 128, "ppl": 47.0,
+          "seconds": 100.0, "settings": {"preset": "small"}}]
+    z = [{"model": "m", "method": "rtn", "w_bits": 4, "group_size": 128, "sym": False,
+          "settings": {}, "task": "boolq", "limit": 500, "acc": 0.45, "acc_norm": None,
+          "seconds": 80.0}]
+    return {"quality": q, "zeroshot": z}
+
+
+def test_select_sample_all_and_picks():
+    rows = fake_rows()
+    sample = verify.select(rows, ["quality", "zeroshot"], None, None, every=False)
+    assert [(s.bench, s.index) for s in sample] == [("quality", 0), ("quality", 2),
+                                                   ("quality", 3), ("zeroshot", 0)]
+    assert len(verify.select(rows, ["quality"], ["rtn"], None, every=True)) == 2
+    picked = verify.select(rows, ["quality"], None, [("quality", 1)], every=False)
+    assert [s.label for s in picked] == ["quality:1 rtn-w4g128"]
+
+
+def test_verify_repeats_only_nondeterministic_methods(tmp_path):
+    calls: list[tuple[str, str, Path]] = []
+    drift = {"rtn": 1.0, "gptq": 1.01}
+
+    def runner(bench: str, row: dict, scratch: Path) -> dict:
+        calls.append((bench, row["method"], scratch))
+        n = sum(1 for c in calls if c[:2] == (bench, row["method"]))
+        factor = drift[row["method"]] if n == 1 else 0.99  # gptq: 1.01×, then 0.99×
+        return {**row, "ppl": row["ppl"] * factor} if bench == "quality" else dict(row)
+
+    rows = fake_rows()
+    selected = [verify.Selected("quality", 2, rows["quality"][2]),
+                verify.Selected("quality", 3, rows["quality"][3]),
+                verify.Selected("zeroshot", 0, rows["zeroshot"][0])]
+    report = list(verify.verify(selected, repeat=2, tolerance=1e-3, scratch=tmp_path,
+                                runner=runner))
+    assert [c[:2] for c in calls] == [("quality", "rtn"), ("quality", "gptq"),
+                                      ("quality", "gptq"), ("zeroshot", "rtn")]
+    assert len({c[2] for c in calls}) == 4  # a fresh scratch folder per run
+    rtn, gptq, boolq = report
+    assert rtn["comparisons"][0]["matches"] and rtn["comparisons"][0]["runs"] == (78.0,)
+    (g,) = gptq["comparisons"]
+    assert g["runs"] == pytest.approx((47.47, 46.53))  # mean 47.0: equal to the recorded
+    assert g["spread"] == pytest.approx(0.02) and g["rel_diff"] == pytest.approx(0.0)
+    assert [c["metric"] for c in boolq["comparisons"]] == ["acc"]  # acc_norm not reported
+    assert "| quality:3 gptq-w3g128-presetsmall | ppl | 47.0000 | 47.0000 | 2 | 2.000 % | " \
+           "+0.000 % | yes |" in verify.table(report)

@@ -1,0 +1,166 @@
+"""The README's result tables and zero-shot figures follow bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import readme_tables  # noqa: E402
+import zeroshot  # noqa: E402
+
+RESULTS = BENCH / "results"
+TASK_NAMES = {"PIQA": "piqa", "ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge",
+              "HellaSwag": "hellaswag", "WinoGrande": "winogrande", "BoolQ": "boolq"}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return readme_tables.README.read_text()
+
+
+@pytest.fixture(scope="module")
+def zeroshot_rows() -> list[dict]:
+    return json.loads((RESULTS / "zeroshot.json").read_text())
+
+
+def table_rows(text: str, name: str) -> list[str]:
+    """The rows of the README table marked ``name``."""
+    start = text.index(f"<!-- table:{name} -->\n") + len(f"<!-- table:{name} -->\n")
+    return text[start:text.index("\n\n", start)].splitlines()[2:]
+
+
+def test_readme_marks_every_table(readme):
+    assert sorted(readme_tables.MARKER.findall(readme)) == sorted(readme_tables.TABLES)
+
+
+@pytest.mark.parametrize("name", sorted(readme_tables.TABLES))
+def test_readme_table_is_the_json(readme, name):
+    shown = table_rows(readme, name)
+    expected = readme_tables.generated(name, RESULTS).splitlines()[2:]
+    assert [r for r in expected if r not in shown] == [], "rows missing from the README"
+    assert [r for r in shown if r not in expected] == [], "README rows not in the JSON"
+    assert shown == expected  # same order too
+
+
+def test_check_catches_a_changed_number_and_a_missing_row(readme, tmp_path):
+    for name in ("quality.json", "zeroshot.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    assert readme_tables.update(readme, tmp_path) == readme
+    rows = json.loads((tmp_path / "quality.json").read_text())
+    rows[2]["ppl"] += 0.01
+    (tmp_path / "quality.json").write_text(json.dumps(rows))
+    assert readme_tables.update(readme, tmp_path) != readme
+    shutil.copy(RESULTS / "quality.json", tmp_path / "quality.json")
+    dropped = readme.replace(table_rows(readme, "quality")[-1] + "\n", "", 1)
+    assert readme_tables.update(dropped, tmp_path) == readme
+
+
+def quoted(readme: str, pattern: str) -> tuple[float, ...]:
+    m = re.search(pattern, " ".join(readme.split()))
+    assert m, f"README no longer says {pattern!r}"
+    return tuple(float(g) for g in m.groups())
+
+
+def test_zeroshot_sentences_follow_the_json(readme, zeroshot_rows):
+    w4, w3, w2 = ("rtn", 4, 128), ("rtn", 3, 128), ("rtn", 2, 128)
+    fp = ("fp", 16, -1)
+    changes = readme_tables.zeroshot_change(zeroshot_rows, w4, zeroshot.TASK_ORDER)
+    (within,) = quoted(readme, r"RTN W4 g128 stays within ([\d.]+) points")
+    assert within == max(abs(c) for c in changes)
+    assert quoted(readme, r"\(average ([\d.]+) vs ([\d.]+);") == (
+        readme_tables.zeroshot_average(zeroshot_rows, w4),
+        readme_tables.zeroshot_average(zeroshot_rows, fp))
+    by_task = readme_tables.zeroshot_rows(zeroshot_rows, *w4)
+    fp_task = readme_tables.zeroshot_rows(zeroshot_rows, *fp)
+    moves = re.findall(r"([A-Za-z-]+)(?: (acc_norm))?, (up|down) ([\d.]+)",
+                       re.search(r"the largest moves are ([^)]*)\)", readme.replace("\n", " "))[1])
+    deltas = []
+    for task, metric, way, points in moves:
+        t = TASK_NAMES[task]
+        deltas.append(round(100 * (by_task[t][metric or "acc"] - fp_task[t][metric or "acc"]), 1))
+        assert deltas[-1] == (float(points) if way == "up" else -float(points)), task
+    assert max(abs(d) for d in deltas) == within
+    four = ["piqa", "arc_easy", "arc_challenge", "hellaswag"]
+    losses = [-c for c in readme_tables.zeroshot_change(zeroshot_rows, w3, four)]
+    assert quoted(readme, r"W3 g128 loses ([\d.]+)–([\d.]+) points on PIQA, ARC-Easy, "
+                          r"ARC-Challenge and HellaSwag \(average ([\d.]+)\)") == (
+        min(losses), max(losses), readme_tables.zeroshot_average(zeroshot_rows, w3))
+    assert quoted(readme, r"W2 g128 is at chance \(([\d.]+),") == (
+        readme_tables.zeroshot_average(zeroshot_rows, w2),)
+
+
+# The README's hand-laid weight-activation summary: per column, the settings of the quality.json
+# rows it quotes (SmoothQuant's column quotes three, separated by " / ").
+WA_COLUMNS = [
+    [("rtn", {})],
+    [("smoothquant", {"preset": "small", "down_scale": 0}), ("smoothquant", {"preset": "small"}),
+     ("smoothquant", {"preset": "small", "shift": 1})],
+    [("omniquant", {"preset": "small", "let": 1, "down_scale": 0})],
+    [("omniquant", {"preset": "small", "let": 1})],
+    [("omniquant", {"preset": "small", "let": 1, "shift": 1})],
+]
+
+
+def test_weight_activation_summary_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+    fp = next(r["ppl"] for r in rows if r["method"] == "fp")
+    lines = [line for line in readme.splitlines() if re.match(r"\| W(\d)A\1 \|", line)]
+    assert [line[:6] for line in lines] == ["| W6A6", "| W4A4"]
+    for line in lines:
+        bits = int(line[3])
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert len(cells) == len(WA_COLUMNS)
+        for cell, column in zip(cells, WA_COLUMNS, strict=True):
+            parts = cell.split(" / ")
+            assert len(parts) == len(column), cell
+            for part, (method, settings) in zip(parts, column, strict=True):
+                (ppl,) = [r["ppl"] for r in rows if r["method"] == method and
+                          r["w_bits"] == r["a_bits"] == bits and r["group_size"] == -1 and
+                          r["settings"] == settings]
+                m = re.fullmatch(r"\**([\d,]+(?:\.(\d+))?)(?: \(([\d.]+)×\))?\**", part)
+                assert m, part
+                shown, decimals = float(m[1].replace(",", "")), len(m[2] or "")
+                assert shown == round(ppl, decimals), (method, settings, bits, part)
+                if m[3]:
+                    assert float(m[3]) == round(ppl / fp, 3), (method, settings, bits, part)
+
+
+def shown_matches(text: str, value: float) -> bool:
+    """Whether ``text`` ("15.96", "15,595", "4.3 M", "528 k") is ``value`` as the README rounds."""
+    m = re.fullmatch(r"([\d,]+)(?:\.(\d+))?(?: ([kM]))?", text)
+    assert m, text
+    scale = {"k": 1e3, "M": 1e6, None: 1.0}[m[3]]
+    return float(f"{m[1].replace(',', '')}.{m[2] or 0}") == round(value / scale, len(m[2] or ""))
+
+
+def test_calibration_method_ranking_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+
+    def ppl(method: str, bits: int, group: int, settings: dict) -> float:
+        (value,) = [r["ppl"] for r in rows if r["method"] == method and r["w_bits"] == bits and
+                    r["a_bits"] == 16 and r["group_size"] == group and not r["sym"] and
+                    r["settings"] == settings]
+        return value
+
+    sentence = re.search(r"OmniQuant < min\(GPTQ, AWQ-clip\) < RTN: ([^.]*(?:\.\d[^.]*)*)\.",
+                         " ".join(readme.split()))
+    assert sentence, "README no longer ranks the calibration methods"
+    number = r"(\d{1,3}(?:,\d{3})*(?:\.\d+)?(?: [kM])?)"
+    cells = re.findall(rf"W(\d) g(\d+) {number} < {number} < {number}", sentence[1])
+    assert len(cells) == 4
+    small = {"preset": "small"}
+    for bits, group, omni, best, rtn in cells:
+        b, g = int(bits), int(group)
+        values = (ppl("omniquant", b, g, small),
+                  min(ppl("gptq", b, g, small), ppl("awq-clip", b, g, small)), ppl("rtn", b, g, {}))
+        assert values[0] < values[1] < values[2], (bits, group)
+        for text, value in zip((omni, best, rtn), values, strict=True):
+            assert shown_matches(text, value), (bits, group, text, value)
