@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "unicode_classes.h"
+#include "utf8.h"
 
 namespace lowbit {
 namespace {
@@ -28,22 +29,9 @@ class Utf8Text {
 
   // The code point at byte `i` (< size()); *next receives the offset of the one after it.
   uint32_t CodePoint(size_t i, size_t* next) const {
-    const uint32_t lead = Byte(i);
-    if (lead < 0x80) {
-      *next = i + 1;
-      return lead;
-    }
-    const auto tail = [&](size_t k) { return static_cast<uint32_t>(Byte(i + k) & 0x3F); };
-    if (lead < 0xE0) {
-      *next = i + 2;
-      return ((lead & 0x1F) << 6) | tail(1);
-    }
-    if (lead < 0xF0) {
-      *next = i + 3;
-      return ((lead & 0x0F) << 12) | (tail(1) << 6) | tail(2);
-    }
-    *next = i + 4;
-    return ((lead & 0x07) << 18) | (tail(1) << 12) | (tail(2) << 6) | tail(3);
+    const size_t len = Utf8Length(Byte(i));
+    *next = i + len;
+    return CodePointAt(s_, i, len);
   }
 
   Kind KindAt(size_t i, size_t* next) const { return KindOf(ClassesOf(CodePoint(i, next))); }

@@ -17,6 +17,7 @@
 
 #include "split_pattern.h"
 #include "unicode_classes.h"
+#include "utf8.h"
 
 namespace lowbit {
 namespace {
@@ -110,31 +111,7 @@ size_t CompletePrefixLength(std::string_view bytes) {
 // Code point of the well-formed character at s[i]; *len receives its length.
 uint32_t DecodeCodePoint(std::string_view s, size_t i, size_t* len) {
   NextUtf8(s, i, len);
-  const auto b = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(s[i + k])); };
-  switch (*len) {
-    case 1: return b(0);
-    case 2: return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
-    case 3: return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
-    default: return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
-  }
-}
-
-void AppendCodePoint(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
+  return CodePointAt(s, i, *len);
 }
 
 // GPT-2's reversible byte → printable character table used by ByteLevel: printable Latin-1
@@ -149,7 +126,7 @@ struct ByteLevelTable {
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const uint32_t cp = printable ? static_cast<uint32_t>(b) : next_extra++;
-      AppendCodePoint(cp, &byte_to_utf8[b]);
+      AppendUtf8(cp, &byte_to_utf8[b]);
       char_to_byte[cp] = b;
     }
   }
@@ -264,7 +241,7 @@ std::string Nfc(const std::string& text) {
   cps.resize(written);
   std::string out;
   out.reserve(text.size());
-  for (uint32_t cp : cps) AppendCodePoint(cp, &out);
+  for (uint32_t cp : cps) AppendUtf8(cp, &out);
   return out;
 }
 
