@@ -180,21 +180,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_grid_arguments(ap: argparse.ArgumentParser, grid: str, results: Path) -> None:
+    """The options this script and bench/zeroshot.py share: the cells to build, and where their
+    rows and checkpoints go."""
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
-    ap.add_argument("--grid", default=DEFAULT_GRID)
+    ap.add_argument("--grid", default=grid)
     ap.add_argument("--setting", action="append", default=[], help="key=value for the method")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--windows", type=int, default=64)
-    ap.add_argument("--results", type=Path, default=RESULTS / "quality.json")
+    ap.add_argument("--results", type=Path, default=results)
     ap.add_argument("--checkpoints", type=Path, help="fused checkpoints (default "
                     "$LOWBIT_CACHE/bench)")
     ap.add_argument("--list-stale", action="store_true", help="name the stale rows and stop")
     ap.add_argument("--rerun-stale", action="store_true",
                     help="re-measure the grid's stale rows instead of keeping them")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_grid_arguments(ap, DEFAULT_GRID, RESULTS / "quality.json")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=64)
     return ap
 
 

@@ -19,7 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from provenance import code_version, record
-from quality import Cell, cell_args, cell_of, checkpoint, parse_grid, parse_settings, stale_reason
+from quality import (
+    Cell,
+    add_grid_arguments,
+    cell_args,
+    cell_of,
+    checkpoint,
+    parse_grid,
+    parse_settings,
+    stale_reason,
+)
 
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.evaluate.zeroshot import DEFAULT_TASKS, TasksArgs, iter_task_results
@@ -98,20 +107,10 @@ def markdown(rows: list[dict]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--methods", default="rtn", help="comma-separated calibration methods")
-    ap.add_argument("--grid", default="fp,w4g128,w3g128,w2g128")
-    ap.add_argument("--setting", action="append", default=[],
-                    help="key=value for the method (as in bench/quality.py)")
+    add_grid_arguments(ap, "fp,w4g128,w3g128,w2g128", RESULTS / "zeroshot.json")
     ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--limit", type=int, default=500,
                     help="first N documents of each task (0: all)")
-    ap.add_argument("--results", type=Path, default=RESULTS / "zeroshot.json")
-    ap.add_argument("--checkpoints", type=Path, help="fused checkpoints (default "
-                    "$LOWBIT_CACHE/bench)")
-    ap.add_argument("--list-stale", action="store_true", help="name the stale rows and stop")
-    ap.add_argument("--rerun-stale", action="store_true",
-                    help="re-measure the grid's stale rows instead of keeping them")
     return ap
 
 
