@@ -14,20 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from family_checks import check_omniquant_w4g128_compiles, check_rtn_and_gptq
 from test_model_llama import ATOL, _assert_close, check_compiled_matches_torch
 from tiny_models import save_tiny, tiny_mistral_config
 
 from lowbit.architectures import ARCHITECTURES
-from lowbit.calib import gptq, omniquant
-from lowbit.calib.blocks import resolve_settings
-from lowbit.calib.methods import CalibContext
-from lowbit.cli import main
 from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
 from lowbit.errors import LowbitError
-from lowbit.fused import load_fused, make_qconfig, quantized_linear_names, save_fused
-from lowbit.models import load_torch_model
-from lowbit.quantizer import QuantSpec, fake_quantize
 from lowbit.runtime.batching import BatchEngine, Request, pages_for
 from lowbit.runtime.engine import Engine, GenerationConfig
 
@@ -72,37 +65,12 @@ def test_mistral_rope_scaling_is_refused():
         ARCHITECTURES["mistral"].mlc_params(config.to_dict())
 
 
-def _ctx(model_dir, spec: QuantSpec, method: str, defaults: dict, **settings) -> CalibContext:
-    ctx = CalibContext(model_dir, spec, progress=False, settings=settings)
-    resolve_settings(ctx, method, defaults)
-    return ctx
-
-
-def _ids(seed: int, n: int = 2, seqlen: int = 32) -> torch.Tensor:
-    return torch.randint(0, 512, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def test_mistral_rtn_and_gptq_calibrate(tiny_mistral_dir, tmp_path, monkeypatch):
     """``lowbit calibrate --method rtn`` writes the fake-quant model; GPTQ runs on the layout."""
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
-    fused_dir = tmp_path / "fused"
-    result = CliRunner().invoke(main, ["calibrate", str(tiny_mistral_dir), "--method", "rtn",
-                                       "--bits", "4", "--group-size", "128", "-o", str(fused_dir)])
-    assert result.exit_code == 0, result.output
-    fused = load_fused(fused_dir)
-    assert len(fused.quantized) == 2 * 7
-    ref = load_torch_model(tiny_mistral_dir)
-    with torch.no_grad():
-        for name, mod in ref.named_modules():
-            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-                mod.weight.copy_(fake_quantize(mod.weight, QuantSpec(4, 128, False)))
-        assert torch.equal(fused.model(_ids(1)).logits, ref(_ids(1)).logits)
-    model = load_torch_model(tiny_mistral_dir)
-    layers = quantized_linear_names(model)
-    ctx = _ctx(tiny_mistral_dir, QuantSpec(4, 128, False), "gptq", {"small": gptq.DEFAULTS},
-               nsamples=2, seqlen=32)
-    out = gptq.run_gptq(model, layers, ctx, _ids(0))
-    assert set(out) == set(layers)
+    check_rtn_and_gptq(tiny_mistral_dir, tmp_path, 2 * 7)
 
 
 def test_mistral_omniquant_w4g128_compiles_to_the_fake_quant_model(tmp_path, monkeypatch):
@@ -111,20 +79,5 @@ def test_mistral_omniquant_w4g128_compiles_to_the_fake_quant_model(tmp_path, mon
     for bit, and the compiled model matches the model the folder holds."""
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
     hf = save_tiny(tmp_path / "hf", tiny_mistral_config(sliding_window=None))
-    model = load_torch_model(hf)
-    spec = QuantSpec(4, 128, False)
-    layers = quantized_linear_names(model)
-    ctx = _ctx(hf, spec, "omniquant", omniquant.defaults(4), nsamples=2, seqlen=32, epochs=1, let=1)
-    quantized = omniquant.run_omniquant(model, layers, ctx, _ids(0))
-    fused_dir = tmp_path / "fused"
-    fused_dir.mkdir()
-    save_fused(fused_dir, model, quantized, make_qconfig("omniquant", spec, layers), hf)
-    fused = load_fused(fused_dir)
-    with torch.no_grad():  # the checkpoint is the calibrated fake-quant model
-        assert torch.equal(fused.model(_ids(1)).logits, model(_ids(1)).logits)
-    check_compiled_matches_torch(fused_dir, "w4a16g128asym", tmp_path)
-    mlc = read_mlc(tmp_path / "mlc-w4a16g128asym")
+    mlc = check_omniquant_w4g128_compiles(hf, tmp_path)
     assert mlc.chat_config["model_config"]["sliding_window_size"] == -1
-    fq_state = model.state_dict()
-    for name in quantized:
-        assert torch.equal(mlc.state_dict[f"{name}.weight"], fq_state[f"{name}.weight"]), name

@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from click.testing import CliRunner
+from family_checks import check_omniquant_w4g128_compiles, check_rtn_and_gptq, random_ids
 from test_model_llama import ATOL, _assert_close, check_compiled_matches_torch
 from tiny_models import save_tiny, tiny_phi3_config
 
 from lowbit.architectures import ARCHITECTURES
-from lowbit.calib import gptq, let, omniquant
-from lowbit.calib.blocks import decoder_layers, resolve_settings
-from lowbit.calib.methods import CalibContext
-from lowbit.cli import main
+from lowbit.calib import let
+from lowbit.calib.blocks import decoder_layers
 from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
 from lowbit.compiler.tensor_cache import read_tensor_cache
-from lowbit.fused import load_fused, make_qconfig, quantized_linear_names, save_fused
 from lowbit.models import load_torch_model
-from lowbit.quantizer import QuantSpec, fake_quantize
 
 ORIGINAL = 16  # tiny_phi3_config's original_max_position_embeddings
 
-
-def _ids(seed: int, n: int = 2, seqlen: int = 32) -> torch.Tensor:
-    return torch.randint(0, 512, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def _check_mlc_folder(hf_dir, mlc) -> dict:
@@ -45,7 +38,7 @@ def _check_mlc_folder(hf_dir, mlc) -> dict:
     assert arrays["transformer.h.1.mixer.qkv_proj.weight"].shape == ((4 + 2 + 2) * 24, 96)
     assert arrays["transformer.h.1.mlp.gate_up_proj.weight"].shape == (2 * 160, 96)
     assert arrays["transformer.h.0.ln.weight"].shape == (96,)
-    ids = _ids(0, 2, 19)
+    ids = random_ids(0, 2, 19)
     with torch.no_grad():
         assert torch.equal(load_mlc_model(mlc)(ids).logits, load_torch_model(hf_dir)(ids).logits)
     return read_mlc(mlc).chat_config
@@ -108,10 +101,10 @@ def test_let_folds_exactly_into_the_fused_linears(tiny_phi3_dir):
     block = decoder_layers(model)[0]
     qkv, gate_up = block.self_attn.qkv_proj.weight.clone(), block.mlp.gate_up_proj.weight.clone()
     with torch.no_grad():
-        before = model(_ids(3)).logits
+        before = model(random_ids(3)).logits
         for i, b in enumerate(decoder_layers(model)):
             let.fold_(b, layout, scales[i], shifts[i])
-        torch.testing.assert_close(model(_ids(3)).logits, before, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(random_ids(3)).logits, before, rtol=1e-5, atol=1e-5)
     qk_rows = (4 + 2) * 24
     torch.testing.assert_close(block.self_attn.qkv_proj.weight[:qk_rows], qkv[:qk_rows] * scales[0]["qkv"])
     torch.testing.assert_close(block.mlp.gate_up_proj.weight[:160], gate_up[:160] * scales[0]["fc1"])
@@ -120,34 +113,12 @@ def test_let_folds_exactly_into_the_fused_linears(tiny_phi3_dir):
                       "self_attn.o_proj.bias", "mlp.gate_up_proj.bias"}
 
 
-def _ctx(model_dir, spec: QuantSpec, method: str, defaults: dict, **settings) -> CalibContext:
-    ctx = CalibContext(model_dir, spec, progress=False, settings=settings)
-    resolve_settings(ctx, method, defaults)
-    return ctx
-
 
 def test_phi3_rtn_and_gptq_calibrate(tiny_phi3_dir, tmp_path, monkeypatch):
     """``lowbit calibrate --method rtn`` writes the fake-quant model; GPTQ runs on the fused
     linears."""
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
-    fused_dir = tmp_path / "fused"
-    result = CliRunner().invoke(main, ["calibrate", str(tiny_phi3_dir), "--method", "rtn",
-                                       "--bits", "4", "--group-size", "128", "-o", str(fused_dir)])
-    assert result.exit_code == 0, result.output
-    fused = load_fused(fused_dir)
-    assert len(fused.quantized) == 2 * 4  # qkv_proj o_proj gate_up_proj down_proj
-    ref = load_torch_model(tiny_phi3_dir)
-    with torch.no_grad():
-        for name, mod in ref.named_modules():
-            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-                mod.weight.copy_(fake_quantize(mod.weight, QuantSpec(4, 128, False)))
-        assert torch.equal(fused.model(_ids(1)).logits, ref(_ids(1)).logits)
-    model = load_torch_model(tiny_phi3_dir)
-    layers = quantized_linear_names(model)
-    ctx = _ctx(tiny_phi3_dir, QuantSpec(4, 128, False), "gptq", {"small": gptq.DEFAULTS},
-               nsamples=2, seqlen=32)
-    out = gptq.run_gptq(model, layers, ctx, _ids(0))
-    assert set(out) == set(layers)
+    check_rtn_and_gptq(tiny_phi3_dir, tmp_path, 2 * 4)  # qkv_proj o_proj gate_up_proj down_proj
 
 
 def test_phi3_omniquant_w4g128_compiles_to_the_fake_quant_model(tiny_phi3_dir, tmp_path,
@@ -157,20 +128,4 @@ def test_phi3_omniquant_w4g128_compiles_to_the_fake_quant_model(tiny_phi3_dir, t
     linears are the fake-quant model's bit for bit, and the compiled model matches the model the
     folder holds."""
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
-    model = load_torch_model(tiny_phi3_dir)
-    spec = QuantSpec(4, 128, False)
-    layers = quantized_linear_names(model)
-    ctx = _ctx(tiny_phi3_dir, spec, "omniquant", omniquant.defaults(4), nsamples=2, seqlen=32,
-               epochs=1, let=1)
-    quantized = omniquant.run_omniquant(model, layers, ctx, _ids(0))
-    fused_dir = tmp_path / "fused"
-    fused_dir.mkdir()
-    save_fused(fused_dir, model, quantized, make_qconfig("omniquant", spec, layers), tiny_phi3_dir)
-    fused = load_fused(fused_dir)
-    with torch.no_grad():  # the checkpoint is the calibrated fake-quant model
-        assert torch.equal(fused.model(_ids(1)).logits, model(_ids(1)).logits)
-    check_compiled_matches_torch(fused_dir, "w4a16g128asym", tmp_path)
-    state = read_mlc(tmp_path / "mlc-w4a16g128asym").state_dict
-    fq_state = model.state_dict()
-    for name in quantized:
-        assert torch.equal(state[f"{name}.weight"], fq_state[f"{name}.weight"]), name
+    check_omniquant_w4g128_compiles(tiny_phi3_dir, tmp_path)
