@@ -82,8 +82,9 @@ def apply_asym_clip(
     dev = device()
     layout = block_layout(model)
     decoder = decoder_layers(model)
-    x, kwargs = capture_block_inputs(model, ids, dev)
+    x, layer_kwargs = capture_block_inputs(model, ids, dev)
     for i, block in enumerate(tqdm(decoder, desc="asym-clip", unit="block", disable=not progress)):
+        kwargs = layer_kwargs[i]
         names = [n for n in block_linears(block, f"{layout.layers}.{i}", layers)
                  if n not in layout.clip_skipped]
         grams = linear_input_grams(block, x, kwargs, names)

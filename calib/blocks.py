@@ -82,30 +82,41 @@ class _Captured(Exception):
 
 def capture_block_inputs(
     model: torch.nn.Module, ids: torch.Tensor, dev: torch.device
-) -> tuple[torch.Tensor, dict]:
-    """Inputs of the first decoder block for each window [n, T, H], and its keyword arguments."""
-    first = decoder_layers(model)[0]
+) -> tuple[torch.Tensor, list[dict]]:
+    """Inputs of the first decoder block for each window [n, T, H], and each block's keyword
+    arguments (masks differ by block where a family mixes sliding-window and full attention)."""
+    layers = decoder_layers(model)
     seen: dict = {}
+    keep = ("attention_mask", "position_ids", "position_embeddings")
+    per_layer: list[dict] = [{} for _ in layers]
 
     def grab(_mod, args, kwargs):
-        seen["x"], seen["kwargs"] = args[0] if args else kwargs["hidden_states"], kwargs
-        raise _Captured
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+        if seen.get("ran_through"):
+            raise _Captured
+        seen["ran_through"] = True
+
+    def record(i: int):
+        def hook(_mod, _args, kwargs):
+            per_layer[i] = {k: v for k, v in kwargs.items() if k in keep}
+        return hook
 
     model.to(dev)
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [layers[0].register_forward_pre_hook(grab, with_kwargs=True)]
+    handles += [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
     rows = []
     try:
         with torch.no_grad():
-            for row in ids:
+            for row in ids:  # the first window runs through all blocks, to record their arguments
                 try:
                     model(row[None].to(dev), use_cache=False)
                 except _Captured:
-                    rows.append(seen["x"][0])
+                    pass
+                rows.append(seen["x"][0])
     finally:
-        handle.remove()
-    keep = ("attention_mask", "position_ids", "position_embeddings")
-    kwargs = {k: v for k, v in seen["kwargs"].items() if k in keep}
-    return torch.stack(rows), kwargs
+        for h in handles:
+            h.remove()
+    return torch.stack(rows), per_layer
 
 
 def block_output(block: torch.nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -287,7 +298,7 @@ def quantize_blockwise(
     dev = device()
     layout = block_layout(model)
     decoder, prefix = decoder_layers(model), layout.layers
-    x, kwargs = capture_block_inputs(model, ids, dev)
+    x, layer_kwargs = capture_block_inputs(model, ids, dev)
     fp_in = x if "fp" in streams else None
     quant_in = x.clone() if "quant" in streams else None
     del x
@@ -298,7 +309,7 @@ def quantize_blockwise(
     out: dict[str, QuantizedWeight] = {}
     bar = tqdm(range(len(decoder)), desc=method, unit="block", disable=not ctx.progress)
     for i in bar:
-        block = decoder[i]
+        block, kwargs = decoder[i], layer_kwargs[i]
         linears = block_linears(block, f"{prefix}.{i}", layers)
         fp_out = forward_all(block, fp_in, kwargs) if fp_in is not None else None
         saved = state / f"block_{i:03d}.pt"

@@ -7,7 +7,7 @@ extra op at inference, no new tensor in the fused format):
 
 * each norm group, ``input_layernorm → q/k/v`` (``qkv``) and ``post_attention_layernorm →
   gate/up`` (``fc1``) in Llama: the norm's weight becomes ``γ / s`` and each linear fed by it
-  ``W · diag(s)``, ``s`` [hidden].
+  ``W · diag(s)``, ``s`` [hidden]. (A Gemma norm scales by ``1 + γ``: ``γ ← (1 + γ) / s − 1``.)
 * ``v → o``: ``W_v ← diag(1/s) · W_v`` (and ``b_v / s``), ``W_o ← W_o · diag(s')``, ``s``
   [kv_heads · head_dim]. Attention mixes each v channel only across tokens, so the scale
   commutes with it; under grouped-query attention o's input channel (query head h, dim j)
@@ -202,8 +202,8 @@ def transformed(
     (v_proj, o_proj), (up_proj, down_proj) = layout.v_o, layout.up_down
     out = {}
     for g in layout.norm_groups:
-        s = scales[g.key]
-        out[f"{g.norm}.weight"] = p[f"{g.norm}.weight"] / s
+        s, off = scales[g.key], layout.norm_offset
+        out[f"{g.norm}.weight"] = (p[f"{g.norm}.weight"] + off) / s - off
         if shifts is not None:
             out[f"{g.norm}.bias"] = (p[f"{g.norm}.bias"] - shifts[g.key]) / s
         for f in g.linears:

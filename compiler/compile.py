@@ -54,6 +54,7 @@ def export_model(chat: dict, preset: Preset, target):
                          preset.compute_dtype)
     with target:  # the fused kernels take the form the target's schedules expect
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
+        mod = model.finish_module(mod)
     metadata = LibraryMetadata(
         model_type=chat["model_type"],
         quantization=chat["quantization"],

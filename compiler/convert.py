@@ -193,7 +193,7 @@ class Converter:
         if p.kind == "plain":
             t = torch.cat([self.source.tensor(s).reshape(-1) for s in p.sources])
             self.param_count += t.numel()
-            return [(p.name, t.to(self.dtype).numpy())]
+            return [(p.name, (t.float() + p.offset).to(self.dtype).numpy())]
         if not self._is_quantized(p):
             w = torch.cat([self.source.float_weight(s) for s in p.sources])
             self.param_count += w.numel()

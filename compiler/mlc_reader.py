@@ -64,7 +64,7 @@ def read_mlc(folder: Path) -> MlcWeights:
     state: dict[str, torch.Tensor] = {}
     for p in arch.mlc_params(hf_config):
         if p.kind == "plain":
-            t = torch.from_numpy(_array(arrays, p.name, (sum(p.rows),))).float()
+            t = torch.from_numpy(_array(arrays, p.name, (sum(p.rows),))).float() - p.offset
             names = p.sources
         else:
             t = _dequantized(arrays, p, scheme)

@@ -235,10 +235,16 @@ def quantize_linear_inputs(model: torch.nn.Module, names: list[str], bits: int) 
 
 
 def _materialize_buffers(model: torch.nn.Module, config) -> None:
-    """Non-persistent buffers (RoPE inv_freq) stay on meta after a meta-device build: rebuild them."""
+    """Non-persistent buffers stay on meta after a meta-device build: rebuild them (RoPE's
+    ``inv_freq``, Gemma's embedding scale)."""
     for mod in model.modules():
         if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
             fresh = type(mod)(config=config)
             mod.inv_freq = fresh.inv_freq
             if hasattr(fresh, "original_inv_freq"):
                 mod.original_inv_freq = fresh.original_inv_freq
+        if hasattr(mod, "scalar_embed_scale") and mod.embed_scale.is_meta:
+            mod.embed_scale = torch.tensor(mod.scalar_embed_scale)
+    left = [name for name, b in model.named_buffers() if b.is_meta]
+    if left:
+        raise AssertionError(f"buffers left on the meta device: {left[:3]}")  # a new family's buffer

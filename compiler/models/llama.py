@@ -17,8 +17,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tvm import IRModule, te, tirx
 from tvm import relax as rx
-from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
@@ -170,6 +170,7 @@ class Attention(nn.Module):
         self.qkv_name = cfg.qkv_name
         setattr(self, self.qkv_name, QuantLinear(cfg.hidden_size, out, scheme, bias=cfg.qkv_bias))
         self.o_proj = QuantLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, scheme)
+        self.sm_scale = cfg.head_dim**-0.5
 
     def qkv(self, x: Tensor) -> Tensor:
         """The fused projection per head, [b, s, q heads + 2 · kv heads, head_dim] (RoPE is
@@ -181,7 +182,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
         c = self.cfg
         b, s, _ = x.shape
-        out = kv.attention_with_fused_qkv(layer_id, self.qkv(x), c.num_attention_heads, sm_scale=c.head_dim**-0.5)
+        out = kv.attention_with_fused_qkv(layer_id, self.qkv(x), c.num_attention_heads, sm_scale=self.sm_scale)
         return self.o_proj(op.reshape(out, (b, s, c.num_attention_heads * c.head_dim)))
 
 
@@ -283,6 +284,17 @@ class LlamaForCausalLM(nn.Module):
     def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache):
         return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
 
+    def attention_kinds(self) -> list[str]:
+        """The KV cache's attention kind of each layer: ``mha_sliding`` layers keep every key in
+        the cache and attend to the window's (HF's sliding-window mask), so the context is not
+        capped at the window."""
+        kind = "mha_sliding" if self.cfg.sliding_window_size > 0 else "mha"
+        return [kind] * self.cfg.num_hidden_layers
+
+    def finish_module(self, mod: IRModule) -> IRModule:
+        """The exported module, for a family to adjust (e.g. the KV cache's kernels)."""
+        return mod
+
     def create_paged_kv_cache(
         self,
         max_batch_size: tirx.Var,
@@ -292,13 +304,11 @@ class LlamaForCausalLM(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         c = self.cfg
-        kinds, window_args = ["mha"] * c.num_hidden_layers, {}
-        if c.sliding_window_size > 0:
-            # "mha_sliding" layers keep every key in the cache and attend to the window's (HF's
-            # sliding-window mask), so the context is not capped at the window. TVM allocates the
-            # fused-qkv attention's buffers only for a cache with an "mha" layer: one more, unused.
-            kinds = ["mha_sliding"] * c.num_hidden_layers + ["mha"]
+        kinds, window_args = self.attention_kinds(), {}
+        if "mha_sliding" in kinds:
             window_args = {"layer_sliding_window_size": c.sliding_window_size}
+        if "mha" not in kinds:
+            kinds.append("mha")  # TVM allocates fused-qkv attention's buffers only for "mha": one more, unused
         return TIRPagedKVCache(
             attn_kind=kinds,
             max_batch_size=max_batch_size,

@@ -22,7 +22,8 @@ class MlcParam:
 
     ``linear``/``embedding``: ``name`` is the module (``….qkv_proj``), ``sources`` the HF modules
     whose ``.weight`` [rows_i, k] are stacked along N; ``plain``: ``name`` is the full tensor name
-    and ``sources`` the HF tensors [rows_i] concatenated along dim 0.
+    and ``sources`` the HF tensors [rows_i] concatenated along dim 0, stored plus ``offset``
+    (Gemma's norms: MLC stores ``1 + w``).
     """
 
     name: str
@@ -30,6 +31,7 @@ class MlcParam:
     sources: tuple[str, ...]
     rows: tuple[int, ...]
     k: int = 0
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class BlockLayout:
     v_o: tuple[str, str]
     up_down: tuple[str, str]
     clip_skipped: tuple[str, ...]  # linears the clip searches leave alone: clipping q/k hurts
+    norm_offset: float = 0.0  # the norms scale by ``norm_offset + weight`` (Gemma: 1)
 
 
 @dataclass(frozen=True)

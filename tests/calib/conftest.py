@@ -14,7 +14,7 @@ from lowbit.models import load_torch_model
 def tiny_block(tiny_llama_dir):
     """(model, its first decoder block, the block's inputs [2, 32, 96], block kwargs)."""
     model = load_torch_model(tiny_llama_dir)
-    x, kwargs = capture_block_inputs(model, random_ids(), torch.device("cpu"))
+    x, (kwargs, *_) = capture_block_inputs(model, random_ids(), torch.device("cpu"))
     return model, decoder_layers(model)[0], x, kwargs
 
 

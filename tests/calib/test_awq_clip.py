@@ -44,7 +44,7 @@ def test_awq_clip_on_tiny_model_per_linear(tiny_llama_dir, isolated_cache):
     block = decoder_layers(model)[0]
     hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.__setitem__(n, a[0]))
              for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
-    x, kwargs = capture_block_inputs(model, ids, torch.device("cpu"))
+    x, (kwargs, *_) = capture_block_inputs(model, ids, torch.device("cpu"))
     with torch.no_grad():
         block(x, **kwargs)
     for h in hooks:

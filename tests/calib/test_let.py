@@ -79,7 +79,7 @@ def test_o_channel_map_follows_grouped_query_attention(tiny_llama_dir):
 def _block_inputs(model_dir):
     """Block 0 of a tiny model, its inputs, and every linear's inputs as NumPy [tokens, K]."""
     model = load_torch_model(model_dir)
-    x, kwargs = capture_block_inputs(model, random_ids(), torch.device("cpu"))
+    x, (kwargs, *_) = capture_block_inputs(model, random_ids(), torch.device("cpu"))
     block = decoder_layers(model)[0]
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     seen: dict[str, list[np.ndarray]] = {}
@@ -143,7 +143,7 @@ def test_initial_shifts_are_channel_midpoints(tiny_llama_dir):
 
 def _data(model_dir):
     model = load_torch_model(model_dir)
-    x, kwargs = capture_block_inputs(model, random_ids(), torch.device("cpu"))
+    x, (kwargs, *_) = capture_block_inputs(model, random_ids(), torch.device("cpu"))
     block = decoder_layers(model)[0]
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     fp_out = forward_all(block, x, kwargs)
