@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_models import (
     save_tiny,
+    tiny_gemma2_config,
     tiny_llama_config,
     tiny_mistral_config,
     tiny_phi3_config,
@@ -65,6 +66,11 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny_mistral"), tiny_mistral_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny_gemma2"), tiny_gemma2_config())
 
 
 @pytest.fixture(scope="session")

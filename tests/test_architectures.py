@@ -18,12 +18,12 @@ from lowbit.cli import main
 from lowbit.errors import LowbitError
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED = "supported model types: llama, mistral, phi3, qwen2, qwen3"
+SUPPORTED = "supported model types: gemma2, llama, mistral, phi3, qwen2, qwen3"
 
 
 def test_registry_holds_every_family():
-    assert list(ARCHITECTURES) == ["llama", "mistral", "phi3", "qwen2", "qwen3"]
-    classes = {"llama": "LlamaForCausalLM", "mistral": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM",
+    assert list(ARCHITECTURES) == ["gemma2", "llama", "mistral", "phi3", "qwen2", "qwen3"]
+    classes = {"gemma2": "Gemma2ForCausalLM", "llama": "LlamaForCausalLM", "mistral": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM",
                "qwen2": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
     for model_type, arch in ARCHITECTURES.items():
         assert arch.model_type == model_type
@@ -38,7 +38,7 @@ def test_registry_imports_neither_torch_nor_tvm():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", None])
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma3_text", None])
 def test_lookup_refuses_in_one_line(model_type):
     with pytest.raises(LowbitError, match=f"in here; {SUPPORTED}$"):
         get_architecture({"model_type": model_type}, "here")

@@ -1,4 +1,4 @@
-"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 / Mistral models for unit tests (imported by conftest and by tests)."""
+"""Tiny random Llama / Qwen2 / Qwen3 / Phi-3 / Mistral / Gemma 2 models for unit tests (imported by conftest and by tests)."""
 
 from __future__ import annotations
 
@@ -92,3 +92,21 @@ def tiny_mistral_config(**overrides):
     )
     kw.update(overrides)
     return MistralConfig(**kw)
+
+
+def tiny_gemma2_config(**overrides):
+    """Gemma 2: three layers (sliding, full, sliding) with a window of 8, head_dim 32 ≠ hidden /
+    heads, a query scale of 20^-1/2 ≠ head_dim^-1/2, GQA 4:2, tied embeddings. Weights drawn with
+    std 0.2 and caps of 5 (attention) and 10 (logits) put the scores and logits where the
+    soft-capping changes them."""
+    from transformers import Gemma2Config
+
+    kw = dict(
+        vocab_size=512, hidden_size=96, intermediate_size=160, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-6, query_pre_attn_scalar=20, sliding_window=8,
+        attn_logit_softcapping=5.0, final_logit_softcapping=10.0, initializer_range=0.2,
+        pad_token_id=0, bos_token_id=2, eos_token_id=1,
+    )
+    kw.update(overrides)
+    return Gemma2Config(**kw)
