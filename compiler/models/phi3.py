@@ -16,8 +16,8 @@ has short-factor keys for its first positions and long-factor ones after, wherea
 over the whole sequence would rotate every key with the long factors. MLC's kernel instead
 picks the set by the number of tokens in the forward call (decode steps always short).
 
-A config's ``sliding_window`` is not applied (MLC's phi3 ignores it too): Phi-3-mini-4k's 2047
-leaves the model equal to transformers' for sequences up to 2047 tokens.
+A ``sliding_window`` shorter than the context (Phi-3-mini-4k's 2047) windows every layer, as
+transformers does (MLC's phi3 ignores it).
 """
 
 from __future__ import annotations

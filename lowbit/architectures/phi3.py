@@ -12,13 +12,9 @@ norm, and the exact LET pairs are v → o (v = ``qkv_proj``'s last rows) and up 
 
 from __future__ import annotations
 
-import logging
-
 from lowbit.architectures.base import Architecture, BlockLayout, MlcParam, NormGroup
 from lowbit.architectures.llama import MAX_BATCH_SIZE, context_window, head_dim, rope_theta
 from lowbit.errors import LowbitError
-
-logger = logging.getLogger(__name__)
 
 LAYOUT = BlockLayout(
     layers="model.layers",
@@ -114,10 +110,7 @@ def mlc_model_config(config: dict) -> dict:
     if head_dim(config) * config["num_attention_heads"] != config["hidden_size"]:
         raise LowbitError("phi3 needs head_dim × num_attention_heads = hidden_size")
     ctx = context_window(config)
-    window = config.get("sliding_window")
-    if window and window < ctx:  # Phi-3-mini-4k: 2047 of 4096
-        logger.warning("phi3 sliding_window %d is not applied (nor by MLC): attention spans the whole "
-                       "context, equal to transformers' up to %d tokens", window, window)
+    window = config.get("sliding_window") or -1
     scaling = longrope(config)
     return {
         "model_type": "phi3",
@@ -139,6 +132,8 @@ def mlc_model_config(config: dict) -> dict:
         "max_batch_size": MAX_BATCH_SIZE,
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
         "partial_rotary_factor": partial_rotary_factor(config),
+        # Phi-3-mini-4k's 2047 of 4096, applied as transformers applies it (MLC ignores it)
+        "sliding_window_size": window if 0 < window < ctx else -1,
     }
 
 
@@ -156,6 +151,7 @@ def hf_config_from_mlc(mc: dict) -> dict:
         "max_position_embeddings": mc["max_position_embeddings"],
         "rope_theta": mc["position_embedding_base"],
         "partial_rotary_factor": mc["partial_rotary_factor"],
+        "sliding_window": mc["sliding_window_size"] if mc.get("sliding_window_size", -1) > 0 else None,
         # transformers' defaults (32000) may lie outside the vocabulary; the chat config has the ids
         "pad_token_id": None,
         "eos_token_id": None,

@@ -45,12 +45,21 @@ def _check_mlc_folder(hf_dir, mlc) -> dict:
 
 
 def test_phi3_plain_rope_q0f32_matches_transformers(tmp_path):
-    """Phi-3-mini-4k's plain RoPE, here on half of each head (partial_rotary_factor, as Phi-4-mini
-    has) and with tied embeddings (as Phi-4-mini)."""
-    config = tiny_phi3_config(rope_scaling=None, partial_rotary_factor=0.5, tie_word_embeddings=True)
+    """Phi-3-mini-4k's plain RoPE and sliding window (here 12 of 128, so the 24-token prompt
+    runs past it), on half of each head (partial_rotary_factor, as Phi-4-mini has) and with tied
+    embeddings (as Phi-4-mini)."""
+    config = tiny_phi3_config(rope_scaling=None, partial_rotary_factor=0.5, tie_word_embeddings=True,
+                              sliding_window=12)
     hf = save_tiny(tmp_path / "hf", config)
-    check_compiled_matches_torch(hf, "q0f32", tmp_path)
+    engine = check_compiled_matches_torch(hf, "q0f32", tmp_path)
+    assert engine.prefill_chunk == 11
     chat = _check_mlc_folder(hf, tmp_path / "mlc-q0f32")
+    assert chat["model_config"]["sliding_window_size"] == 12
+    ref, ids = load_mlc_model(tmp_path / "mlc-q0f32"), random_ids(0, 1, 24)
+    with torch.no_grad():
+        windowed = ref(ids).logits
+        ref.config.sliding_window = None  # the window matters: plain causal attention differs
+        assert (ref(ids).logits - windowed)[:, 12:].abs().max() > 100 * ATOL
     assert chat["model_config"]["rope_scaling"] is None
     assert chat["model_config"]["partial_rotary_factor"] == 0.5
     assert chat["conv_template"]["name"] == "phi-3"
