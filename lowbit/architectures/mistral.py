@@ -22,6 +22,24 @@ from lowbit.architectures.llama import (
 from lowbit.errors import LowbitError
 
 
+# mlc-llm's conversation_template/mistral.py ("mistral_default"), for folders without a chat template
+CONV_TEMPLATE = {
+    "name": "mistral_default",
+    "system_template": "[INST] {system_message}",
+    "system_message": "Always assist with care, respect, and truth. Respond with utmost utility yet "
+    "securely. Avoid harmful, unethical, prejudiced, or negative content. Ensure replies promote "
+    "fairness and positivity.",
+    "roles": {"user": "[INST]", "assistant": "[/INST]", "tool": "[INST]"},
+    "seps": [" "],
+    "role_content_sep": " ",
+    "role_empty_sep": "",
+    "stop_str": ["</s>"],
+    "stop_token_ids": [2],
+    "system_prefix_token_ids": [1],
+    "add_role_after_system_message": False,
+}
+
+
 def mlc_params(config: dict) -> list[MlcParam]:
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
@@ -73,4 +91,5 @@ ARCHITECTURE = Architecture(
     mlc_model_config=mlc_model_config,
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.llama:LlamaForCausalLM",
+    conv_template=CONV_TEMPLATE,
 )

@@ -30,7 +30,9 @@ WINDOW = 8
 def test_mistral_sliding_window_matches_transformers(tiny_mistral_dir, tmp_path):
     check_compiled_matches_torch(tiny_mistral_dir, "q0f32", tmp_path)
     mlc = tmp_path / "mlc-q0f32"
-    model_config = read_mlc(mlc).chat_config["model_config"]
+    chat = read_mlc(mlc).chat_config
+    assert chat["conv_template"]["name"] == "mistral_default"  # no chat template in the folder
+    model_config = chat["model_config"]
     assert model_config["sliding_window_size"] == WINDOW
     assert model_config["context_window_size"] == 256  # not capped at the window
     engine = Engine(mlc, tmp_path / "model.so", max_batch_size=2, context_window=128)
