@@ -1,4 +1,4 @@
-"""Attention logit soft-capping (Gemma 2) in the paged KV cache's CPU attention kernels.
+"""Attention logit soft-capping (Gemma 2) in TVM's paged-KV-cache CPU attention kernels.
 
 Gemma 2 caps every attention score as ``cap · tanh(s / cap)``, ``s = q·k · sm_scale``, before the
 softmax. TVM's KV-cache kernels take only ``sm_scale``, so the capping is added to the kernels
@@ -7,7 +7,8 @@ themselves: in each CPU attention kernel the one store of the scaled score (in l
 score in the same units. Masked scores (constants) are left alone, so masking stays exact.
 
 Only the CPU kernels are rewritten: the GPU kernels accumulate partial products, where a
-per-store rewrite would cap partial sums, so a GPU target is refused.
+per-store rewrite would cap partial sums, so a GPU target is refused. lowbit's own kernels
+(:mod:`.attention_cpu`) take the cap when they are built and are left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tvm import IRModule, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
+from lowbit.compiler.kernels.attention_cpu import LOWBIT_KERNEL
 from lowbit.errors import LowbitError
 
 SCALE_PARAM = "sm_scale"  # the kernels' score-scale argument
@@ -66,7 +68,8 @@ def softcap_attention(mod: IRModule, cap: float, target: Target) -> IRModule:
         raise LowbitError(f"attention soft-capping is implemented for CPU targets only, "
                           f"not {target.kind.name}")
     kernels = [gv for gv, f in mod.functions.items()
-               if isinstance(f, tirx.PrimFunc) and any(p.name == SCALE_PARAM for p in f.params)]
+               if isinstance(f, tirx.PrimFunc) and any(p.name == SCALE_PARAM for p in f.params)
+               and not (f.attrs and f.attrs.get(LOWBIT_KERNEL))]  # lowbit's own take the cap as built
     if not kernels:
         raise LowbitError("attention soft-capping: the module has no KV-cache attention kernel")
     for gv in kernels:

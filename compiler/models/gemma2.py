@@ -21,12 +21,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tvm import IRModule
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
-from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.models.llama import (
     MLP,
     Attention,
@@ -125,6 +123,5 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         windowed = self.cfg.sliding_window_size > 0
         return ["mha_sliding" if windowed and t == "sliding_attention" else "mha" for t in self.cfg.layer_types]
 
-    def finish_module(self, mod: IRModule) -> IRModule:
-        cap = self.cfg.attn_logit_softcapping
-        return softcap_attention(mod, cap, self.target) if cap else mod
+    def attention_softcap(self) -> float:
+        return self.cfg.attn_logit_softcapping

@@ -24,6 +24,8 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
+from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
+from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
@@ -291,9 +293,18 @@ class LlamaForCausalLM(nn.Module):
         kind = "mha_sliding" if self.cfg.sliding_window_size > 0 else "mha"
         return [kind] * self.cfg.num_hidden_layers
 
+    def attention_softcap(self) -> float:
+        """The cap of the attention scores' soft-capping, ``cap · tanh(s / cap)``; 0: none."""
+        return 0.0
+
     def finish_module(self, mod: IRModule) -> IRModule:
-        """The exported module, for a family to adjust (e.g. the KV cache's kernels)."""
-        return mod
+        """The exported module with lowbit's CPU attention kernels on CPU targets, and TVM's
+        other attention kernels soft-capped where the family caps its scores."""
+        c, cap = self.cfg, self.attention_softcap()
+        if self.target.kind.name == "llvm":
+            mod = use_lowbit_attention(mod, c.num_key_value_heads, c.num_attention_heads, c.head_dim,
+                                       self.dtype, cap)
+        return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(
         self,
