@@ -21,7 +21,6 @@ from lowbit.architectures.llama import (
 )
 from lowbit.errors import LowbitError
 
-
 # mlc-llm's conversation_template/mistral.py ("mistral_default"), for folders without a chat template
 CONV_TEMPLATE = {
     "name": "mistral_default",
