@@ -1,12 +1,13 @@
 """lowbit's CPU attention kernels for TVM's paged KV cache, in place of TVM's scalar ones.
 
-TVM's CPU decode kernel loops over sequences and query heads one score at a time, on one core.
-This one runs each (sequence, KV head) pair as one parallel task, loads each key and value row
-once for the query heads that share it (GQA), takes the q·k products in fp32 vector lanes, and
-updates the online softmax once per tile of 16 keys. The arguments, the key addressing (pages,
-the last page's length, a sliding window's start and sink) and the outputs (``output``, and
-``lse`` in log2 units of the ``sm_scale``-scaled scores, which the cache's merge kernel reads)
-are TVM's, so the runtime calls it unchanged.
+TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk) loop over
+sequences and query heads one score at a time, on one core. Here each (query row, KV head) pair
+is one parallel task: each key and value row is loaded once for the query heads that share it
+(GQA), the q·k products run in fp32 vector lanes, and the online softmax is updated once per tile
+of 16 keys. The arguments, the key addressing (pages, the last page's length, a sliding window's
+start and sink), the masks and the outputs (``output``, and ``lse`` in log2 units of the
+``sm_scale``-scaled scores, which the cache's merge kernel reads) are TVM's, so the runtime calls
+them unchanged. A query that sees no key gets zeros and lse -5e4, which the merge weighs 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,86 @@ LOWBIT_KERNEL = "lowbit.kernel"  # attribute marking the kernels below
 
 TILE = 16  # key rows per online-softmax update
 LANES = 8  # fp32 lanes of the q·k partial sums
+MASKED = -5e4  # TVM's initial running maximum (log2 units): a query that sees no key keeps it
+
+
+@T.macro
+def _attend_row(Q, output, lse, t, hk, lo, hi, loc0, loc1, key, value, sm_scale, group, d, cap):
+    """Attention of the query heads ``hk·group …`` of row ``t`` over key positions [lo, hi):
+    ``loc0(pos)``/``loc1(pos)`` locate a key, ``key(l0, l1, j)``/``value(l0, l1, j)`` read it.
+    Writes ``output[t]`` and ``lse[t]`` (log2 units, TVM's convention)."""
+    q = T.decl_buffer((group, d), "float32")
+    acc = T.decl_buffer((group, d), "float32")
+    m = T.decl_buffer((group,), "float32")
+    den = T.decl_buffer((group,), "float32")
+    sc = T.decl_buffer((group, TILE), "float32")
+    part = T.decl_buffer((LANES,), "float32")
+    loc = T.decl_buffer((TILE, 2), "int32")
+    for g in T.serial(group):
+        m[g] = T.float32(MASKED)
+        den[g] = T.float32(1.0)
+        for j in T.vectorized(d):
+            q[g, j] = T.cast(Q[t, hk * group + g, j], "float32") * (sm_scale * T.float32(LOG2E))
+            acc[g, j] = T.float32(0)
+    for tile in T.serial((hi - lo + TILE - 1) // TILE):
+        rows: T.int32 = T.min(TILE, hi - lo - tile * TILE)
+        for r in T.serial(rows):
+            loc[r, 0] = loc0(lo + tile * TILE + r)
+            loc[r, 1] = loc1(lo + tile * TILE + r)
+        for g in T.serial(group):
+            for r in T.serial(rows):
+                for lane in T.vectorized(LANES):
+                    part[lane] = T.float32(0)
+                for c in T.serial(d // LANES):
+                    for lane in T.vectorized(LANES):
+                        part[lane] = part[lane] + q[g, c * LANES + lane] * T.cast(key(loc[r, 0], loc[r, 1], c * LANES + lane), "float32")
+                sc[g, r] = T.float32(0)
+                for lane in T.serial(LANES):
+                    sc[g, r] = sc[g, r] + part[lane]
+                if cap > 0:
+                    sc[g, r] = T.float32(cap) * T.tanh(sc[g, r] / T.float32(cap))
+        for g in T.serial(group):
+            tile_max: T.float32 = m[g]
+            for r in T.serial(rows):
+                tile_max = T.max(tile_max, sc[g, r])
+            scale: T.float32 = T.exp2(m[g] - tile_max)
+            den[g] = den[g] * scale
+            for j in T.vectorized(d):
+                acc[g, j] = acc[g, j] * scale
+            m[g] = tile_max
+            for r in T.serial(rows):
+                p: T.float32 = T.exp2(sc[g, r] - tile_max)
+                den[g] = den[g] + p
+                for j in T.vectorized(d):
+                    acc[g, j] = acc[g, j] + p * T.cast(value(loc[r, 0], loc[r, 1], j), "float32")
+    for g in T.serial(group):
+        for j in T.vectorized(d):
+            output[t, hk * group + g, j] = T.cast(acc[g, j] / den[g], output.dtype)
+        lse[t, hk * group + g] = m[g] + T.log2(den[g])
+
+
+@T.macro
+def _sequence_of(indptr, batch_size, t, seq):
+    """``seq[0]``: the sequence whose rows ``indptr[b] … indptr[b + 1] - 1`` hold row ``t``."""
+    seq[0] = 0
+    for i in T.serial(batch_size):
+        if indptr[i + 1] <= t:
+            seq[0] = i + 1
+
+
+def _kv_len(n_pages, last_len, window_start, sink):
+    """Keys a sequence attends in its pages: TVM's ``_get_kv_chunk_len``."""
+    return T.if_then_else(n_pages > 0, (n_pages - 1) * PAGE_SIZE + last_len - window_start + sink, 0)
+
+
+def _seq_pos(pos, window_start, sink):
+    """Where key ``pos`` sits in the sequence's pages: the sink, then the window."""
+    return T.if_then_else(pos < sink, pos, pos - sink + window_start)
+
+
+def _check_dims(d: int) -> None:
+    if d % LANES:
+        raise LowbitError(f"lowbit's CPU attention needs head_dim divisible by {LANES}, got {d}")
 
 
 def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softcap: float = 0.0) -> tirx.PrimFunc:
@@ -31,9 +112,8 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
     ``length_info`` is [3, B]: last page length, window start, sink length), with its arguments,
     outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores) and an
     empty sequence's result (zeros, lse -5e4); scores capped at ``softcap`` when it is set."""
-    group, chunks, cap = h_q // h_kv, d // LANES, softcap * LOG2E
-    if d % LANES:
-        raise LowbitError(f"lowbit's CPU attention needs head_dim divisible by {LANES}, got {d}")
+    _check_dims(d)
+    group, cap = h_q // h_kv, softcap * LOG2E
 
     @T.prim_func
     def kernel(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle,
@@ -58,79 +138,152 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         for bh in T.parallel(B * h_kv):
-            q = T.decl_buffer((group, d), "float32")
-            acc = T.decl_buffer((group, d), "float32")
-            m = T.decl_buffer((group,), "float32")
-            den = T.decl_buffer((group,), "float32")
-            sc = T.decl_buffer((group, TILE), "float32")
-            part = T.decl_buffer((LANES,), "float32")
-            loc = T.decl_buffer((TILE, 2), "int32")
             b: T.int32 = bh // h_kv
             hk: T.int32 = bh % h_kv
             first: T.int32 = page_indptr[b]
-            n_pages: T.int32 = page_indptr[b + 1] - first
-            last_len: T.int32 = length_info[0, b] if sliding else length_info[b]
             window_start: T.int32 = length_info[1, b] if sliding else 0
             sink: T.int32 = length_info[2, b] if sliding else 0
-            kv_len: T.int32 = T.if_then_else(n_pages > 0, (n_pages - 1) * PAGE_SIZE + last_len - window_start + sink, 0)
-            for g in T.serial(group):
-                m[g] = T.float32(-5e4)
-                den[g] = T.float32(1.0)
-                for j in T.vectorized(d):
-                    q[g, j] = T.cast(Q[b, hk * group + g, j], "float32") * (sm_scale * T.float32(LOG2E))
-                    acc[g, j] = T.float32(0)
-            for tile in T.serial((kv_len + TILE - 1) // TILE):
-                rows: T.int32 = T.min(TILE, kv_len - tile * TILE)
-                for r in T.serial(rows):
-                    pos: T.int32 = tile * TILE + r
-                    seq_pos: T.int32 = T.if_then_else(pos < sink, pos, pos - sink + window_start)
-                    loc[r, 0] = page_values[first + seq_pos // PAGE_SIZE]
-                    loc[r, 1] = seq_pos % PAGE_SIZE
-                for g in T.serial(group):
-                    for r in T.serial(rows):
-                        for lane in T.vectorized(LANES):
-                            part[lane] = T.float32(0)
-                        for c in T.serial(chunks):
-                            for lane in T.vectorized(LANES):
-                                part[lane] = part[lane] + q[g, c * LANES + lane] * T.cast(pages[loc[r, 0], 0, hk, loc[r, 1], c * LANES + lane], "float32")
-                        sc[g, r] = T.float32(0)
-                        for lane in T.serial(LANES):
-                            sc[g, r] = sc[g, r] + part[lane]
-                        if cap > 0:
-                            sc[g, r] = T.float32(cap) * T.tanh(sc[g, r] / T.float32(cap))
-                for g in T.serial(group):
-                    tile_max: T.float32 = m[g]
-                    for r in T.serial(rows):
-                        tile_max = T.max(tile_max, sc[g, r])
-                    scale: T.float32 = T.exp2(m[g] - tile_max)
-                    den[g] = den[g] * scale
-                    for j in T.vectorized(d):
-                        acc[g, j] = acc[g, j] * scale
-                    m[g] = tile_max
-                    for r in T.serial(rows):
-                        p: T.float32 = T.exp2(sc[g, r] - tile_max)
-                        den[g] = den[g] + p
-                        for j in T.vectorized(d):
-                            acc[g, j] = acc[g, j] + p * T.cast(pages[loc[r, 0], 1, hk, loc[r, 1], j], "float32")
-            for g in T.serial(group):
-                for j in T.vectorized(d):
-                    output[b, hk * group + g, j] = T.cast(acc[g, j] / den[g], dtype)
-                lse[b, hk * group + g] = m[g] + T.log2(den[g])
+            kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first, length_info[0, b] if sliding else length_info[b],
+                                      window_start, sink)
+            _attend_row(Q, output, lse, b, hk, 0, kv_len,
+                        lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                        lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                        lambda page, off, j: pages[page, 0, hk, off, j],
+                        lambda page, off, j: pages[page, 1, hk, off, j],
+                        sm_scale, group, d, cap)
     return kernel
 
 
-# TVM's CPU decode kernels in the exported module, by global symbol: whether it is the sliding-window variant
-TVM_DECODE_KERNELS = {"batch_decode_paged_kv_cpu": False, "batch_decode_paged_kv_cpu_sliding_window": True}
+def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, window: int = 0,
+                         softcap: float = 0.0) -> tirx.PrimFunc:
+    """TVM's ``batch_prefill_paged_kv_cpu`` (``sliding``: ``…_sliding_window`` with the layers'
+    ``window``): each query row attends the keys its mask shows, as TVM's
+    ``_causal_or_sliding_cross_mask``; a row that sees none gets zeros and lse -5e4."""
+    _check_dims(d)
+    group, cap, window = h_q // h_kv, softcap * LOG2E, window if sliding else 0
+
+    @T.prim_func
+    def kernel(q_handle: T.handle, q_indptr_handle: T.handle, pages_handle: T.handle,
+               page_indptr_handle: T.handle, page_values_handle: T.handle,
+               length_info_handle: T.handle, k_rope_pos_offset_handle: T.handle,
+               q_rope_position_handle: T.handle, output_handle: T.handle, lse_handle: T.handle,
+               causal: T.int32, rotary_mode: T.int32, rope_scale: T.float32,
+               rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"global_symbol": "lowbit_attention_prefill_paged_cpu", "tirx.noalias": True,
+                     "tirx.is_scheduled": True, LOWBIT_KERNEL: True})
+        batch_size = T.int32()
+        total_len = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        qi_off = T.int32()
+        pi_off = T.int32()
+        pv_off = T.int32()
+        li_off = T.int32()
+        q = T.match_buffer(q_handle, (total_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(q_indptr_handle, (batch_size + 1,), "int32", elem_offset=qi_off)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, PAGE_SIZE, d), dtype)
+        page_indptr = T.match_buffer(page_indptr_handle, (batch_size + 1,), "int32", elem_offset=pi_off)
+        page_values = T.match_buffer(page_values_handle, (nnz_pages,), "int32", elem_offset=pv_off)
+        length_info = T.match_buffer(length_info_handle, (3, batch_size) if sliding else (batch_size,),
+                                     "int32", elem_offset=li_off)
+        output = T.match_buffer(output_handle, (total_len, h_q, d), dtype)
+        lse = T.match_buffer(lse_handle, (total_len, h_q), "float32")
+        assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
+        for task in T.parallel(total_len * h_kv):
+            seq = T.decl_buffer((1,), "int32")
+            t: T.int32 = task // h_kv
+            hk: T.int32 = task % h_kv
+            _sequence_of(q_indptr, batch_size, t, seq)
+            b: T.int32 = seq[0]
+            row: T.int32 = t - q_indptr[b]
+            qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
+            first: T.int32 = page_indptr[b]
+            window_start: T.int32 = length_info[1, b] if sliding else 0
+            sink: T.int32 = length_info[2, b] if sliding else 0
+            kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first, length_info[0, b] if sliding else length_info[b],
+                                      window_start, sink)
+            windowed: T.bool = causal > 0 and window > 0
+            lo: T.int32 = T.if_then_else(windowed, T.max(kv_len - T.max(window - row - 1, 0), 0), 0)
+            hi: T.int32 = T.if_then_else(causal > 0 and not windowed,
+                                         T.max(T.min(kv_len, kv_len - qo_len + row + 1), 0), kv_len)
+            _attend_row(q, output, lse, t, hk, lo, T.max(hi, lo),
+                        lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                        lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                        lambda page, off, j: pages[page, 0, hk, off, j],
+                        lambda page, off, j: pages[page, 1, hk, off, j],
+                        sm_scale, group, d, cap)
+    return kernel
 
 
-def use_lowbit_attention(mod: IRModule, h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0) -> IRModule:
-    """``mod`` (an exported model with a paged KV cache) with TVM's CPU decode kernels replaced
-    by :func:`decode_kernel`."""
-    found = {gv: TVM_DECODE_KERNELS[f.attrs["global_symbol"]] for gv, f in mod.functions.items()
-             if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in TVM_DECODE_KERNELS}
-    if len(found) != len(TVM_DECODE_KERNELS):
-        raise LowbitError("the module lacks TVM's CPU decode-attention kernels (TVM's KV cache changed)")
-    for gv, sliding in found.items():
-        kernel = decode_kernel(h_kv, h_q, d, dtype, sliding, softcap)
-        mod[gv] = kernel.with_attr("global_symbol", mod[gv].attrs["global_symbol"])
+def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0) -> tirx.PrimFunc:
+    """TVM's ``batch_prefill_ragged_kv`` (a chunk's queries over the chunk's own keys, causal as
+    TVM's ``_causal_mask``)."""
+    _check_dims(d)
+    group, cap = h_q // h_kv, softcap * LOG2E
+
+    @T.prim_func
+    def kernel(q_handle: T.handle, q_indptr_handle: T.handle, k_handle: T.handle, v_handle: T.handle,
+               kv_indptr_handle: T.handle, q_rope_position_handle: T.handle,
+               k_rope_pos_offset_handle: T.handle, output_handle: T.handle, lse_handle: T.handle,
+               causal: T.int32, rotary_mode: T.int32, rope_scale: T.float32,
+               rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"global_symbol": "lowbit_attention_prefill_ragged_cpu", "tirx.noalias": True,
+                     "tirx.is_scheduled": True, LOWBIT_KERNEL: True})
+        batch_size = T.int32()
+        qo_total = T.int32()
+        kv_total = T.int32()
+        qi_off = T.int32()
+        ki_off = T.int32()
+        ko_off = T.int32()
+        q = T.match_buffer(q_handle, (qo_total, h_q, d), dtype)
+        q_indptr = T.match_buffer(q_indptr_handle, (batch_size + 1,), "int32", elem_offset=qi_off)
+        k = T.match_buffer(k_handle, (kv_total, h_kv, d), dtype)
+        v = T.match_buffer(v_handle, (kv_total, h_kv, d), dtype)
+        kv_indptr = T.match_buffer(kv_indptr_handle, (batch_size + 1,), "int32", elem_offset=ki_off)
+        T.match_buffer(k_rope_pos_offset_handle, (batch_size,), "int32", elem_offset=ko_off)  # binds batch_size
+        output = T.match_buffer(output_handle, (qo_total, h_q, d), dtype)
+        lse = T.match_buffer(lse_handle, (qo_total, h_q), "float32")
+        assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
+        for task in T.parallel(qo_total * h_kv):
+            seq = T.decl_buffer((1,), "int32")
+            t: T.int32 = task // h_kv
+            hk: T.int32 = task % h_kv
+            _sequence_of(q_indptr, batch_size, t, seq)
+            b: T.int32 = seq[0]
+            row: T.int32 = t - q_indptr[b]
+            kv_len: T.int32 = kv_indptr[b + 1] - kv_indptr[b]
+            hi: T.int32 = T.if_then_else(causal > 0, T.min(kv_len, kv_len - (q_indptr[b + 1] - q_indptr[b]) + row + 1),
+                                         kv_len)
+            _attend_row(q, output, lse, t, hk, 0, T.max(hi, 0),
+                        lambda pos: kv_indptr[b] + pos,
+                        lambda pos: 0,
+                        lambda i, _, j: k[i, hk, j],
+                        lambda i, _, j: v[i, hk, j],
+                        sm_scale, group, d, cap)
+    return kernel
+
+
+def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float) -> dict:
+    """TVM's CPU attention kernels, by global symbol, and lowbit's kernel for each."""
+    return {
+        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap),
+        "batch_decode_paged_kv_cpu_sliding_window": lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap),
+        "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap),
+        "batch_prefill_paged_kv_cpu_sliding_window":
+            lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap),
+        "batch_prefill_ragged_kv": lambda: prefill_ragged_kernel(h_kv, h_q, d, dtype, softcap),
+    }
+
+
+def use_lowbit_attention(mod: IRModule, h_kv: int, h_q: int, d: int, dtype: str, window: int,
+                         softcap: float = 0.0) -> IRModule:
+    """``mod`` (an exported model with a paged KV cache whose sliding layers see ``window`` keys)
+    with TVM's CPU decode and prefill attention kernels replaced by lowbit's."""
+    ours = _tvm_kernels(h_kv, h_q, d, dtype, window, softcap)
+    found = {gv: f.attrs["global_symbol"] for gv, f in mod.functions.items()
+             if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in ours}
+    if len(found) != len(ours):
+        raise LowbitError("the module lacks TVM's CPU attention kernels (TVM's KV cache changed)")
+    for gv, symbol in found.items():
+        mod[gv] = ours[symbol]().with_attr("global_symbol", symbol)
     return mod

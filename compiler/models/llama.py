@@ -303,7 +303,7 @@ class LlamaForCausalLM(nn.Module):
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
             mod = use_lowbit_attention(mod, c.num_key_value_heads, c.num_attention_heads, c.head_dim,
-                                       self.dtype, cap)
+                                       self.dtype, c.sliding_window_size, cap)
         return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(

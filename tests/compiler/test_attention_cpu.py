@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 
-from lowbit.compiler.kernels.attention_cpu import PAGE_SIZE, decode_kernel
+from lowbit.compiler.kernels.attention_cpu import PAGE_SIZE, decode_kernel, prefill_paged_kernel, prefill_ragged_kernel
 from lowbit.targets.presets import BuildOptions, get_preset
 
 H_KV, H_Q, D = 2, 6, 32
@@ -58,3 +58,81 @@ def test_decode_kernel_matches_numpy(sliding, cap):
             want, want_lse = _reference(q[b, h], keys, vals, cap)
             np.testing.assert_allclose(got[b, h], want, atol=2e-5, err_msg=f"sequence {b} head {h}")
             assert abs(got_lse[b, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
+
+
+def _compile(kernel, name: str):
+    target = get_preset("llvm").tvm_target(BuildOptions())
+    return tvm.compile(tvm.IRModule({"main": kernel}), target=target)[name]
+
+
+def _visible(row: int, qo_len: int, kv_len: int, causal: int, window: int) -> range:
+    """The keys query ``row`` of a chunk sees (TVM's causal and sliding cross masks)."""
+    if causal and window:
+        return range(max(kv_len - max(window - row - 1, 0), 0), kv_len)
+    if causal:
+        return range(0, max(min(kv_len, kv_len - qo_len + row + 1), 0))
+    return range(kv_len)
+
+
+@pytest.mark.parametrize("sliding,causal,cap", [(False, 1, 0.0), (False, 0, 0.0), (True, 1, 2.0), (True, 0, 0.0)])
+def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap):
+    window = 7
+    run = _compile(prefill_paged_kernel(H_KV, H_Q, D, "float32", sliding, window, cap),
+                   "lowbit_attention_prefill_paged_cpu")
+    rng = np.random.default_rng(8)
+    lens, qo = [0, 5, 40, 33], [3, 4, 1, 20]  # stored keys and chunk rows per sequence
+    starts = [0, 1, 9, 5] if sliding else [0] * 4  # at or past the sink
+    sinks = [0, 1, 2, 0] if sliding else [0] * 4
+    n_pages = [-(-n // PAGE_SIZE) for n in lens]
+    pages = rng.standard_normal((sum(n_pages) + 1, 2, H_KV, PAGE_SIZE, D)).astype("float32")
+    values = rng.permutation(len(pages))[: sum(n_pages)].astype("int32")
+    indptr = np.concatenate([[0], np.cumsum(n_pages)]).astype("int32")
+    q_indptr = np.concatenate([[0], np.cumsum(qo)]).astype("int32")
+    last = np.array([n - (p - 1) * PAGE_SIZE if p else 0 for n, p in zip(lens, n_pages, strict=True)], "int32")
+    info = np.stack([last, starts, sinks]).astype("int32") if sliding else last
+    q = rng.standard_normal((sum(qo), H_Q, D)).astype("float32") * 3
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in (
+        q, q_indptr, pages, indptr, values, info, np.zeros(4, "int32"), np.zeros(sum(qo), "int32"),
+        np.zeros_like(q), np.zeros((sum(qo), H_Q), "float32"))]
+    run(*args, causal, 0, 1.0, 1e4, SM_SCALE)
+    got, got_lse = args[8].numpy(), args[9].numpy()
+    for b, n in enumerate(lens):
+        kept = [p for p in range(n) if p < sinks[b] or p >= starts[b]]
+        rows = [(values[indptr[b] + p // PAGE_SIZE], p % PAGE_SIZE) for p in kept]
+        for r in range(qo[b]):
+            seen = [rows[c] for c in _visible(r, qo[b], len(kept), causal, window if sliding else 0)]
+            for h in range(H_Q):
+                keys = np.array([pages[pg, 0, h // 3, off] for pg, off in seen]).reshape(-1, D)
+                vals = np.array([pages[pg, 1, h // 3, off] for pg, off in seen]).reshape(-1, D)
+                want, want_lse = _reference(q[q_indptr[b] + r, h], keys, vals, cap)
+                t = q_indptr[b] + r
+                np.testing.assert_allclose(got[t, h], want, atol=2e-5, err_msg=f"sequence {b} row {r} head {h}")
+                assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
+
+
+@pytest.mark.parametrize("causal", [1, 0])
+def test_prefill_ragged_kernel_matches_numpy(causal):
+    run = _compile(prefill_ragged_kernel(H_KV, H_Q, D, "float32"), "lowbit_attention_prefill_ragged_cpu")
+    rng = np.random.default_rng(9)
+    qo, kv = [1, 17, 5], [1, 20, 5]
+    q_indptr = np.concatenate([[0], np.cumsum(qo)]).astype("int32")
+    kv_indptr = np.concatenate([[0], np.cumsum(kv)]).astype("int32")
+    q = rng.standard_normal((sum(qo), H_Q, D)).astype("float32") * 3
+    k = rng.standard_normal((sum(kv), H_KV, D)).astype("float32")
+    v = rng.standard_normal((sum(kv), H_KV, D)).astype("float32")
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in (
+        q, q_indptr, k, v, kv_indptr, np.zeros(sum(qo), "int32"), np.zeros(3, "int32"),
+        np.zeros_like(q), np.zeros((sum(qo), H_Q), "float32"))]
+    run(*args, causal, 0, 1.0, 1e4, SM_SCALE)
+    got, got_lse = args[7].numpy(), args[8].numpy()
+    for b in range(3):
+        for r in range(qo[b]):
+            cols = _visible(r, qo[b], kv[b], causal, 0)
+            keys, vals = k[kv_indptr[b] + np.array(cols, int)], v[kv_indptr[b] + np.array(cols, int)]
+            for h in range(H_Q):
+                want, want_lse = _reference(q[q_indptr[b] + r, h], keys[:, h // 3], vals[:, h // 3], 0.0)
+                t = q_indptr[b] + r
+                np.testing.assert_allclose(got[t, h], want, atol=2e-5, err_msg=f"sequence {b} row {r} head {h}")
+                assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
