@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import tvm
 
-from lowbit.compiler.kernels.attention_cpu import PAGE_SIZE, decode_kernel, prefill_paged_kernel, prefill_ragged_kernel
+from lowbit.compiler.kernels.attention_cpu import (
+    PAGE_SIZE,
+    decode_kernel,
+    prefill_paged_kernel,
+    prefill_ragged_kernel,
+)
 from lowbit.targets.presets import BuildOptions, get_preset
 
 H_KV, H_Q, D = 2, 6, 32
