@@ -14,6 +14,7 @@ to link a ``.tar`` with the host compiler, writing beside it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -46,8 +47,11 @@ def _load_in_child(path: Path) -> None:
     """Load ``path`` in a child process once per content, turning its death into one error line."""
     from lowbit.cache import cache_dir
 
-    marker = cache_dir() / CHECKED_DIR / sha256_file(path)
-    if marker.is_file():
+    try:
+        marker: Path | None = cache_dir() / CHECKED_DIR / sha256_file(path)
+    except OSError:  # no writable cache: check on every load
+        marker = None
+    if marker is not None and marker.is_file():
         return
     try:
         proc = subprocess.run([sys.executable, "-m", __name__, str(path)], capture_output=True,
@@ -56,14 +60,23 @@ def _load_in_child(path: Path) -> None:
         raise LowbitError(f"loading model library {path} in a check process took over "
                           f"{CHILD_TIMEOUT_S} s (corrupted?)") from None
     if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
+        name = _signal_name(-proc.returncode)
         raise LowbitError(f"model library {path} crashed the loader ({name}) in a check process: "
                           "truncated or corrupted? rebuild it with lowbit compile")
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         raise LowbitError(f"cannot load model library {path}: {last[0]}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    if marker is not None:
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _child(path: str) -> int:
