@@ -22,10 +22,10 @@ from lowbit.artifact import (
     LibraryMetadata,
     read_chat_config,
     read_tensor_cache_index,
-    verify_library,
 )
 from lowbit.errors import LowbitError
 from lowbit.runtime.grammar import Grammars
+from lowbit.runtime.library_check import check_library
 from lowbit.runtime.logprobs import LogprobTrack, TokenLogprob
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
@@ -429,9 +429,7 @@ class Generation:
 def _load_library(path: Path):
     import tvm
 
-    if not path.is_file():
-        raise LowbitError(f"model library {path} does not exist")
-    verify_library(path)  # a truncated library would crash the loader (SIGBUS), not raise
+    check_library(path)  # a damaged library would crash the loader (SIGBUS), not raise
     try:
         return tvm.runtime.load_module(str(path))
     except Exception as e:  # TVM raises its own error types

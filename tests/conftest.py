@@ -143,6 +143,25 @@ def tiny_chat(tmp_path_factory, bundled_dir) -> TinyChat:
     return TinyChat(hf, mlc, lib)
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_library(tiny_chat, tmp_path_factory):
+    """(target, suffix) → the tiny chat model compiled by that preset into a library of that
+    suffix, alone in its folder with what ``lowbit compile`` writes beside it; built once per
+    session (llvm's ``.so`` is ``tiny_chat.lib``)."""
+    from lowbit.compiler.compile import CompileArgs, compile_model
+
+    root = tmp_path_factory.mktemp("tiny_chat_libs")
+    made: dict[tuple[str, str], Path] = {("llvm", tiny_chat.lib.suffix): tiny_chat.lib}
+
+    def get(target: str, suffix: str) -> Path:
+        if (target, suffix) not in made:
+            out = root / f"{target}{suffix.replace('.', '-')}" / f"tiny{suffix}"
+            made[target, suffix] = compile_model(CompileArgs(tiny_chat.mlc_dir, target, out), progress=False)
+        return made[target, suffix]
+
+    return get
+
+
 # -- a one-layer model with the bundled model's shapes, per MLC scheme (targets, packager)
 @pytest.fixture(scope="session")
 def tiny_mlc(tmp_path_factory):

@@ -8,11 +8,13 @@ plus a seeded random sample (bounded count); each case's outcome is tallied and 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import random
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +22,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from lowbit.artifact import library_checksum_path
 from lowbit.cli import main
+from lowbit.targets.presets import PRESETS
 
 SEED = int(os.environ.get("LOWBIT_FUZZ_SEED", "25"))  # CI runs one seed; others explore more
 RANDOM_VALUES = 3  # seeded random values per option, on top of the fixed edge cases
@@ -28,6 +32,7 @@ HUGE = str(10**30)
 INT_VALUES = ("0", "-1", "1", HUGE, f"-{HUGE}", "1.5", "abc", "", "0x10")
 FLOAT_VALUES = ("0", "-1", "1", "nan", "inf", "-inf", "1e400", "abc", "", "1,5")
 CHOICE_VALUES = ("nope", "", "-1", "0")
+HOST_TARGET = "llvm"  # the preset whose libraries this machine runs
 
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -172,10 +177,13 @@ def test_fuzz_options(workdir, capsys):
 def corruptions(path: Path) -> list[str]:
     """What is done to one file: every file can be truncated, flipped or deleted; JSON files also
     get text that is not JSON, JSON that is not an object, an object with a key dropped and
-    objects with a key's value of the wrong type."""
+    objects with a key's value of the wrong type; a library with a recorded sha256 is also
+    truncated with that record deleted (as a library from before checksums)."""
     kinds = ["truncate", "truncate", "flip", "flip", "delete"]
     if path.suffix == ".json":
         kinds += ["garbage", "not-object", "drop-key", "wrong-type", "wrong-type"]
+    if library_checksum_path(path).is_file():
+        kinds += ["truncate-unchecked"]
     return kinds
 
 
@@ -185,8 +193,10 @@ def corrupt(path: Path, kind: str, rng: random.Random) -> None:
     path.unlink()
     if kind == "delete":
         return
-    if kind == "truncate":
+    if kind.startswith("truncate"):
         data = data[: rng.randrange(len(data))]
+        if kind == "truncate-unchecked":
+            library_checksum_path(path).unlink()
     elif kind == "flip":
         buf = bytearray(data)
         for i in rng.sample(range(len(buf)), min(3, len(buf))):
@@ -233,10 +243,11 @@ def written(case_dir: Path) -> str:
 
 
 def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
-                  outcomes: Counter[str]) -> None:
+                  outcomes: Counter[str], refused: bool = False) -> None:
     """Corrupt each file of an artifact in turn and run ``command(folder, out) -> args`` on a
     folder of the files; expect the reference result (exit 0, same stdout) or a one-line error
-    with nothing written."""
+    with nothing written. An artifact this machine does not take (``refused``) is a one-line
+    error even intact, and so is every corruption of it."""
 
     def invoke(case_dir: Path, target: Path | None = None, kind: str = ""):
         linked_copy(files, case_dir / "in")
@@ -247,11 +258,15 @@ def fuzz_artifact(files: list[Path], command, tmp: Path, rng: random.Random,
         return result, stdout.replace(str(case_dir), "CASE") + written(case_dir)
 
     reference, expected = invoke(tmp / "reference")
-    assert reference.exit_code == 0, reference.output
+    if refused:
+        outcomes[f"{assert_clean_failure(reference, 'intact')} (intact)"] += 1
+    else:
+        assert reference.exit_code == 0, reference.output
     for n, (target, kind) in enumerate((f, k) for f in files for k in corruptions(f)):
         result, stdout = invoke(tmp / f"case{n}", target, kind)
         case = f"{target.name} {kind}"
         if result.exit_code == 0:
+            assert not refused, f"{case}: ran a library this machine refuses intact\n{result.output}"
             # an optional file deleted is a valid input: the same output, less that file's copy
             want = expected.replace(f"\n{target.name} copied", "") if kind == "delete" else expected
             assert stdout == want, f"{case}: silently different output\n{result.output}"
@@ -270,15 +285,15 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def test_fuzz_mlc_artifacts(tiny_chat, corpus, tmp_path, capsys):
-    """Every file of an MLC folder and its library (with its checksum), corrupted, fed to
-    ``run`` and ``eval ppl --model-lib``."""
+    """Every file of an MLC folder, corrupted, fed to ``run`` and ``eval ppl --model-lib`` with
+    the intact library (libraries are fuzzed by kind below)."""
     rng = random.Random(SEED)
-    lib = tiny_chat.lib
-    files = sorted(tiny_chat.mlc_dir.iterdir()) + [lib, lib.with_name(lib.name + ".sha256")]
+    files = sorted(tiny_chat.mlc_dir.iterdir())
+    lib = str(tiny_chat.lib)
     commands = {
-        "run": lambda d, out: ["run", str(d), "--model-lib", str(d / lib.name), "--prompt", "Hello",
+        "run": lambda d, out: ["run", str(d), "--model-lib", lib, "--prompt", "Hello",
                                "--max-new-tokens", "3", "--temperature", "0"],
-        "eval ppl": lambda d, out: ["eval", "ppl", str(d), "--model-lib", str(d / lib.name),
+        "eval ppl": lambda d, out: ["eval", "ppl", str(d), "--model-lib", lib,
                                     "--data", str(corpus), "--seqlen", "16", "--windows", "2",
                                     "-o", str(out / "ppl.json")],
     }
@@ -287,6 +302,40 @@ def test_fuzz_mlc_artifacts(tiny_chat, corpus, tmp_path, capsys):
         fuzz_artifact(files, command, tmp_path / name.replace(" ", "-"), rng, outcomes)
         with capsys.disabled():
             print(f"\nfuzz {name} on an MLC folder: {sum(outcomes.values())} cases, {dict(sorted(outcomes.items()))}")
+
+
+def library_kinds() -> dict[str, str]:
+    """Each kind (suffix) of library ``lowbit compile`` writes → the first target preset that
+    writes it with the tools this machine has."""
+    kinds: dict[str, str] = {}
+    for name, preset in PRESETS.items():
+        for fmt in preset.formats:
+            if all(tool.find() is not None for tool in fmt.tools):
+                kinds.setdefault(fmt.suffix, name)
+    missing = {f.suffix for p in PRESETS.values() for f in p.formats} - set(kinds)
+    assert not missing or os.environ.get("CI") != "true", f"no tools to build {missing}"
+    return kinds
+
+
+def test_fuzz_library_kinds(tiny_chat, tiny_chat_library, tmp_path, monkeypatch, capsys):
+    """Each kind of library ``lowbit compile`` writes, with what it writes beside it (checksum,
+    static metadata), corrupted, fed to ``run`` (``chat``, ``eval ppl`` and ``serve`` load
+    libraries through the same function). This machine's preset (llvm) must run; a kind built
+    for another machine, or a static archive or object tar, is refused in one line, intact or not."""
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(SEED)
+    for suffix, target in library_kinds().items():
+        start = time.monotonic()
+        lib = tiny_chat_library(target, suffix)
+        files = [lib, *sorted(lib.parent.glob(f"{glob.escape(lib.name)}.*"))]
+        outcomes: Counter[str] = Counter()
+        fuzz_artifact(files, lambda d, out, name=lib.name: [
+            "run", str(tiny_chat.mlc_dir), "--model-lib", str(d / name), "--prompt", "Hello",
+            "--max-new-tokens", "3", "--temperature", "0"], tmp_path / suffix[1:], rng, outcomes,
+            refused=target != HOST_TARGET)
+        with capsys.disabled():
+            print(f"\nfuzz run on a {suffix} library ({target}, {len(files)} files): {sum(outcomes.values())} "
+                  f"cases, {dict(sorted(outcomes.items()))}, {time.monotonic() - start:.0f} s with the build")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from native_build import missing, run
 
 from lowbit.artifact import static_metadata_path
 from lowbit.cache import cache_dir
-from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.runtime.engine import Engine, GenerationConfig
 from lowbit.runtime.tokenizer import ConvTemplate
 
@@ -46,7 +45,7 @@ def _package_dir(name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jni_build(tiny_chat, tmp_path_factory) -> JniBuild:
+def jni_build(tiny_chat, tiny_chat_library, tmp_path_factory) -> JniBuild:
     """liblowbit_jni.so for the host (CMake build cached between runs) with the tiny model's
     llvm-static archive, and the Java sources plus the driver compiled by javac."""
     for tool, package in (("cmake", "cmake"), ("javac", "openjdk-17-jdk-headless")):
@@ -55,7 +54,7 @@ def jni_build(tiny_chat, tmp_path_factory) -> JniBuild:
     if not Path("/usr/include/nlohmann/json.hpp").is_file():
         missing("nlohmann-json3-dev", NEEDED_BY)
     tmp = tmp_path_factory.mktemp("android-jni")
-    archive = compile_model(CompileArgs(tiny_chat.mlc_dir, "llvm-static", tmp / "tiny.a"), progress=False)
+    archive = tiny_chat_library("llvm-static", ".a")
     prefix = json.loads(static_metadata_path(archive).read_text())["system_lib_prefix"]
     tvm_ffi = _package_dir("tvm_ffi")
     ffi_include = [tvm_ffi / "include", tvm_ffi / "3rdparty" / "dlpack" / "include"]

@@ -18,7 +18,6 @@ from native_build import NATIVE, run, run_ctest, write_fixture
 
 from lowbit.artifact import static_metadata_path
 from lowbit.compiler.chat_config import CONV_TEMPLATES
-from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.runtime.engine import Engine, GenerationConfig
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import ConvTemplate
@@ -230,10 +229,10 @@ def test_bad_input_gives_one_line_errors(native_build, bundled_w4, tiny_chat, tm
 
 
 # -- a model linked into the program -------------------------------------------------------------
-def test_model_linked_statically(native_build, tiny_chat, tmp_path):
+def test_model_linked_statically(native_build, tiny_chat, tiny_chat_library):
     """``--target llvm-static``: the archive linked into a test program, loaded as system://PREFIX,
     generates what the Python engine generates with the shared library."""
-    archive = compile_model(CompileArgs(tiny_chat.mlc_dir, "llvm-static", tmp_path / "tiny.a"), progress=False)
+    archive = tiny_chat_library("llvm-static", ".a")
     prefix = json.loads(static_metadata_path(archive).read_text())["system_lib_prefix"]
     assert prefix.startswith("llama_q0f32_")
     engine = Engine(tiny_chat.mlc_dir, tiny_chat.lib)

@@ -1,22 +1,28 @@
-"""Checksums every load checks: the library's sha256 that ``lowbit compile`` writes beside it (a
-library without one is at least checked for truncation), and the sha256 of ``tokenizer.json``
-that ``lowbit convert`` records in ``tensor-cache.json``."""
+"""Checks every load makes: the library's sha256 that ``lowbit compile`` writes beside it (a
+library without one is checked for truncation, then loaded once in a child process that a crash
+ends instead of the CLI), and the sha256 of ``tokenizer.json`` that ``lowbit convert`` records
+in ``tensor-cache.json``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from required_tools import require_any
 
 from lowbit.cli import main
+from lowbit.runtime.library_check import CHECKED_DIR
 
 
 @pytest.fixture
-def lib_copy(tiny_chat, tmp_path):
-    """The tiny library and its checksum file, copied (a test may damage them)."""
+def lib_copy(tiny_chat, tmp_path, monkeypatch):
+    """The tiny library and its checksum file, copied (a test may damage them); an empty cache."""
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
     lib = tmp_path / tiny_chat.lib.name
     shutil.copy2(tiny_chat.lib, lib)
     shutil.copy2(tiny_chat.lib.with_name(tiny_chat.lib.name + ".sha256"), tmp_path)
@@ -48,11 +54,47 @@ def test_damaged_library_is_one_line_error(tiny_chat, lib_copy, damage):
         "(truncated or corrupted): rebuild it with lowbit compile")
 
 
-def test_library_without_checksum_still_loads(tiny_chat, lib_copy):
+def test_library_without_checksum_loads_after_one_check(tiny_chat, lib_copy, tmp_path, monkeypatch):
+    """The child process's verdict is kept by the library's sha256: the next load spawns none."""
     lib_copy.with_name(lib_copy.name + ".sha256").unlink()
     result = run(tiny_chat, lib_copy)
     assert result.exit_code == 0, result.output
     assert result.stdout == run(tiny_chat, tiny_chat.lib).stdout
+    digest = hashlib.sha256(lib_copy.read_bytes()).hexdigest()
+    assert [p.name for p in (tmp_path / "cache" / CHECKED_DIR).iterdir()] == [digest]
+
+    def no_child(*args, **kwargs):
+        raise AssertionError(f"a second check process: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    assert run(tiny_chat, lib_copy).stdout == result.stdout
+
+
+@pytest.fixture
+def crashing_lib(tmp_path) -> Path:
+    """A shared library whose load ends the process with SIGSEGV (a constructor that raises it),
+    without a checksum: what a corrupted library from before checksums can do to the loader."""
+    cxx = require_any(("g++", "c++", "cc"), "builds a library that crashes on load")
+    src = tmp_path / "crash.c"
+    src.write_text("#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n")
+    lib = tmp_path / "crash.so"
+    subprocess.run([cxx, "-x", "c", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+@pytest.mark.parametrize("command", ["run", "eval ppl"])
+def test_library_that_crashes_the_loader_is_one_line_error(tiny_chat, crashing_lib, tmp_path, monkeypatch, command):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out" / "ppl.json"
+    args = {"run": ["run", str(tiny_chat.mlc_dir), "--model-lib", str(crashing_lib), "--prompt", "Hi"],
+            "eval ppl": ["eval", "ppl", str(tiny_chat.mlc_dir), "--model-lib", str(crashing_lib),
+                         "--seqlen", "16", "--windows", "1", "-o", str(out)]}[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: model library {crashing_lib} crashed the loader (SIGSEGV) in a check process: "
+        "truncated or corrupted? rebuild it with lowbit compile"]
+    assert not out.parent.exists() and not (tmp_path / "cache" / CHECKED_DIR).exists()
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.5, 0.1])
