@@ -56,12 +56,40 @@ def run_prompt(args: GenerateArgs, out: TextIO | None = None) -> GenerationStats
         ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": args.prompt}])
     else:
         ids = engine.tokenizer.encode(args.prompt)
-    for delta in engine.generate(ids, generation_config(args, engine, args.chat_template)):
-        out.write(delta)
-        out.flush()
+    with _prefill_bar(engine.prefill_chunk) as progress:
+        for delta in engine.generate(ids, generation_config(args, engine, args.chat_template),
+                                     prefill_progress=progress):
+            out.write(delta)
+            out.flush()
     out.write("\n")
     out.flush()
     return engine.last_stats
+
+
+@contextlib.contextmanager
+def _prefill_bar(chunk: int) -> Iterator[Callable[[int], Callable[[int], None] | None]]:
+    """A prefill progress bar on stderr for prompts longer than one chunk (the text goes to
+    stdout; the bar is closed before it starts)."""
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def start(total: int) -> Callable[[int], None] | None:
+        if total <= chunk:
+            return None
+        bars.append(tqdm(total=total, desc="prefill", unit="tok", file=sys.stderr, leave=False, mininterval=0))
+
+        def advance(n: int) -> None:
+            bars[-1].update(n)
+            if bars[-1].n >= total:
+                bars[-1].close()
+        return advance
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 class ChatSession:

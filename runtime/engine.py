@@ -236,22 +236,30 @@ class Engine:
             self._tokens[seq_id].append(int(token))
         return out[0].numpy().reshape(len(tokens), -1)
 
-    def prefill(self, seq_id: int, ids: Sequence[int]) -> np.ndarray:
-        """Append ``ids`` to the sequence in chunks; the last position's logits."""
-        return self._prefill_chunks("prefill", seq_id, ids)[-1][-1]
+    def prefill(self, seq_id: int, ids: Sequence[int],
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Append ``ids`` to the sequence in chunks; the last position's logits. ``progress``
+        is called with each chunk's token count as it finishes."""
+        return self._prefill_chunks("prefill", seq_id, ids, progress)[-1][-1]
 
     def all_logits(self, seq_id: int, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids`` to the sequence in chunks; the logits of every position [len(ids), vocab]
         (the library's ``prefill_all_logits``, for scoring)."""
         return np.concatenate(self._prefill_chunks("prefill_all_logits", seq_id, ids))
 
-    def _prefill_chunks(self, fn: str, seq_id: int, ids: Sequence[int]) -> list[np.ndarray]:
+    def _prefill_chunks(self, fn: str, seq_id: int, ids: Sequence[int],
+                        progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
         self._known(seq_id)
         if not ids:
             raise LowbitError("prefill needs at least one token")
         self._check_room(seq_id, len(ids))
-        return [self._forward(fn, seq_id, ids[start : start + self.prefill_chunk])
-                for start in range(0, len(ids), self.prefill_chunk)]
+        out = []
+        for start in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[start : start + self.prefill_chunk]
+            out.append(self._forward(fn, seq_id, chunk))
+            if progress is not None:
+                progress(len(chunk))
+        return out
 
     def decode(self, seq_id: int, token: int) -> np.ndarray:
         """Append one token; its logits."""
@@ -314,12 +322,14 @@ class Engine:
         return Generation(self.tokenizer, config, seed_offset, self.grammars if needs_grammars else None)
 
     def generate(self, ids: Sequence[int], config: GenerationConfig, seq_id: int = 0,
-                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+                 should_stop: Callable[[], bool] | None = None,
+                 prefill_progress: Callable[[int], Callable[[int], None] | None] | None = None) -> Iterator[str]:
         """Stream the text generated after ``ids`` (the sequence's whole context) as deltas.
 
         The sequence is created if needed; tokens it already caches that agree with ``ids`` are
         reused. ``self.last_stats`` is filled in as it goes. ``should_stop`` is polled between
-        tokens (interrupting never leaves the KV cache mid-step).
+        tokens (interrupting never leaves the KV cache mid-step). ``prefill_progress(n)``, given
+        the number of tokens to prefill, may return a callback for :meth:`prefill`.
         """
         ids = [int(t) for t in ids]
         if not ids:
@@ -336,7 +346,7 @@ class Engine:
         stats = self.last_stats = GenerationStats()
         new = ids[len(self._tokens[seq_id]) :]
         t0 = time.perf_counter()
-        logits = self.prefill(seq_id, new)
+        logits = self.prefill(seq_id, new, prefill_progress(len(new)) if prefill_progress else None)
         stats.prompt_tokens, stats.prompt_seconds = len(new), time.perf_counter() - t0
         yield from self._decode_loop(seq_id, logits, config, stats, should_stop)
 

@@ -218,3 +218,32 @@ def test_library_for_another_folder_is_refused(tiny_chat, tmp_path, change):
         (mlc / "tensor-cache.json").write_text(json.dumps(index))
     line = _cli_error(mlc, "--model-lib", tiny_chat.lib)
     assert "model library tiny.so" in line
+
+
+def test_long_prefill_reports_progress(tiny_chat, capsys):
+    """A prompt longer than one prefill chunk advances ``run``'s stderr bar chunk by chunk to the
+    whole prompt; text matches the plain engine's; a one-chunk prompt shows no bar."""
+    from lowbit.runtime.chat import _prefill_bar
+
+    small = Engine(tiny_chat.mlc_dir, tiny_chat.lib, prefill_chunk=4)
+    ids = small.tokenizer.encode(PROMPTS[2])
+    config = GenerationConfig(max_new_tokens=4)
+    counts: list[int] = []
+
+    def progress(total: int):
+        assert total == len(ids)
+        return counts.append
+
+    text = "".join(small.generate(ids, config, prefill_progress=progress))
+    assert counts == [4] * (len(ids) // 4) + ([len(ids) % 4] if len(ids) % 4 else [])
+    plain = Engine(tiny_chat.mlc_dir, tiny_chat.lib)
+    assert text == "".join(plain.generate(ids, config))
+    capsys.readouterr()
+    with _prefill_bar(small.prefill_chunk) as start:
+        assert start(4) is None
+        advance = start(len(ids))
+        for n in counts:
+            advance(n)
+    err = capsys.readouterr().err  # each chunk's count shown; the finished bar is cleared
+    done = np.cumsum(counts)[:-1]
+    assert "prefill" in err and all(f"{n}/{len(ids)}" in err for n in done)
