@@ -1,10 +1,10 @@
 """lowbit's CPU attention kernels for TVM's paged KV cache, in place of TVM's scalar ones.
 
 TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk) loop over
-sequences and query heads one score at a time, on one core. Here each (query row, KV head) pair
-is one parallel task: each key and value row is loaded once for the query heads that share it
-(GQA), the q·k products run in fp32 vector lanes, and the online softmax is updated once per tile
-of 16 keys. The arguments, the key addressing (pages, the last page's length, a sliding window's
+sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
+query rows of one sequence) is one parallel task: each key and value row is loaded once for the
+tile's rows and the query heads that share it (GQA), the q·k products run in fp32 vector lanes,
+and the online softmax is updated once per tile of 16 keys. The arguments, the key addressing (pages, the last page's length, a sliding window's
 start and sink), the masks and the outputs (``output``, and ``lse`` in log2 units of the
 ``sm_scale``-scaled scores, which the cache's merge kernel reads) are TVM's, so the runtime calls
 them unchanged. A query that sees no key gets zeros and lse -5e4, which the merge weighs 0.
@@ -26,70 +26,96 @@ LOWBIT_KERNEL = "lowbit.kernel"  # attribute marking the kernels below
 TILE = 16  # key rows per online-softmax update
 LANES = 8  # fp32 lanes of the q·k partial sums
 MASKED = -5e4  # TVM's initial running maximum (log2 units): a query that sees no key keeps it
+ROW_TILE = 4  # prefill query rows (of one sequence) per task: each key row read once for all
 
 
 @T.macro
-def _attend_row(Q, output, lse, t, hk, lo, hi, loc0, loc1, key, value, sm_scale, group, d, cap):
-    """Attention of the query heads ``hk·group …`` of row ``t`` over key positions [lo, hi):
-    ``loc0(pos)``/``loc1(pos)`` locate a key, ``key(l0, l1, j)``/``value(l0, l1, j)`` read it.
-    Writes ``output[t]`` and ``lse[t]`` (log2 units, TVM's convention)."""
-    q = T.decl_buffer((group, d), "float32")
-    acc = T.decl_buffer((group, d), "float32")
-    m = T.decl_buffer((group,), "float32")
-    den = T.decl_buffer((group,), "float32")
-    sc = T.decl_buffer((group, TILE), "float32")
+def _attend_rows(Q, output, lse, t0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
+                 group, d, cap, qt):
+    """Attention of the query heads ``hk·group …`` of the ``n`` (≤ ``qt``) rows ``t0 …`` of
+    one sequence, row ``i`` over key positions [lo_of(i), hi_of(i)): each key row is read once
+    for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key, ``key(l0, l1, j)`` /
+    ``value(l0, l1, j)`` read it. Writes ``output[t]`` and ``lse[t]`` (log2 units, TVM's)."""
+    q = T.decl_buffer((qt * group, d), "float32")
+    acc = T.decl_buffer((qt * group, d), "float32")
+    m = T.decl_buffer((qt * group,), "float32")
+    den = T.decl_buffer((qt * group,), "float32")
+    sc = T.decl_buffer((qt * group, TILE), "float32")
     part = T.decl_buffer((LANES,), "float32")
     loc = T.decl_buffer((TILE, 2), "int32")
-    for g in T.serial(group):
-        m[g] = T.float32(MASKED)
-        den[g] = T.float32(1.0)
-        for j in T.vectorized(d):
-            q[g, j] = T.cast(Q[t, hk * group + g, j], "float32") * (sm_scale * T.float32(LOG2E))
-            acc[g, j] = T.float32(0)
-    for tile in T.serial((hi - lo + TILE - 1) // TILE):
-        rows: T.int32 = T.min(TILE, hi - lo - tile * TILE)
-        for r in T.serial(rows):
-            loc[r, 0] = loc0(lo + tile * TILE + r)
-            loc[r, 1] = loc1(lo + tile * TILE + r)
+    span = T.decl_buffer((qt, 2), "int32")
+    scan = T.decl_buffer((2,), "int32")
+    scan[0] = lo_of(0)
+    scan[1] = hi_of(0)
+    for i in T.serial(n):
+        span[i, 0] = lo_of(i)
+        span[i, 1] = T.max(hi_of(i), span[i, 0])
+        scan[0] = T.min(scan[0], span[i, 0])
+        scan[1] = T.max(scan[1], span[i, 1])
         for g in T.serial(group):
-            for r in T.serial(rows):
-                for lane in T.vectorized(LANES):
-                    part[lane] = T.float32(0)
-                for c in T.serial(d // LANES):
-                    for lane in T.vectorized(LANES):
-                        part[lane] = part[lane] + q[g, c * LANES + lane] * T.cast(key(loc[r, 0], loc[r, 1], c * LANES + lane), "float32")
-                sc[g, r] = T.float32(0)
-                for lane in T.serial(LANES):
-                    sc[g, r] = sc[g, r] + part[lane]
-                if cap > 0:
-                    sc[g, r] = T.float32(cap) * T.tanh(sc[g, r] / T.float32(cap))
-        for g in T.serial(group):
-            tile_max: T.float32 = m[g]
-            for r in T.serial(rows):
-                tile_max = T.max(tile_max, sc[g, r])
-            scale: T.float32 = T.exp2(m[g] - tile_max)
-            den[g] = den[g] * scale
+            m[i * group + g] = T.float32(MASKED)
+            den[i * group + g] = T.float32(1.0)
             for j in T.vectorized(d):
-                acc[g, j] = acc[g, j] * scale
-            m[g] = tile_max
+                q[i * group + g, j] = T.cast(Q[t0 + i, hk * group + g, j], "float32") * (sm_scale * T.float32(LOG2E))
+                acc[i * group + g, j] = T.float32(0)
+    for tile in T.serial((scan[1] - scan[0] + TILE - 1) // TILE):
+        base: T.int32 = scan[0] + tile * TILE
+        rows: T.int32 = T.min(TILE, scan[1] - base)
+        for r in T.serial(rows):
+            loc[r, 0] = loc0(base + r)
+            loc[r, 1] = loc1(base + r)
+        for i in T.serial(n):
+            for g in T.serial(group):
+                for r in T.serial(rows):
+                    if base + r >= span[i, 0] and base + r < span[i, 1]:
+                        for lane in T.vectorized(LANES):
+                            part[lane] = T.float32(0)
+                        for c in T.serial(d // LANES):
+                            for lane in T.vectorized(LANES):
+                                part[lane] = part[lane] + q[i * group + g, c * LANES + lane] * T.cast(key(loc[r, 0], loc[r, 1], c * LANES + lane), "float32")
+                        sc[i * group + g, r] = T.float32(0)
+                        for lane in T.serial(LANES):
+                            sc[i * group + g, r] = sc[i * group + g, r] + part[lane]
+                        if cap > 0:
+                            sc[i * group + g, r] = T.float32(cap) * T.tanh(sc[i * group + g, r] / T.float32(cap))
+                    else:
+                        sc[i * group + g, r] = T.float32(-1e30)  # outside the row's mask: weight 0
+        for h in T.serial(n * group):
+            tile_max: T.float32 = m[h]
             for r in T.serial(rows):
-                p: T.float32 = T.exp2(sc[g, r] - tile_max)
-                den[g] = den[g] + p
+                tile_max = T.max(tile_max, sc[h, r])
+            scale: T.float32 = T.exp2(m[h] - tile_max)
+            den[h] = den[h] * scale
+            for j in T.vectorized(d):
+                acc[h, j] = acc[h, j] * scale
+            m[h] = tile_max
+        for r in T.serial(rows):
+            for h in T.serial(n * group):
+                p: T.float32 = T.exp2(sc[h, r] - m[h])
+                den[h] = den[h] + p
                 for j in T.vectorized(d):
-                    acc[g, j] = acc[g, j] + p * T.cast(value(loc[r, 0], loc[r, 1], j), "float32")
-    for g in T.serial(group):
-        for j in T.vectorized(d):
-            output[t, hk * group + g, j] = T.cast(acc[g, j] / den[g], output.dtype)
-        lse[t, hk * group + g] = m[g] + T.log2(den[g])
+                    acc[h, j] = acc[h, j] + p * T.cast(value(loc[r, 0], loc[r, 1], j), "float32")
+    for i in T.serial(n):
+        for g in T.serial(group):
+            for j in T.vectorized(d):
+                output[t0 + i, hk * group + g, j] = T.cast(acc[i * group + g, j] / den[i * group + g], output.dtype)
+            lse[t0 + i, hk * group + g] = m[i * group + g] + T.log2(den[i * group + g])
 
 
 @T.macro
-def _sequence_of(indptr, batch_size, t, seq):
-    """``seq[0]``: the sequence whose rows ``indptr[b] … indptr[b + 1] - 1`` hold row ``t``."""
-    seq[0] = 0
-    for i in T.serial(batch_size):
-        if indptr[i + 1] <= t:
-            seq[0] = i + 1
+def _tile_of(indptr, batch_size, tile, found):
+    """``found``: (sequence, tile within it) of global row tile ``tile``, where sequence ``b``
+    has ``ceil((indptr[b + 1] - indptr[b]) / ROW_TILE)`` tiles; (-1, 0) past the last one."""
+    found[0] = -1
+    found[1] = 0
+    first = T.decl_buffer((1,), "int32")
+    first[0] = 0
+    for b in T.serial(batch_size):
+        n: T.int32 = (indptr[b + 1] - indptr[b] + ROW_TILE - 1) // ROW_TILE
+        if found[0] < 0 and tile < first[0] + n:
+            found[0] = b
+            found[1] = tile - first[0]
+        first[0] = first[0] + n
 
 
 def _kv_len(n_pages, last_len, window_start, sink):
@@ -145,12 +171,12 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
             sink: T.int32 = length_info[2, b] if sliding else 0
             kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first, length_info[0, b] if sliding else length_info[b],
                                       window_start, sink)
-            _attend_row(Q, output, lse, b, hk, 0, kv_len,
-                        lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
-                        lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                        lambda page, off, j: pages[page, 0, hk, off, j],
-                        lambda page, off, j: pages[page, 1, hk, off, j],
-                        sm_scale, group, d, cap)
+            _attend_rows(Q, output, lse, b, 1, lambda i: 0, lambda i: kv_len, hk,
+                         lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                         lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                         lambda page, off, j: pages[page, 0, hk, off, j],
+                         lambda page, off, j: pages[page, 1, hk, off, j],
+                         sm_scale, group, d, cap, 1)
     return kernel
 
 
@@ -189,29 +215,31 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
         output = T.match_buffer(output_handle, (total_len, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (total_len, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
-        for task in T.parallel(total_len * h_kv):
-            seq = T.decl_buffer((1,), "int32")
-            t: T.int32 = task // h_kv
+        for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
+            found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
-            _sequence_of(q_indptr, batch_size, t, seq)
-            b: T.int32 = seq[0]
-            row: T.int32 = t - q_indptr[b]
-            qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
-            first: T.int32 = page_indptr[b]
-            window_start: T.int32 = length_info[1, b] if sliding else 0
-            sink: T.int32 = length_info[2, b] if sliding else 0
-            kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first, length_info[0, b] if sliding else length_info[b],
-                                      window_start, sink)
-            windowed: T.bool = causal > 0 and window > 0
-            lo: T.int32 = T.if_then_else(windowed, T.max(kv_len - T.max(window - row - 1, 0), 0), 0)
-            hi: T.int32 = T.if_then_else(causal > 0 and not windowed,
-                                         T.max(T.min(kv_len, kv_len - qo_len + row + 1), 0), kv_len)
-            _attend_row(q, output, lse, t, hk, lo, T.max(hi, lo),
-                        lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
-                        lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                        lambda page, off, j: pages[page, 0, hk, off, j],
-                        lambda page, off, j: pages[page, 1, hk, off, j],
-                        sm_scale, group, d, cap)
+            _tile_of(q_indptr, batch_size, task // h_kv, found)
+            if found[0] >= 0:
+                b: T.int32 = found[0]
+                row0: T.int32 = found[1] * ROW_TILE
+                qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
+                first: T.int32 = page_indptr[b]
+                window_start: T.int32 = length_info[1, b] if sliding else 0
+                sink: T.int32 = length_info[2, b] if sliding else 0
+                kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first,
+                                          length_info[0, b] if sliding else length_info[b], window_start, sink)
+                windowed: T.bool = causal > 0 and window > 0
+                plain_causal: T.bool = causal > 0 and not windowed
+                _attend_rows(q, output, lse, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
+                             lambda i: T.if_then_else(windowed, T.max(kv_len - T.max(window - row0 - i - 1, 0), 0), 0),
+                             lambda i: T.if_then_else(plain_causal,
+                                                      T.max(T.min(kv_len, kv_len - qo_len + row0 + i + 1), 0), kv_len),
+                             hk,
+                             lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                             lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                             lambda page, off, j: pages[page, 0, hk, off, j],
+                             lambda page, off, j: pages[page, 1, hk, off, j],
+                             sm_scale, group, d, cap, ROW_TILE)
     return kernel
 
 
@@ -244,22 +272,25 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
         output = T.match_buffer(output_handle, (qo_total, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (qo_total, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
-        for task in T.parallel(qo_total * h_kv):
-            seq = T.decl_buffer((1,), "int32")
-            t: T.int32 = task // h_kv
+        for task in T.parallel(((qo_total + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
+            found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
-            _sequence_of(q_indptr, batch_size, t, seq)
-            b: T.int32 = seq[0]
-            row: T.int32 = t - q_indptr[b]
-            kv_len: T.int32 = kv_indptr[b + 1] - kv_indptr[b]
-            hi: T.int32 = T.if_then_else(causal > 0, T.min(kv_len, kv_len - (q_indptr[b + 1] - q_indptr[b]) + row + 1),
-                                         kv_len)
-            _attend_row(q, output, lse, t, hk, 0, T.max(hi, 0),
-                        lambda pos: kv_indptr[b] + pos,
-                        lambda pos: 0,
-                        lambda i, _, j: k[i, hk, j],
-                        lambda i, _, j: v[i, hk, j],
-                        sm_scale, group, d, cap)
+            _tile_of(q_indptr, batch_size, task // h_kv, found)
+            if found[0] >= 0:
+                b: T.int32 = found[0]
+                row0: T.int32 = found[1] * ROW_TILE
+                qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
+                kv_len: T.int32 = kv_indptr[b + 1] - kv_indptr[b]
+                _attend_rows(q, output, lse, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
+                             lambda i: 0,
+                             lambda i: T.if_then_else(causal > 0, T.max(T.min(kv_len, kv_len - qo_len + row0 + i + 1), 0),
+                                                      kv_len),
+                             hk,
+                             lambda pos: kv_indptr[b] + pos,
+                             lambda pos: 0,
+                             lambda i, _, j: k[i, hk, j],
+                             lambda i, _, j: v[i, hk, j],
+                             sm_scale, group, d, cap, ROW_TILE)
     return kernel
 
 
