@@ -5,12 +5,18 @@ hook records every connection and name lookup off the loopback interface, or to 
 Each command the CLI has runs once in-process on the tiny fixtures; one without a case here
 (``compile``, ``package`` and ``serve``: a build takes seconds, a server binds a port) runs as
 ``--help``, and its own tests build and serve under the session-wide hook of ``conftest.offline``.
+
+With cold caches the only network use is ``pip download`` of the data wheels: the code that runs
+it, and every wheel it can fetch (named with its version in the README), are checked here.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import ipaddress
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -110,3 +116,39 @@ def test_the_hook_sees_direct_and_proxied_attempts(blocked_network):
         urllib.request.urlopen("https://huggingface.co/api/models", timeout=1)
     assert blocked_network == ["connect ('203.0.113.1', 443)", "lookup huggingface.co",
                                f"connect ('127.0.0.1', {CLOSED_PORT})"]
+
+
+# -- cold caches: the only downloads are the README's --------------------------------------------
+DOWNLOADERS = {"lowbit/packages.py", "targets/runtime_libs.py"}  # the code that runs `pip download`
+TEST_ONLY_DOWNLOADERS = {"targets/runtime_libs.py": "aarch64_tvm_runtime"}  # not reached by a command
+
+
+def _sources() -> list[Path]:
+    from test_architectures import ROOT, STAGES
+
+    return [p for stage in (*STAGES, "packager") for p in sorted((ROOT / stage).rglob("*.py"))]
+
+
+def test_every_download_is_a_documented_wheel():
+    """With cold caches a command downloads only through ``lowbit.packages`` (each wheel once,
+    no dependencies), and every wheel it can fetch is named, with its version, in the README."""
+    from test_architectures import ROOT
+
+    from lowbit import packages
+    from lowbit.evaluate import task_data
+
+    runners = {p.relative_to(ROOT).as_posix() for p in _sources() if '"download"' in p.read_text()}
+    assert runners == DOWNLOADERS
+    for path, function in TEST_ONLY_DOWNLOADERS.items():
+        module = path.removesuffix(".py").replace("/", ".")
+        users = {p.relative_to(ROOT).as_posix() for p in _sources()
+                 if function in p.read_text() and p.relative_to(ROOT).as_posix() != path}
+        assert not users, f"{module}.{function} is reached by {users}: document its download"
+    for p in _sources():  # every module that defines wheels, imported: then gc finds them all
+        if "PackagedFile" in p.read_text():
+            importlib.import_module("lowbit." + p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+                                    .removeprefix("lowbit."))
+    wheels = {o.requirement for o in gc.get_objects() if type(o) is packages.PackagedFile}
+    assert {packages.SMOLLM2_GGUF.requirement, "==".join(task_data.BENCHKIT)} <= wheels
+    readme = (ROOT / "README.md").read_text()
+    assert [w for w in sorted(wheels) if f"`{w}`" not in readme] == []
