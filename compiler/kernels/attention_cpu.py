@@ -4,10 +4,12 @@ TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk
 sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
 query rows of one sequence) is one parallel task: each key and value row is loaded once for the
 tile's rows and the query heads that share it (GQA), the q·k products run in fp32 vector lanes,
-and the online softmax is updated once per tile of 16 keys. The arguments, the key addressing (pages, the last page's length, a sliding window's
-start and sink), the masks and the outputs (``output``, and ``lse`` in log2 units of the
-``sm_scale``-scaled scores, which the cache's merge kernel reads) are TVM's, so the runtime calls
-them unchanged. A query that sees no key gets zeros and lse -5e4, which the merge weighs 0.
+and the online softmax is updated once per tile of 16 keys. The arguments, the key addressing
+(pages, the last page's length, a sliding window's start and sink), the masks and the outputs
+(``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores, which the cache's merge
+kernel reads) are TVM's, so the runtime calls them unchanged. A query that sees no key gets zeros
+and lse -5e4, which the merge weighs 0. A head_dim that is not a multiple of the vector lanes
+keeps TVM's kernels.
 """
 
 from __future__ import annotations
@@ -309,7 +311,10 @@ def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: 
 def use_lowbit_attention(mod: IRModule, h_kv: int, h_q: int, d: int, dtype: str, window: int,
                          softcap: float = 0.0) -> IRModule:
     """``mod`` (an exported model with a paged KV cache whose sliding layers see ``window`` keys)
-    with TVM's CPU decode and prefill attention kernels replaced by lowbit's."""
+    with TVM's CPU decode and prefill attention kernels replaced by lowbit's (unchanged when
+    ``d`` is not a multiple of :data:`LANES`)."""
+    if d % LANES:
+        return mod
     ours = _tvm_kernels(h_kv, h_q, d, dtype, window, softcap)
     found = {gv: f.attrs["global_symbol"] for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in ours}

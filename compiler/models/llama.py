@@ -298,8 +298,8 @@ class LlamaForCausalLM(nn.Module):
         return 0.0
 
     def finish_module(self, mod: IRModule) -> IRModule:
-        """The exported module with lowbit's CPU attention kernels on CPU targets, and TVM's
-        other attention kernels soft-capped where the family caps its scores."""
+        """The exported module with lowbit's CPU attention kernels on CPU targets, and the
+        attention kernels left from TVM soft-capped where the family caps its scores."""
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
             mod = use_lowbit_attention(mod, c.num_key_value_heads, c.num_attention_heads, c.head_dim,

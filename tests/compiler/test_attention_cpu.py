@@ -141,3 +141,13 @@ def test_prefill_ragged_kernel_matches_numpy(causal):
                 t = q_indptr[b] + r
                 np.testing.assert_allclose(got[t, h], want, atol=2e-5, err_msg=f"sequence {b} row {r} head {h}")
                 assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
+
+
+def test_head_dim_off_the_lanes_keeps_tvms_kernels():
+    from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
+    from lowbit.errors import LowbitError
+
+    empty = tvm.IRModule({})
+    assert use_lowbit_attention(empty, 2, 4, 20, "float32", 0) is empty
+    with pytest.raises(LowbitError, match="lacks TVM's CPU attention kernels"):
+        use_lowbit_attention(empty, 2, 4, 24, "float32", 0)
