@@ -351,15 +351,23 @@ def serve(**kw) -> None:
 
 
 @main.command(name="list")
-@click.argument("what", required=False, type=click.Choice(["models", "methods", "schemes", "targets"]))
+@click.argument("what", required=False,
+                type=click.Choice(["models", "architectures", "methods", "schemes", "targets"]))
 def list_(what: str | None) -> None:
-    """What exists: bundled models, calibration methods, MLC schemes, compile targets."""
+    """What exists: bundled models, model architectures, calibration methods, MLC schemes,
+    compile targets."""
     if what in (None, "models"):
         from lowbit.models import BUNDLED
 
         click.echo("bundled models:")
         for m in BUNDLED.values():
             click.echo(f"  {m.name:16s} {m.description}")
+    if what in (None, "architectures"):
+        from lowbit.architectures import ARCHITECTURES
+
+        click.echo("model architectures (config.json model_type):")
+        for arch in ARCHITECTURES.values():
+            click.echo(f"  {arch.model_type:16s} {arch.description}")
     if what in (None, "methods"):
         from lowbit.calib import METHODS
 

@@ -87,6 +87,10 @@ def test_list_names_methods_and_models():
     assert "q4f16_1          4.5 bits/weight" in result.output
     assert "w3a16g128asym    3.1875 bits/weight" in result.output and "  llvm" in result.output
     assert "nf3a16g128       3.25 bits/weight" in result.output
+    from lowbit.architectures import ARCHITECTURES
+
+    for model_type, arch in ARCHITECTURES.items():
+        assert arch.description and f"  {model_type:16s} {arch.description}" in result.output
 
 
 def test_eval_ppl_on_user_corpus(tiny_llama_dir, tmp_path):

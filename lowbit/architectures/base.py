@@ -84,6 +84,7 @@ class Architecture:
     model: str
     model_options: Mapping[str, Any] = field(default_factory=dict)
     conv_template: str | Mapping[str, Any] = "LM"
+    description: str = ""  # one line for ``lowbit list architectures``
 
     def model_class(self) -> type:
         """The relax model definition (imports the compiler, hence TVM)."""

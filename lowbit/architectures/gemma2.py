@@ -146,4 +146,6 @@ ARCHITECTURE = Architecture(
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.gemma2:Gemma2ForCausalLM",
     conv_template=CONV_TEMPLATE,
+    description="Gemma 2: soft-capped attention and logits, 1 + w pre/post norms, alternate "
+    "sliding-window layers (CPU targets)",
 )

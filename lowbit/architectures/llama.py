@@ -136,4 +136,5 @@ ARCHITECTURE = Architecture(
     mlc_model_config=mlc_model_config,
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.llama:LlamaForCausalLM",
+    description="Llama 1/2/3 (Llama-3 RoPE scaling), SmolLM",
 )

@@ -91,4 +91,5 @@ ARCHITECTURE = Architecture(
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.llama:LlamaForCausalLM",
     conv_template=CONV_TEMPLATE,
+    description="Mistral: sliding-window attention, exact past the window",
 )

@@ -172,4 +172,5 @@ ARCHITECTURE = Architecture(
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.phi3:Phi3ForCausalLM",
     conv_template=CONV_TEMPLATE,
+    description="Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate_up, longrope, sliding window",
 )

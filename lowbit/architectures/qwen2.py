@@ -56,4 +56,5 @@ ARCHITECTURE = Architecture(
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.llama:LlamaForCausalLM",
     model_options={"qkv_name": QKV_NAME, "qkv_bias": True},
+    description="Qwen2 / Qwen2.5: q/k/v biases",
 )

@@ -74,4 +74,5 @@ ARCHITECTURE = Architecture(
     hf_config_from_mlc=hf_config_from_mlc,
     model="lowbit.compiler.models.qwen3:Qwen3ForCausalLM",
     model_options={"qkv_name": QKV_NAME},
+    description="Qwen3: per-head q/k norms",
 )
