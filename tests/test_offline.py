@@ -112,8 +112,8 @@ def test_the_hook_sees_direct_and_proxied_attempts(blocked_network):
         socket.create_connection(("203.0.113.1", 443), timeout=1)
     with pytest.raises(OSError):
         socket.getaddrinfo("huggingface.co", 443)
-    with pytest.raises(OSError):
-        urllib.request.urlopen("https://huggingface.co/api/models", timeout=1)
+    with pytest.raises(OSError):  # a fresh opener: urlopen's global one keeps the proxies it first saw
+        urllib.request.build_opener().open("https://huggingface.co/api/models", timeout=1)
     assert blocked_network == ["connect ('203.0.113.1', 443)", "lookup huggingface.co",
                                f"connect ('127.0.0.1', {CLOSED_PORT})"]
 
