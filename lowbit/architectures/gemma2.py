@@ -12,27 +12,25 @@ reaches. GELU(gate) · up is linear in each ``up`` channel, so up → down is ex
 
 from __future__ import annotations
 
-from lowbit.architectures.base import Architecture, BlockLayout, MlcParam, NormGroup
+from dataclasses import replace
+
+from lowbit.architectures.base import Architecture, MlcParam, NormGroup
+from lowbit.architectures.llama import LAYOUT as LLAMA_LAYOUT
 from lowbit.architectures.llama import (
     MAX_BATCH_SIZE,
     context_window,
     decoder_params,
     head_dim,
+    hf_config_common,
     rope_theta,
 )
 from lowbit.errors import LowbitError
 
-LAYOUT = BlockLayout(
-    layers="model.layers",
-    attention="self_attn",
-    norm_groups=(
-        NormGroup("qkv", "input_layernorm",
-                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-        NormGroup("fc1", "pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    ),
-    v_o=("self_attn.v_proj", "self_attn.o_proj"),
-    up_down=("mlp.up_proj", "mlp.down_proj"),
-    clip_skipped=("self_attn.q_proj", "self_attn.k_proj"),
+# Llama's layout, but the MLP reads the pre-feedforward norm (the post-attention one sits after o)
+LAYOUT = replace(
+    LLAMA_LAYOUT,
+    norm_groups=(LLAMA_LAYOUT.norm_groups[0],
+                 NormGroup("fc1", "pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
     norm_offset=1.0,
 )
 
@@ -116,24 +114,13 @@ def mlc_model_config(config: dict) -> dict:
 def hf_config_from_mlc(mc: dict) -> dict:
     window = mc.get("sliding_window", -1)
     return {
-        "model_type": "gemma2",
-        "hidden_size": mc["hidden_size"],
-        "intermediate_size": mc["intermediate_size"],
-        "num_attention_heads": mc["num_attention_heads"],
-        "num_key_value_heads": mc["num_key_value_heads"],
-        "head_dim": mc["head_dim"],
-        "num_hidden_layers": mc["num_hidden_layers"],
-        "rms_norm_eps": mc["rms_norm_eps"],
-        "vocab_size": mc["vocab_size"],
+        **hf_config_common("gemma2", mc, mc["position_embedding_base"]),
         "hidden_activation": mc["hidden_activation"],
-        "rope_theta": mc["position_embedding_base"],
-        "max_position_embeddings": mc["context_window_size"],
         "attn_logit_softcapping": mc["attn_logit_softcapping"],
         "final_logit_softcapping": mc["final_logit_softcapping"],
         "query_pre_attn_scalar": mc["query_pre_attn_scalar"],
         "sliding_window": window if window > 0 else None,
         "layer_types": mc["layer_types"],
-        "tie_word_embeddings": mc["tie_word_embeddings"],
         "pad_token_id": None,
     }
 
