@@ -1,14 +1,21 @@
-"""CPU prefill and decode speed: lowbit-compiled 4-bit schemes vs PyTorch eager fp32, same prompt.
+"""CPU prefill and decode speed: lowbit vs PyTorch eager fp32 vs llama.cpp vs the read-bandwidth limit.
 
-    python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,w4a16g128asym]
+    python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,q4f16_1+int8,…]
                                [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32]
-                               [--build-dir DIR]
+                               [--build-dir DIR] [--llama-cpp DIR]
 
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
-reused when present), then times prefill of the same prompt and greedy decode in the same run.
-Writes a list of rows (engine, scheme, threads, prompt_tokens, new_tokens, prefill_tok_s,
-decode_tok_s) to ``bench/results/cpu_decode.json`` and prints a markdown table. Each engine gets a
-warm-up run, then the best of three; run it on an idle machine.
+reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``), then times
+prefill of the same prompt and greedy decode in the same run, on every CPU (the runtime's default
+thread count). llama.cpp's ``llama-bench`` runs the bundled Q4_1 GGUF and a Q4_0 requantization
+of it with as many threads, when ``--llama-cpp DIR`` holds a build
+(``../shared/tools/build_llamacpp.sh DIR``; skipped, and said so, otherwise). The limit row
+divides a read bandwidth measured here (NumPy max-reductions over 512 MiB, one thread per CPU)
+by the bytes of the first lowbit scheme's weights (every weight is read once per decode token:
+the tied embedding as the lm_head). Writes a list of rows (engine, scheme, threads,
+prompt_tokens, new_tokens, prefill_tok_s, decode_tok_s) to ``bench/results/cpu_decode.json`` and
+prints a markdown table. Each engine gets a warm-up run, then the best of three; run it on an
+idle machine.
 
 With ``--batch-sizes``, each scheme's ``batch_decode`` is timed too: B sequences holding the
 prompt, then ``--new-tokens`` greedy steps of one ``batch_decode`` call for all B; the aggregate
@@ -27,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from provenance import record
+
+from lowbit.runtime.speed import best_of, measure, read_bandwidth, weight_bytes
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
 BATCH_RESULTS = Path(__file__).parent / "results" / "cpu_batch_decode.json"
@@ -60,16 +69,6 @@ def prompt_ids(folder: Path, n: int) -> list[int]:
     return [int(t) for t in split_tokens(load_tokenizer(folder), "test", None)[:n]]
 
 
-REPEATS = 3  # each engine: one warm-up run, then the best of REPEATS prefill and decode timings
-
-
-def best_of(run) -> tuple[float, float]:
-    """``run()`` returns (prefill seconds, decode seconds); best of :data:`REPEATS` after a warm-up."""
-    run()
-    times = [run() for _ in range(REPEATS)]
-    return min(t[0] for t in times), min(t[1] for t in times)
-
-
 def bench_torch(folder: Path, ids: list[int], new: int) -> Row:
     import torch
 
@@ -93,45 +92,64 @@ def bench_torch(folder: Path, ids: list[int], new: int) -> Row:
                len(ids) / prefill, new / decode)
 
 
-def build_scheme(model: str, scheme: str, root: Path) -> tuple[Path, Path]:
+def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
+    """``variant``: a scheme, or ``SCHEME+int8`` for int8 decode activations."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
 
-    mlc, lib = root / f"{model}-{scheme}", root / f"{model}-{scheme}.so"
+    scheme, _, acts = variant.partition("+")
+    mlc, lib = root / f"{model}-{scheme}", root / f"{model}-{variant.replace('+', '-')}.so"
     if not mlc.exists():
         convert(ConvertArgs(model, scheme, mlc))
     if not lib.exists():
-        compile_model(CompileArgs(mlc, "llvm", lib))
+        compile_model(CompileArgs(mlc, "llvm", lib, decode_activations=acts or "fp"))
     return mlc, lib
+
+
+def bench_llama_cpp(llama: Path, gguf: Path, label: str, prompt: int, new: int, threads: int) -> Row:
+    """llama-bench's mean prefill and decode tok/s (five repetitions)."""
+    import subprocess
+
+    bindir = llama / "build" / "bin"
+    out = subprocess.run(
+        [str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
+         "-n", str(new), "-o", "json"],
+        check=True, capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
+    tests = json.loads(out.stdout)
+    pp = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
+    tg = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
+    return Row("llama.cpp", label, threads, prompt, new, pp, tg)
+
+
+def llama_cpp_rows(llama: Path, root: Path, prompt: int, new: int, threads: int) -> list[Row]:
+    import subprocess
+
+    from lowbit.packages import SMOLLM2_GGUF, packaged_file
+
+    bindir = llama / "build" / "bin"
+    if not (bindir / "llama-bench").exists():
+        print(f"llama.cpp rows skipped: no {bindir / 'llama-bench'} (../shared/tools/build_llamacpp.sh)")
+        return []
+    q41 = packaged_file(SMOLLM2_GGUF)
+    q40 = root / "smollm2-135m-q4_0.gguf"
+    if not q40.exists():
+        subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(q41), str(q40), "Q4_0"],
+                       check=True, capture_output=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
+    return [bench_llama_cpp(llama, q41, "Q4_1", prompt, new, threads),
+            bench_llama_cpp(llama, q40, "Q4_0", prompt, new, threads)]
 
 
 def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int) -> Row:
     from lowbit.runtime.engine import Engine
 
     engine = Engine(mlc, lib, context_window=len(ids) + new + 16)
-
-    def run() -> tuple[float, float]:
-        if engine.has_sequence(0):
-            engine.remove_sequence(0)
-        engine.add_sequence(0)
-        t0 = time.perf_counter()
-        tok = int(np.argmax(engine.prefill(0, ids)))
-        t1 = time.perf_counter()
-        for _ in range(new):
-            tok = int(np.argmax(engine.decode(0, tok)))
-        return t1 - t0, time.perf_counter() - t1
-
-    prefill, decode = best_of(run)
-    return Row("lowbit-llvm", scheme, tvm_threads(), len(ids), new, len(ids) / prefill, new / decode)
-
-
-def tvm_threads() -> int:
-    return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    prefill, decode = measure(engine, ids, new)
+    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode)
 
 
 def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
                 sizes: list[int]) -> list[BatchRow]:
-    """Aggregate ``batch_decode`` tok/s at each batch size (best of :data:`REPEATS` after a
+    """Aggregate ``batch_decode`` tok/s at each batch size (best of :data:`lowbit.runtime.speed.REPEATS` after a
     warm-up); every sequence holds the prompt, and is rewound to it before each run."""
     from lowbit.runtime.engine import Engine
 
@@ -142,7 +160,7 @@ def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
     rows = []
     for b in sizes:
         _, seconds = best_of(lambda b=b: _batch_run(engine, b, len(ids), first, new))
-        rows.append(BatchRow(scheme, tvm_threads(), b, len(ids), new, b * new / seconds))
+        rows.append(BatchRow(scheme, engine.threads, b, len(ids), new, b * new / seconds))
     return rows
 
 
@@ -164,11 +182,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--schemes", default="q4f16_1,q4f32_1,w4a16g128asym")
+    ap.add_argument("--schemes", default="q4f16_1,q4f16_1+int8,w4a16g128asym,w4a16g128asym+int8")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch-sizes", default="", help="also time batch_decode, e.g. 1,8,32")
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
+    ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()
 
     folder = resolve_model(args.model)
@@ -176,23 +195,31 @@ def main() -> None:
     root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     rows, batch_rows = [bench_torch(folder, ids, args.new_tokens)], []
+    limit_bytes = 0
     for scheme in args.schemes.split(","):
         mlc, lib = build_scheme(args.model, scheme, root)
+        limit_bytes = limit_bytes or weight_bytes(mlc)
         rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens))
         if sizes:
             batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
+    threads = rows[-1].threads
+    rows += llama_cpp_rows(args.llama_cpp, root, len(ids), args.new_tokens, threads)
+    gbs = read_bandwidth(threads)
+    rows.append(Row("read-bandwidth limit", f"{gbs:.1f} GB/s, {limit_bytes / 1e6:.1f} MB", threads,
+                    len(ids), args.new_tokens, 0.0, gbs * 1e9 / limit_bytes))
     prov = record()
     with atomic_file(RESULTS) as tmp:
         tmp.write_text(json.dumps([{**asdict(r), "provenance": prov} for r in rows], indent=2)
                        + "\n")
     base = rows[0]
-    print("| engine | scheme | threads | prefill tok/s | decode tok/s | decode vs torch |")
-    print("|---|---|---|---|---|---|")
+    limit = rows[-1].decode_tok_s
+    print("| engine | scheme | threads | prefill tok/s | decode tok/s | decode × PyTorch | decode / limit |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.engine} | {r.scheme} | {r.threads} | {r.prefill_tok_s:.1f} | "
-              f"{r.decode_tok_s:.1f} | {r.decode_tok_s / base.decode_tok_s:.2f}× |")
+              f"{r.decode_tok_s:.1f} | {r.decode_tok_s / base.decode_tok_s:.2f} | {r.decode_tok_s / limit:.2f} |")
     if batch_rows:
-        print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows[1:]})
+        print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows if r.engine == "lowbit-llvm"})
 
 
 def print_batch(rows: list[BatchRow], single: dict[str, float]) -> None:

@@ -25,7 +25,8 @@ from lowbit.artifact import (
     system_lib_prefix,
 )
 from lowbit.cache import atomic_file, check_output
-from lowbit.targets.presets import CUDA_ARCHS, BuildOptions, Preset, get_preset
+from lowbit.errors import LowbitError
+from lowbit.targets.presets import AVX2_MCPUS, CUDA_ARCHS, BuildOptions, Preset, get_preset
 
 
 @dataclass
@@ -36,23 +37,35 @@ class CompileArgs:
     overwrite: bool = False
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
     overrides: dict[str, int] = field(default_factory=dict)  # context_window_size, prefill_chunk_size
+    decode_activations: str = "fp"  # int8: decode GEMVs on 8-bit activations (x86-64 AVX2)
 
     def display(self) -> str:
         shown = {k: v for k, v in asdict(self).items() if k != "cuda_archs" or self.target == "cuda"}
         return "  ".join(f"{k}={v}" for k, v in shown.items())
 
 
-def export_model(chat: dict, preset: Preset, target):
-    """(relax IRModule with ``_metadata`` attached, its metadata) for the folder's model."""
+def check_decode_activations(kind: str, target) -> None:
+    """Refuse int8 decode activations where the AVX2 kernel cannot run."""
+    if kind == "int8" and not (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) in AVX2_MCPUS):
+        raise LowbitError(f"--decode-activations int8 needs an x86-64 CPU target with AVX2; "
+                          f"this build's target is {target}")
+
+
+def export_model(chat: dict, preset: Preset, target, activations: str = "fp"):
+    """(relax IRModule with ``_metadata`` attached, its metadata) for the folder's model;
+    ``activations``: the decode GEMVs' (``fp``, or ``int8`` where the scheme allows)."""
     from tvm import relax
 
+    from lowbit.compiler.kernels.gemv_int8 import decode_activations
     from lowbit.compiler.models import create_model
     from lowbit.compiler.schemes import get_scheme
 
+    check_decode_activations(activations, target)
     arch = get_architecture(chat, CHAT_CONFIG)
     model = create_model(arch, chat["model_config"], get_scheme(chat["quantization"]), target,
                          preset.compute_dtype)
-    with target:  # the fused kernels take the form the target's schedules expect
+    # the fused kernels take the form the target's schedules expect
+    with target, decode_activations(activations):
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
         mod = model.finish_module(mod)
     metadata = LibraryMetadata(
@@ -66,6 +79,7 @@ def export_model(chat: dict, preset: Preset, target):
         config=model.cfg.to_dict(),
         params=[{"name": n, "shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for n, p in named_params],
         tvm_target=str(target),
+        decode_activations=activations,
     )
     if preset.system_lib:
         metadata = replace(metadata, system_lib_prefix=system_lib_prefix(
@@ -94,13 +108,13 @@ def _memoize_pseudo_file_modules() -> None:
         inspect.modulesbyfile.setdefault(name, "")  # sys.modules.get("") is None
 
 
-def build(chat: dict, preset: Preset, options: BuildOptions | None = None):
+def build(chat: dict, preset: Preset, options: BuildOptions | None = None, activations: str = "fp"):
     """(executable, metadata): the folder's model compiled for ``preset``, not yet written."""
     from tvm import relax
 
     _memoize_pseudo_file_modules()
     target = preset.tvm_target(options or BuildOptions())
-    mod, metadata = export_model(chat, preset, target)
+    mod, metadata = export_model(chat, preset, target, activations)
     with target:
         executable = relax.build(mod, target, relax_pipeline=preset.pipeline(target),
                                  system_lib=preset.system_lib)
@@ -130,7 +144,7 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     get_architecture(chat, str(args.mlc_dir))  # refuse before building anything
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
-    executable, metadata = build(chat, preset, options)
+    executable, metadata = build(chat, preset, options, args.decode_activations)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
     out = Path(args.out)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from lowbit.architectures import MlcParam, get_architecture
-from lowbit.artifact import read_chat_config
+from lowbit.artifact import CHAT_CONFIG, read_chat_config
 from lowbit.compiler.packing import unpack
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme, get_scheme
 from lowbit.compiler.tensor_cache import read_tensor_cache
 from lowbit.errors import LowbitError
-from lowbit.quantizer import QuantizedWeight
+from lowbit.quantizer import QuantizedWeight, fake_quantize_blocks_int8
 
 
 @dataclass
@@ -29,6 +29,7 @@ class MlcWeights:
     hf_config: dict
     state_dict: dict[str, torch.Tensor]  # HF names, fp32
     metadata: dict
+    stored: frozenset[str] = frozenset()  # the folder's array names
 
 
 def _array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -70,11 +71,36 @@ def read_mlc(folder: Path) -> MlcWeights:
             t = _dequantized(arrays, p, scheme)
             names = tuple(f"{s}.weight" for s in p.sources)
         state.update(zip(names, torch.split(t, list(p.rows)), strict=True))
-    return MlcWeights(chat, scheme, hf_config, state, metadata)
+    return MlcWeights(chat, scheme, hf_config, state, metadata, frozenset(arrays))
 
 
-def load_mlc_model(folder: Path) -> torch.nn.Module:
-    """The PyTorch model (fp32, eval mode) whose weights are the MLC folder's, dequantized."""
+def int8_decode_modules(weights: MlcWeights) -> list[str]:
+    """HF names of the linears whose decode GEMV a ``--decode-activations int8`` library runs
+    on 8-bit activations: those stored quantized in a layout the int8 kernel supports (a tied
+    lm_head goes with the embedding)."""
+    from lowbit.compiler.kernels.gemv_int8 import supports
+
+    arch = get_architecture(weights.chat_config, CHAT_CONFIG)
+    names = []
+    for p in arch.mlc_params(weights.hf_config):
+        if p.kind == "plain" or f"{p.name}.q_weight" not in weights.stored or not supports(weights.scheme, p.k):
+            continue
+        if p.kind != "embedding":
+            names += list(p.sources)
+        elif weights.hf_config.get("tie_word_embeddings"):
+            names.append("lm_head")
+    return names
+
+
+def load_mlc_model(folder: Path, decode_activations: str = "fp") -> torch.nn.Module:
+    """The PyTorch model (fp32, eval mode) whose weights are the MLC folder's, dequantized.
+
+    ``decode_activations="int8"``: the reference of such a library. The linears it runs on int8
+    (:func:`int8_decode_modules`) fake-quantize their input
+    (:func:`lowbit.quantizer.fake_quantize_blocks_int8`) when it is one token per sequence, as
+    in incremental decoding with a KV cache or a prefill's lm_head over its last position
+    (``logits_to_keep=1``); linears over several tokens stay fp.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     weights = read_mlc(folder)
@@ -86,4 +112,13 @@ def load_mlc_model(folder: Path) -> torch.nn.Module:
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise LowbitError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if decode_activations == "int8":
+        modules = dict(model.named_modules())
+        for name in int8_decode_modules(weights):
+            modules[name].register_forward_pre_hook(_int8_one_token)
     return model.eval()
+
+
+def _int8_one_token(_module: torch.nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    return (fake_quantize_blocks_int8(x) if x.shape[-2] == 1 else x, *args[1:])

@@ -200,6 +200,7 @@ class LibraryMetadata:
     params: list[dict] = field(default_factory=list)
     tvm_target: str = ""
     system_lib_prefix: str = ""  # static (system-lib) builds: the prefix of every symbol
+    decode_activations: str = "fp"  # int8: 4-bit decode GEMVs quantize x per 32 (gemv_int8)
     format: int = METADATA_FORMAT
 
     def to_json(self) -> str:

@@ -104,6 +104,18 @@ POSITIVE = click.IntRange(min=1)
 WINDOW_TOKENS = click.IntRange(min=2)  # a window of n tokens scores n - 1 predictions
 
 
+def _set_threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        from lowbit.runtime.engine import cpu_threads
+
+        cpu_threads(value)
+
+
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(1, 1024), expose_value=False, callback=_set_threads,
+    help="CPU threads of the compiled kernels  [default: $TVM_NUM_THREADS, else every CPU]")
+
+
 @main.command()
 @click.argument("model")
 @click.option("--method", default="rtn", show_default=True, help="see `lowbit list methods`")
@@ -178,6 +190,7 @@ def eval_() -> None:
 @click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
 @click.option("--model-lib", type=click.Path(path_type=Path),
               help="compiled library (lowbit compile); MODEL is then its MLC folder")
+@THREADS_OPTION
 def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
         data: Path | None, output: Path | None, overwrite: bool, model_lib: Path | None) -> None:
     """Perplexity of MODEL on non-overlapping windows from the start of a corpus split."""
@@ -247,12 +260,17 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 @click.option("--arch", "archs", help="cuda: comma-separated SM architectures (default sm_80,sm_86,sm_89,sm_90a)")
 @click.option("--overrides", type=Overrides(), default="",
               help="MLC-style 'context_window_size=N;prefill_chunk_size=M' baked into the library")
+@click.option("--decode-activations", type=click.Choice(["fp", "int8"]), default="fp", show_default=True,
+              help="int8: decode's 4-bit matmuls quantize activations per 32 to 8 bits and use "
+                   "integer dot products (x86-64 AVX2; prefill stays fp)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
-def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overrides: dict, overwrite: bool) -> None:
+def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overrides: dict,
+             decode_activations: str, overwrite: bool) -> None:
     """Compile the model of MLC_DIR (lowbit convert's output) into one library for a target."""
     from lowbit.compiler.compile import CompileArgs, compile_model
 
-    args = CompileArgs(mlc_dir, target, out, overwrite, overrides=overrides)
+    args = CompileArgs(mlc_dir, target, out, overwrite, overrides=overrides,
+                       decode_activations=decode_activations)
     if archs:
         args.cuda_archs = tuple(a.strip() for a in archs.split(",") if a.strip())
     click.echo(f"compile: {args.display()}", err=True)
@@ -293,6 +311,7 @@ def _generation_options(f):
         click.option("--stop", multiple=True, help="stop string (repeatable)"),
         click.option("--system", help="system message"),
         click.option("--context-window", type=POSITIVE, help="cap the context window (less KV-cache memory)"),
+        THREADS_OPTION,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -342,12 +361,29 @@ def chat(**kw) -> None:
               help="requests waiting beyond the batch; more get 503")
 @click.option("--api-key", envvar="LOWBIT_API_KEY", help="require Authorization: Bearer KEY (or $LOWBIT_API_KEY)")
 @click.option("--context-window", type=POSITIVE, help="cap the context window")
+@THREADS_OPTION
 def serve(**kw) -> None:
     """Serve a compiled model over an OpenAI-compatible REST API (/v1/chat/completions, …)."""
     from lowbit.serve.server import ServeArgs
     from lowbit.serve.server import serve as run_server
 
     run_server(ServeArgs(**kw))
+
+
+@main.command(name="bench")
+@click.argument("mlc_dir", type=click.Path(path_type=Path))
+@click.option("--model-lib", type=click.Path(path_type=Path), required=True, help="compiled library (lowbit compile)")
+@click.option("--prompt-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the numbers as one JSON object")
+@THREADS_OPTION
+def bench_(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int, as_json: bool) -> None:
+    """Prefill and decode tok/s of a compiled model, weight bytes and GB/s per decode token, and
+    the share of the machine's read bandwidth (measured in the same run) that decode reaches."""
+    from lowbit.runtime.speed import bench
+
+    speed = bench(mlc_dir, model_lib, prompt_tokens, new_tokens)
+    click.echo(json.dumps(speed.to_dict()) if as_json else speed.table())
 
 
 @main.command(name="list")

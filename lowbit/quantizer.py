@@ -380,6 +380,20 @@ def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
     return ((rounded + zero).clamp(0, 2**bits - 1) - zero) * scale
 
 
+INT8_BLOCK = 32  # k per activation scale of the int8 decode kernels
+
+
+def fake_quantize_blocks_int8(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 fake quantization of x [..., K] per block of :data:`INT8_BLOCK` along K
+    (``lowbit compile --decode-activations int8``, llama.cpp's Q8 activations): ``d = max|x| /
+    127``, ``c = round(x · (127 / max|x|))`` (half to even), ``x̂ = c · d``; a zero block stays 0.
+    In fp32, the operations in the kernel's order, so the codes are the kernel's."""
+    blocks = x.float().unflatten(-1, (-1, INT8_BLOCK))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127 / torch.where(amax > 0, amax, 1), 0)
+    return (torch.round(blocks * inv) * (amax / 127)).flatten(-2).to(x.dtype)
+
+
 def token_quant_pre_hook(bits: int):  # noqa: ANN201
     """A forward pre-hook for an ``nn.Linear`` that fake-quantizes its input per token."""
 

@@ -9,6 +9,7 @@ pool of :data:`PAGE_SIZE`-token pages shared by all sequences; forks share their
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,28 @@ from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_templat
 from lowbit.runtime.weights import load_params
 
 PAGE_SIZE = 16
+THREADS_ENV = "TVM_NUM_THREADS"  # read by TVM when its CPU thread pool starts
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Size TVM's CPU thread pool (the parallel kernels' threads): ``requested``, else
+    $TVM_NUM_THREADS, else every CPU this process may run on; returns the count.
+
+    TVM's own default halves the CPU count on x86-64, assuming two hyper-threads per core: on a
+    machine without SMT that leaves half the cores idle. The pool reads the count when the
+    process's first parallel kernel runs, so this is called before any (Engine does).
+    """
+    if requested is None:
+        env = os.environ.get(THREADS_ENV, "")
+        requested = int(env) if env.isdigit() and int(env) > 0 else _usable_cpus()
+    os.environ[THREADS_ENV] = str(requested)
+    return requested
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ class Engine:
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
+        self.threads = cpu_threads()
         self.model_dir, lib = Path(model_dir), Path(model_lib)
         self.chat_config = read_chat_config(self.model_dir)
         self.cache_index = read_tensor_cache_index(self.model_dir)

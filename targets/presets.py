@@ -26,6 +26,7 @@ LLVM_ISA = {
     "avx2": {"kind": "llvm", "mcpu": "x86-64-v3"},
     "generic": {"kind": "llvm"},
 }
+AVX2_MCPUS = (LLVM_ISA["avx512"]["mcpu"], LLVM_ISA["avx2"]["mcpu"])  # can run AVX2 kernels
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")  # + PTX of the newest, for later GPUs
 
 

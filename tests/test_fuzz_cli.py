@@ -113,6 +113,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    # --threads sets it for the process (the CLI's lifetime); restore it after the cases
+    monkeypatch.setenv("TVM_NUM_THREADS", os.environ.get("TVM_NUM_THREADS") or str(os.cpu_count()))
     return work
 
 

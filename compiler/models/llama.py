@@ -26,6 +26,7 @@ from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
+from lowbit.compiler.kernels.gemv_int8 import gemv_int8, int8_decode_applies
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
@@ -120,6 +121,11 @@ def _param_specs(scheme: Scheme, n: int, k: int) -> dict[str, tuple[tuple[int, .
     return specs
 
 
+def _one_token_per_row(x: Tensor) -> bool:
+    """x [B, 1, K] (decode, batch decode) in fp32: the int8 GEMV's input."""
+    return len(x.shape) == 3 and isinstance(x.shape[1], int) and x.shape[1] == 1 and x.dtype == "float32"
+
+
 class QuantLinear(nn.Module):
     """``y = x·Wᵀ (+ b)`` as one fused dequantize→matmul kernel over the stored layout."""
 
@@ -135,7 +141,12 @@ class QuantLinear(nn.Module):
         return [getattr(self, name) for name in self.param_names]
 
     def forward(self, x: Tensor) -> Tensor:
-        y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
+        if _one_token_per_row(x) and int8_decode_applies(self.scheme, self.in_features):
+            out = Tensor.placeholder((*x.shape[:-1], self.out_features), "float32")
+            func = gemv_int8(self.scheme, self.out_features, self.in_features)
+            y = op.tensor_ir_op(func, "q_gemv_int8", [x, *self.params()], out)
+        else:
+            y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
