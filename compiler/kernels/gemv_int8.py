@@ -1,23 +1,24 @@
-"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for the 4-bit schemes.
+"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for the 4- and 2-bit schemes.
 
 ``lowbit compile --decode-activations int8`` swaps this kernel in for the fused fp32 GEMV of every
-4-bit linear in ``decode`` and ``batch_decode`` (x [B, 1, K], one token per sequence). Prefill
-keeps fp activations. The weights stay in MLC's layout; only x is re-laid out, once per call.
+linear it supports in ``decode`` and ``batch_decode`` (x [B, 1, K], one token per sequence).
+Prefill keeps fp activations. The weights stay in MLC's layout; only x is re-laid out, once per
+call.
 
 Activations (:func:`lowbit.quantizer.fake_quantize_blocks_int8` is the same math in PyTorch): each
 block of 32 consecutive k gets ``d = max|x| / 127`` and codes ``c = round(x · (127 / max|x|))``
 (half to even; a zero block gets d = c = 0).
 
-Why the weights need no repacking: a 4-bit row stores element k in bits 4·(k % 8) of word k // 8,
-so byte j of a run of 32 bytes (64 elements, two blocks) holds element 2j (low nibble) and 2j + 1
-(high nibble) of that run. One 32-byte load, ``& 0x0F`` and ``>> 4 & 0x0F``, gives the codes of
-the even and of the odd elements; x is stored per pair of blocks in the same order (``xq[b, 64p +
-j]`` = code of element 64p + 2j, ``xq[b, 64p + 32 + j]`` = of element 64p + 2j + 1), so two
-``vpmaddubsw`` (unsigned codes × signed activations, pairs summed to int16: at most 2·15·127 each)
-and one ``vpmaddwd`` by ones give eight int32 sums, lane l covering elements 64p + 8l … 8l + 7 of
-one block (l < 4: block 2p, else 2p + 1). The zero point comes out as ``Σ q·c − z·Σ c`` with the
-lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d`` per lane,
-accumulated in eight fp32 lanes and summed once per output row.
+Why the weights need no repacking: a b-bit row (b = 4 or 2, plain packing) stores element k in
+bits b·(k % E) of word k // E, E = 32 / b. A *run* of 8 words (32 bytes) holds R = 256 / b
+elements, and byte j of it holds elements P·j + i in bits b·i, for the P = 8 / b *planes* i. One
+32-byte load, shifted by b·i and masked per byte, gives the codes of plane i; x is stored per run
+in the same order (``xq[b, R·r + 32·i + j]`` = code of element R·r + P·j + i), so P
+``vpmaddubsw`` (unsigned codes × signed activations, pairs summed to int16: at most
+P·2·(2^b − 1)·127 ≤ 7620) and one ``vpmaddwd`` by ones give eight int32 sums, lane l covering
+elements R·r + (R/8)·l … of one activation block. The zero point comes out as ``Σ q·c − z·Σ c``
+with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d``
+per lane, accumulated in eight fp32 lanes and summed once per output row.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tvm.script import tirx as T
 
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 
-PAIR = 64  # k per step: two activation blocks, 32 bytes of codes
+RUN_BYTES = 32  # packed bytes per step: one 256-bit load
 BLOCK = 32  # k per activation scale
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
 TASKS = 8  # parallel tasks: each allocates its accumulator once, then runs a range of rows
@@ -59,51 +60,75 @@ def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:
 
 
 def supports(scheme: Scheme, in_features: int) -> bool:
-    """Whether the int8 kernel covers a linear: 4-bit codes 8 per word, whole pairs of blocks,
-    and a scale group that is one block or whole pairs."""
-    if not isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) or scheme.bits != 4:
+    """Whether the int8 kernel covers a linear: 4- or 2-bit codes in plain packing, K whole
+    activation blocks, rows stored with whole runs (a last partial run reads the row's padding to
+    whole groups, against zero activations), scale groups that are whole runs or whole lanes of
+    one."""
+    if not isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) or scheme.bits not in (2, 4):
         return False
+    run = RUN_BYTES * 8 // scheme.bits
     group = scheme.group_size
-    return in_features % PAIR == 0 and (group == BLOCK or group % PAIR == 0)
+    runs = -(-in_features // run)
+    return (in_features % BLOCK == 0 and scheme.words_per_row(in_features) >= runs * 8
+            and (group % run == 0 or (run % group == 0 and group % (run // LANES) == 0)))
 
 
-def _pair_vector(v2: tirx.PrimExpr) -> tirx.PrimExpr:
-    """[a, b] → [a, a, a, a, b, b, b, b]: one value per block for the lanes of a pair."""
-    return T.Shuffle([v2, v2, v2, v2], [0, 0, 0, 0, 1, 1, 1, 1])
+def _per_lane(values: tirx.PrimExpr, count: int, run: int, group: int) -> tirx.PrimExpr:
+    """The ``count`` per-group values of one run spread over the lanes: lane l gets the value of
+    the group holding its elements (run/8 of them, from (run/8)·l)."""
+    return T.Shuffle([values] * (LANES // count), [(lane * (run // LANES)) // group for lane in range(LANES)])
 
 
 def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x.
 
-    Arguments: x [B, 1, K] fp32, the scheme's parameters (packed words [N, K/8], scales [N, G],
+    Arguments: x [B, 1, K] fp32, the scheme's parameters (packed words [N, W], scales [N, G],
     zero points [N, G] for the asymmetric schemes), y [B, 1, N] fp32; B is symbolic.
     """
     assert supports(scheme, k_in), (scheme, k_in)
     asym = isinstance(scheme, AsymGroupQuant)
-    group = scheme.group_size
+    bits, group = scheme.bits, scheme.group_size
+    planes = 8 // bits
+    run = RUN_BYTES * planes  # elements per step
+    words = scheme.words_per_row(k_in)
+    runs = -(-k_in // run)  # a partial last run reads padding codes, against zero activations
+    blocks_per_run = run // BLOCK
     groups = (k_in + group - 1) // group
-    words = scheme.words_per_row(k_in)  # padded to whole groups in some layouts: never read
-    pairs = k_in // PAIR
     scale_dtype = scheme.model_dtype
-    sym_zero = 0 if asym else scheme.max_int
+    mask = T.Broadcast(T.uint32(int.from_bytes(bytes([(1 << bits) - 1]) * 4, "little")), 8)
+    per_run = run // group  # groups in a run (0: a group spans runs)
 
-    def scale_vec(s, n, p):
-        if group == BLOCK:
-            return T.cast(_pair_vector(s[n, T.ramp(p * 2, 1, 2)]), "float32x8")
-        return T.Broadcast(T.cast(s[n, p * PAIR // group], "float32"), LANES)
+    def scale_vec(s, n, r):
+        if per_run <= 1:
+            return T.Broadcast(T.cast(s[n, r * run // group], "float32"), LANES)
+        return T.cast(_per_lane(s[n, T.ramp(r * per_run, 1, per_run)], per_run, run, group), "float32x8")
 
-    def zero_vec(z, n, p):
+    def zero_vec(z, n, r):
         if not asym:
-            return T.Broadcast(T.int32(sym_zero), LANES)
-        if group == BLOCK:
-            return T.cast(_pair_vector(z[n, T.ramp(p * 2, 1, 2)]), "int32x8")
-        return T.Broadcast(T.cast(z[n, p * PAIR // group], "int32"), LANES)
+            return T.Broadcast(T.int32(scheme.max_int), LANES)
+        if per_run <= 1:
+            return T.Broadcast(T.cast(z[n, r * run // group], "int32"), LANES)
+        return T.cast(_per_lane(z[n, T.ramp(r * per_run, 1, per_run)], per_run, run, group), "int32x8")
+
+    def dots(v, xq, b, r):
+        """int32x8 lane sums of codes × activation codes over one run."""
+        pairs16 = None
+        for i in range(planes):
+            codes = T.reinterpret("int8x32", (v >> T.Broadcast(T.uint32(bits * i), 8)) & mask)
+            part = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", codes,
+                                           xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)])
+            pairs16 = part if pairs16 is None else pairs16 + part
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
 
     @T.macro
     def quantize_x(x, xq, xd, xs, B):
         amax = T.decl_buffer((LANES,), "float32")
         code = T.decl_buffer((BLOCK,), "float32")
-        for b, blk in T.grid(B, pairs * 2):
+        for b, i in T.grid(B, runs * run):  # padding past K: zero codes, zero scales
+            xq[b, i] = T.int8(0)
+        for b, i in T.grid(B, runs * LANES):
+            xd[b, i] = T.float32(0)
+        for b, blk in T.grid(B, k_in // BLOCK):
             for lane in T.vectorized(LANES):
                 amax[lane] = T.abs(x[b, 0, blk * BLOCK + lane])
             for i, lane in T.grid(BLOCK // LANES - 1, LANES):
@@ -111,30 +136,26 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
             for lane in T.serial(1, LANES):
                 amax[0] = T.max(amax[0], amax[lane])
             inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-            for lane in T.vectorized(LANES // 2):
-                xd[b, blk * LANES // 2 + lane] = amax[0] / T.float32(127)
+            for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
+                xd[b, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = amax[0] / T.float32(127)
             for i in T.vectorized(BLOCK):
                 code[i] = T.round(x[b, 0, blk * BLOCK + i] * inv)
-            for half, j in T.grid(2, BLOCK // 2):
-                xq[b, blk // 2 * PAIR + half * BLOCK + blk % 2 * (BLOCK // 2) + j] = T.cast(code[2 * j + half], "int8")
-        for b, p, lane in T.grid(B, pairs, LANES):
-            xs[b, p * LANES + lane] = 0
-            for half, j in T.grid(2, 4):
-                xs[b, p * LANES + lane] = xs[b, p * LANES + lane] + T.cast(xq[b, p * PAIR + half * BLOCK + 4 * lane + j], "int32")
+            for t in T.serial(BLOCK):  # element e of the run: plane e % planes, byte e // planes
+                xq[b, blk // blocks_per_run * run + (blk % blocks_per_run * BLOCK + t) % planes * RUN_BYTES
+                   + (blk % blocks_per_run * BLOCK + t) // planes] = T.cast(code[t], "int8")
+        for b, r, lane in T.grid(B, runs, LANES):
+            xs[b, r * LANES + lane] = 0
+            for i, j in T.grid(planes, 4):
+                xs[b, r * LANES + lane] = xs[b, r * LANES + lane] + T.cast(xq[b, r * run + i * RUN_BYTES + 4 * lane + j], "int32")
 
     @T.macro
     def dot_row(xq, xd, xs, w, s, z, y, acc, b, n):
         acc[T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-        for p in T.serial(pairs):
-            v = w[n, T.ramp(p * 8, 1, 8)]
-            low = T.reinterpret("int8x32", v & T.Broadcast(T.uint32(0x0F0F0F0F), 8))
-            high = T.reinterpret("int8x32", (v >> T.Broadcast(T.uint32(4), 8)) & T.Broadcast(T.uint32(0x0F0F0F0F), 8))
-            pairs16 = (T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", low, xq[b, T.ramp(p * PAIR, 1, BLOCK)])
-                       + T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", high, xq[b, T.ramp(p * PAIR + BLOCK, 1, BLOCK)]))
-            dots = T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
-            sums = xs[b, T.ramp(p * LANES, 1, LANES)]
-            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(dots - sums * zero_vec(z, n, p), "float32x8") * (
-                scale_vec(s, n, p) * xd[b, T.ramp(p * LANES, 1, LANES)])
+        for r in T.serial(runs):
+            v = w[n, T.ramp(r * 8, 1, 8)]
+            sums = xs[b, T.ramp(r * LANES, 1, LANES)]
+            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(dots(v, xq, b, r) - sums * zero_vec(z, n, r), "float32x8") * (
+                scale_vec(s, n, r) * xd[b, T.ramp(r * LANES, 1, LANES)])
         total = T.decl_buffer((1,), "float32")
         total[0] = T.float32(0)
         for lane in T.serial(LANES):
@@ -143,14 +164,14 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
 
     @T.macro
     def body(x, w, s, z, y, B):
-        xq = T.alloc_buffer((B, pairs * PAIR), "int8")
-        xd = T.alloc_buffer((B, pairs * LANES), "float32")
-        xs = T.alloc_buffer((B, pairs * LANES), "int32")
+        xq = T.alloc_buffer((B, runs * run), "int8")
+        xd = T.alloc_buffer((B, runs * LANES), "float32")
+        xs = T.alloc_buffer((B, runs * LANES), "int32")
         quantize_x(x, xq, xd, xs, B)
         for task in T.parallel(TASKS):
             acc = T.decl_buffer((LANES,), "float32")
-            for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
-                for b in T.serial(B):  # the row's words stay in L1 for every sequence
+            for b in T.serial(B):  # later sequences read the task's rows from cache
+                for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
                     dot_row(xq, xd, xs, w, s, z, y, acc, b, n)
 
     if asym:

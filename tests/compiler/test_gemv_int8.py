@@ -27,8 +27,9 @@ needs_avx2 = pytest.mark.skipif(not AVX2, reason="the int8 kernel needs an AVX2 
 
 
 def dequantized(scheme, words: np.ndarray, scales: np.ndarray, zeros, k: int) -> np.ndarray:
-    n = words.shape[0]
-    codes = ((words[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(n, -1)[:, :k]
+    n, b = words.shape[0], scheme.bits
+    shifts = b * np.arange(32 // b, dtype=np.uint32)
+    codes = ((words[:, :, None] >> shifts) & ((1 << b) - 1)).reshape(n, -1)[:, :k]
     g = scheme.group_size
     s = np.repeat(scales.astype(np.float32), g, axis=1)[:, :k]
     z = np.repeat(zeros.astype(np.float32), g, axis=1)[:, :k] if zeros is not None else scheme.max_int
@@ -46,6 +47,7 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name,n,k,batch", [
     ("q4f16_1", 7, 64, 1), ("q4f16_1", 20, 576, 3), ("q4f32_1", 9, 128, 2),
     ("w4a16g32asym", 12, 192, 2), ("w4a16g64asym", 5, 128, 1), ("w4a16g128asym", 4, 576, 3),
+    ("w2a16g32asym", 6, 256, 2), ("w2a16g64asym", 3, 384, 1), ("w2a16g128asym", 9, 576, 2),
 ])
 @needs_avx2
 def test_kernel_matches_numpy(name, n, k, batch):
@@ -60,7 +62,7 @@ def test_kernel_matches_numpy(name, n, k, batch):
     x[0, 0, :32] = 0  # an all-zero block
     words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
     scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
-    zeros = rng.integers(0, 16, (n, groups)).astype("uint8") if "asym" in name else None
+    zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
     func = gemv_int8(scheme, n, k).with_attr("global_symbol", "main")
     f = tvm.compile(tvm.IRModule({"main": func}), target=get_preset("llvm").tvm_target())["main"]
     dev = tvm.cpu()
@@ -79,8 +81,10 @@ def test_torch_quantizer_matches_numpy():
 
 def test_supports():
     assert supports(get_scheme("q4f16_1"), 576) and supports(get_scheme("w4a16g128asym"), 576)
-    assert not supports(get_scheme("q4f16_1"), 96)  # not whole 64-element pairs
-    assert not supports(get_scheme("q3f16_1"), 576) and not supports(get_scheme("w2a16g64asym"), 576)
+    assert supports(get_scheme("w2a16g128asym"), 576)  # its rows are padded to 640
+    assert not supports(get_scheme("q4f16_1"), 96)  # not whole 64-element runs
+    assert not supports(get_scheme("w2a16g64asym"), 576)  # rows of 4.5 runs
+    assert not supports(get_scheme("q3f16_1"), 576) and not supports(get_scheme("w3a16g128asym"), 576)
 
 
 @pytest.fixture(scope="module")
