@@ -190,17 +190,23 @@ def eval_() -> None:
 @click.option("--overwrite", is_flag=True, help="replace the result file if it exists")
 @click.option("--model-lib", type=click.Path(path_type=Path),
               help="compiled library (lowbit compile); MODEL is then its MLC folder")
+@click.option("--decode", is_flag=True,
+              help="with --model-lib: score every position through one-token decode steps, as "
+                   "generation runs (what --decode-activations int8 changes)")
 @THREADS_OPTION
 def ppl(model: str, split: str, seqlen: int, windows: int, batch_size: int,
-        data: Path | None, output: Path | None, overwrite: bool, model_lib: Path | None) -> None:
+        data: Path | None, output: Path | None, overwrite: bool, model_lib: Path | None, decode: bool) -> None:
     """Perplexity of MODEL on non-overlapping windows from the start of a corpus split."""
     from lowbit.cache import atomic_file, check_output
     from lowbit.evaluate.run import evaluate_compiled_perplexity, evaluate_perplexity
 
+    if decode and model_lib is None:
+        raise click.UsageError("--decode needs --model-lib")
     out = output or Path("lowbit-eval") / f"{Path(model).name}-ppl-{split}.json"
     check_output(out, overwrite)  # before minutes of evaluation
     if model_lib is not None:
-        result = evaluate_compiled_perplexity(Path(model), model_lib, split, seqlen, windows, data)
+        result = evaluate_compiled_perplexity(Path(model), model_lib, split, seqlen, windows, data,
+                                              decode=decode)
     else:
         result = evaluate_perplexity(model, split, seqlen, windows, batch_size, data)
     click.echo(json.dumps(result, indent=2))

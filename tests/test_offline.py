@@ -92,6 +92,7 @@ def test_every_command_runs_with_the_network_blocked(tiny_chat, tmp_path, monkey
         "eval tasks": (["eval", "tasks", fused, "--tasks", "piqa", "--limit", "2", "-o", "tasks.json"], ""),
         "run": (["run", *generate, "--prompt", "Hello"], ""),
         "chat": (["chat", *generate], "Hello\n/exit\n"),
+        "bench": (["bench", *generate[:3], "--prompt-tokens", "8", "--new-tokens", "2"], ""),
     }
     for path, _ in commands():  # a command without a case above (or added later) runs as --help
         if not any(argv[: len(path)] == list(path) for argv, _ in cases.values()):
