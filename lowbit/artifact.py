@@ -179,6 +179,11 @@ def record_array(rec: ParamRecord, shard: np.ndarray) -> np.ndarray:
 
 
 # -- the library's metadata ----------------------------------------------------------------------
+# lowbit compile --decode-activations: int8 runs the one-token matmuls of the 4- and 2-bit schemes
+# on 8-bit activations (compiler/kernels/gemv_int8.py); fp everywhere else
+DECODE_ACTIVATIONS = ("fp", "int8")
+
+
 @dataclass(frozen=True)
 class LibraryMetadata:
     """What a compiled library is for; ``lowbit compile`` stores it as JSON in ``_metadata``.
@@ -200,7 +205,7 @@ class LibraryMetadata:
     params: list[dict] = field(default_factory=list)
     tvm_target: str = ""
     system_lib_prefix: str = ""  # static (system-lib) builds: the prefix of every symbol
-    decode_activations: str = "fp"  # int8: 4-bit decode GEMVs quantize x per 32 (gemv_int8)
+    decode_activations: str = "fp"  # one of DECODE_ACTIVATIONS
     format: int = METADATA_FORMAT
 
     def to_json(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from lowbit.artifact import DECODE_ACTIVATIONS
 from lowbit.errors import LowbitError
 
 
@@ -266,7 +267,7 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 @click.option("--arch", "archs", help="cuda: comma-separated SM architectures (default sm_80,sm_86,sm_89,sm_90a)")
 @click.option("--overrides", type=Overrides(), default="",
               help="MLC-style 'context_window_size=N;prefill_chunk_size=M' baked into the library")
-@click.option("--decode-activations", type=click.Choice(["fp", "int8"]), default="fp", show_default=True,
+@click.option("--decode-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
               help="int8: decode's 4-bit matmuls quantize activations per 32 to 8 bits and use "
                    "integer dot products (x86-64 AVX2; prefill stays fp)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")

@@ -1,9 +1,9 @@
 """Decode GEMV with 8-bit activations on AVX2 integer dot products, for the 4- and 2-bit schemes.
 
 ``lowbit compile --decode-activations int8`` swaps this kernel in for the fused fp32 GEMV of every
-linear it supports in ``decode`` and ``batch_decode`` (x [B, 1, K], one token per sequence).
-Prefill keeps fp activations. The weights stay in MLC's layout; only x is re-laid out, once per
-call.
+linear it supports whose input is one token per sequence (x [B, 1, K]: ``decode``,
+``batch_decode``, and prefill's lm_head over the last position). Prefill's other matmuls keep fp
+activations. The weights stay in MLC's layout; only x is re-laid out, once per call.
 
 Activations (:func:`lowbit.quantizer.fake_quantize_blocks_int8` is the same math in PyTorch): each
 block of 32 consecutive k gets ``d = max|x| / 127`` and codes ``c = round(x · (127 / max|x|))``
@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from tvm import tirx
 from tvm.script import tirx as T
 
+from lowbit.artifact import DECODE_ACTIVATIONS
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 
 RUN_BYTES = 32  # packed bytes per step: one 256-bit load
@@ -38,7 +39,6 @@ LANES = 8  # int32 / fp32 lanes of a 256-bit register
 TASKS = 8  # parallel tasks: each allocates its accumulator once, then runs a range of rows
 
 
-DECODE_ACTIVATIONS = ("fp", "int8")  # lowbit compile --decode-activations
 _decode_activations: ContextVar[str] = ContextVar("lowbit_decode_activations", default="fp")
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 MAX_NEW = 40
+LONG = 900  # the interrupted reply's limit (the tiny model's window is 1024)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]|\x1b[=>]")
 
 
@@ -98,7 +99,14 @@ def test_chat_in_a_terminal(tiny_chat):
     assert int(re.search(r"\((\d+) cached\)", stats).group(1)) > 0  # the second turn reused the first
     assert _turn(term, "/reset") == "(conversation reset)"
     assert _turn(term, "Hi there") == first  # the history is gone
+    term.send("/exit\n")
+    assert term.wait() == 0
 
+    # Ctrl-C mid-reply: a reply long enough (one thread, up to LONG tokens) that the interrupt
+    # lands while it streams, however fast the machine
+    term = Terminal([lowbit, "chat", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
+                     "--temperature", "0", "--max-new-tokens", str(LONG), "--threads", "1"])
+    assert "/reset" in term.read_until(">>> ", timeout=180)
     term.send("Tell me a long story\n")
     term.read_until("Tell me a long story\n")
     assert term.buf or select.select([term.fd], [], [], 60)[0]  # the reply has started streaming
@@ -106,6 +114,6 @@ def test_chat_in_a_terminal(tiny_chat):
     interrupted = term.read_until("\n>>> ")
     assert "[interrupted]" in interrupted
     decoded = int(re.search(r"decode: (\d+) tok", _turn(term, "/stats")).group(1))
-    assert 0 < decoded < MAX_NEW
+    assert 0 < decoded < LONG
     term.send("/exit\n")
     assert term.wait() == 0
