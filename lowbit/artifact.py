@@ -13,11 +13,12 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lowbit.errors import LowbitError
+
+if TYPE_CHECKING:  # numpy is imported where arrays are read: the CLI imports this module at start-up
+    import numpy as np
 
 CHAT_CONFIG = "mlc-chat-config.json"
 TENSOR_CACHE = "tensor-cache.json"
@@ -130,6 +131,8 @@ def _check_record(rec: ParamRecord, shard_bytes: int) -> None:
         raise ValueError(f"record {rec.name!r} has a bad name or shape {list(rec.shape)}")
     if not (_is_count(rec.offset) and _is_count(rec.nbytes) and rec.offset + rec.nbytes <= shard_bytes):
         raise ValueError(f"record {rec.name} lies outside its shard ({rec.offset}+{rec.nbytes} > {shard_bytes})")
+    import numpy as np
+
     bf16 = rec.dtype == "bfloat16" or (rec.encoding == "f32-to-bf16" and rec.dtype == "float32")
     itemsize = 2 if bf16 else np.dtype(rec.dtype).itemsize
     if rec.nbytes != int(np.prod(rec.shape, dtype=np.int64)) * itemsize:
@@ -167,11 +170,15 @@ def verify_shards(cache: TensorCache, check_md5: bool = True) -> None:
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
 def record_array(rec: ParamRecord, shard: np.ndarray) -> np.ndarray:
     """The record's data from its shard's bytes (uint8): a view when no decoding is needed."""
+    import numpy as np
+
     buf = shard[rec.offset : rec.offset + rec.nbytes]
     if rec.dtype == "bfloat16" or (rec.encoding == "f32-to-bf16" and rec.dtype == "float32"):
         return _bf16_to_f32(buf.view(np.uint16)).reshape(rec.shape)
