@@ -7,15 +7,17 @@
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
 reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``), then times
 prefill of the same prompt and greedy decode in the same run, on every CPU (the runtime's default
-thread count). llama.cpp's ``llama-bench`` runs the bundled Q4_1 GGUF and a Q4_0 requantization
-of it with as many threads, when ``--llama-cpp DIR`` holds a build
-(``../shared/tools/build_llamacpp.sh DIR``; skipped, and said so, otherwise). The limit row
-divides a read bandwidth measured here (NumPy max-reductions over 512 MiB, one thread per CPU)
-by the bytes of the first lowbit scheme's weights (every weight is read once per decode token:
-the tied embedding as the lm_head). Writes a list of rows (engine, scheme, threads,
-prompt_tokens, new_tokens, prefill_tok_s, decode_tok_s) to ``bench/results/cpu_decode.json`` and
-prints a markdown table. Each engine gets a warm-up run, then the best of three; run it on an
-idle machine.
+thread count), beside PyTorch eager in fp32 and bf16. llama.cpp's ``llama-bench`` runs the bundled
+Q4_1 GGUF and a Q4_0 requantization of it with as many threads, when ``--llama-cpp DIR`` holds a
+build (``../shared/tools/build_llamacpp.sh DIR``; skipped, and said so, otherwise).
+
+Every row records the bytes of weights its engine reads per decode token (each weight once: the
+tied embedding as the lm_head; llama.cpp: the GGUF's tensor data) and the read bandwidth measured
+in the same run (NumPy max-reductions over 512 MiB, one thread per CPU), so each row has its own
+limit, bandwidth ÷ bytes. Writes the rows to ``bench/results/cpu_decode.json``, a bar chart of
+decode tok/s with each row's limit to ``cpu_decode.svg``, and prints the README's table
+(:func:`markdown`; ``bench/readme_tables.py`` keeps the README's copy in step). Each engine gets a
+warm-up run, then the best of three; run it on an idle machine.
 
 With ``--batch-sizes``, each scheme's ``batch_decode`` is timed too: B sequences holding the
 prompt, then ``--new-tokens`` greedy steps of one ``batch_decode`` call for all B; the aggregate
@@ -29,7 +31,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from provenance import record
 from lowbit.runtime.speed import best_of, measure, read_bandwidth, weight_bytes
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
+PLOT = RESULTS.with_suffix(".svg")
 BATCH_RESULTS = Path(__file__).parent / "results" / "cpu_batch_decode.json"
 
 
@@ -50,6 +53,8 @@ class Row:
     new_tokens: int
     prefill_tok_s: float
     decode_tok_s: float
+    weight_bytes: int  # read per decode token
+    read_gb_s: float = 0.0  # measured in the same run
 
 
 @dataclass
@@ -69,12 +74,15 @@ def prompt_ids(folder: Path, n: int) -> list[int]:
     return [int(t) for t in split_tokens(load_tokenizer(folder), "test", None)[:n]]
 
 
-def bench_torch(folder: Path, ids: list[int], new: int) -> Row:
+def bench_torch(folder: Path, ids: list[int], new: int, dtype: str) -> Row:
+    """PyTorch eager (``dtype``: "fp32" or "bf16") with its KV cache, greedy."""
     import torch
 
     from lowbit.models import load_torch_model
 
-    model = load_torch_model(folder).float().eval()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = load_torch_model(folder).to(torch_dtype).eval()
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: counted once
 
     @torch.inference_mode()
     def run() -> tuple[float, float]:
@@ -88,8 +96,8 @@ def bench_torch(folder: Path, ids: list[int], new: int) -> Row:
         return t1 - t0, time.perf_counter() - t1
 
     prefill, decode = best_of(run)
-    return Row("pytorch-eager", "fp32", torch.get_num_threads(), len(ids), new,
-               len(ids) / prefill, new / decode)
+    return Row("pytorch-eager", dtype, torch.get_num_threads(), len(ids), new,
+               len(ids) / prefill, new / decode, nbytes)
 
 
 def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
@@ -118,7 +126,14 @@ def bench_llama_cpp(llama: Path, gguf: Path, label: str, prompt: int, new: int, 
     tests = json.loads(out.stdout)
     pp = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
     tg = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
-    return Row("llama.cpp", label, threads, prompt, new, pp, tg)
+    return Row("llama.cpp", label, threads, prompt, new, pp, tg, gguf_tensor_bytes(gguf))
+
+
+def gguf_tensor_bytes(path: Path) -> int:
+    """Bytes of a GGUF's tensor data (its tokenizer and metadata excluded)."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
 
 
 def llama_cpp_rows(llama: Path, root: Path, prompt: int, new: int, threads: int) -> list[Row]:
@@ -144,7 +159,7 @@ def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int) ->
 
     engine = Engine(mlc, lib, context_window=len(ids) + new + 16)
     prefill, decode = measure(engine, ids, new)
-    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode)
+    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode, weight_bytes(mlc))
 
 
 def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
@@ -194,32 +209,61 @@ def main() -> None:
     ids = prompt_ids(folder, args.prompt_tokens)
     root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    rows, batch_rows = [bench_torch(folder, ids, args.new_tokens)], []
-    limit_bytes = 0
+    rows = [bench_torch(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
+    batch_rows: list[BatchRow] = []
     for scheme in args.schemes.split(","):
         mlc, lib = build_scheme(args.model, scheme, root)
-        limit_bytes = limit_bytes or weight_bytes(mlc)
         rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens))
         if sizes:
             batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
     threads = rows[-1].threads
     rows += llama_cpp_rows(args.llama_cpp, root, len(ids), args.new_tokens, threads)
     gbs = read_bandwidth(threads)
-    rows.append(Row("read-bandwidth limit", f"{gbs:.1f} GB/s, {limit_bytes / 1e6:.1f} MB", threads,
-                    len(ids), args.new_tokens, 0.0, gbs * 1e9 / limit_bytes))
+    rows = [replace(r, read_gb_s=gbs) for r in rows]
     prov = record()
     with atomic_file(RESULTS) as tmp:
         tmp.write_text(json.dumps([{**asdict(r), "provenance": prov} for r in rows], indent=2)
                        + "\n")
-    base = rows[0]
-    limit = rows[-1].decode_tok_s
-    print("| engine | scheme | threads | prefill tok/s | decode tok/s | decode × PyTorch | decode / limit |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r.engine} | {r.scheme} | {r.threads} | {r.prefill_tok_s:.1f} | "
-              f"{r.decode_tok_s:.1f} | {r.decode_tok_s / base.decode_tok_s:.2f} | {r.decode_tok_s / limit:.2f} |")
+    with atomic_file(PLOT) as tmp:
+        tmp.write_text(plot([asdict(r) for r in rows]))
+    print(markdown([asdict(r) for r in rows]))
     if batch_rows:
         print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows if r.engine == "lowbit-llvm"})
+
+
+def _limit(r: dict) -> float:
+    return r["read_gb_s"] * 1e9 / r["weight_bytes"]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The README's table of ``cpu_decode.json``: speeds, bytes per token, and ratios to PyTorch
+    fp32, llama.cpp Q4_0 (when measured) and the row's own bandwidth limit."""
+    base = next(r["decode_tok_s"] for r in rows if r["engine"] == "pytorch-eager" and r["scheme"] == "fp32")
+    q40 = next((r["decode_tok_s"] for r in rows if r["engine"] == "llama.cpp" and r["scheme"] == "Q4_0"), None)
+    lines = ["| engine | scheme | prefill tok/s | decode tok/s | weights MB / token | decode GB/s "
+             "| decode / own limit | decode × PyTorch fp32 | decode × llama.cpp Q4_0 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gbs = r["decode_tok_s"] * r["weight_bytes"] / 1e9
+        vs_q40 = f"{r['decode_tok_s'] / q40:.2f}" if q40 else "–"
+        lines.append(f"| {r['engine']} | {r['scheme']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
+                     f"{r['weight_bytes'] / 1e6:.1f} | {gbs:.1f} | {r['decode_tok_s'] / _limit(r):.2f} | "
+                     f"{r['decode_tok_s'] / base:.2f} | {vs_q40} |")
+    lines.append(f"| read bandwidth (NumPy, same run) | {rows[0]['read_gb_s']:.1f} GB/s | | | | | 1.00 | | |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict]) -> str:
+    """Decode tok/s per row with its bandwidth limit, as SVG; lowbit's fastest row highlighted."""
+    from plot import Bar, bars_svg
+
+    fastest = max((r for r in rows if r["engine"] == "lowbit-llvm"), key=lambda r: r["decode_tok_s"], default=None)
+    bars = [Bar(f"{r['engine']} {r['scheme']}", r["decode_tok_s"], _limit(r), r is fastest) for r in rows]
+    r0 = rows[0]
+    title = (f"CPU decode, {r0['threads']} threads, {r0['prompt_tokens']}-token prompt, "
+             f"{r0['new_tokens']} new tokens")
+    return bars_svg(bars, title, "decode tok/s",
+                    f"read bandwidth ({r0['read_gb_s']:.1f} GB/s) ÷ the row's weight bytes")
 
 
 def print_batch(rows: list[BatchRow], single: dict[str, float]) -> None:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import cpu_decode
 import quality
 import zeroshot
 
@@ -25,6 +26,7 @@ README = BENCH.parent / "README.md"
 TABLES: dict[str, tuple[str, Callable[[list[dict]], str]]] = {
     "quality": ("quality.json", quality.markdown),
     "zeroshot": ("zeroshot.json", zeroshot.markdown),
+    "cpu_decode": ("cpu_decode.json", cpu_decode.markdown),
 }
 MARKER = re.compile(r"^<!-- table:(\w+) -->\n", re.M)
 

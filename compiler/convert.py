@@ -6,7 +6,8 @@ bits and group; otherwise the weights (fake-quant weights for a fused checkpoint
 with MLC's arithmetic and the error this adds is recorded per layer in ``tensor-cache.json``'s
 metadata. NF3 checkpoints go only into the NF3 scheme of their group, unchanged, and NF3 schemes
 take only NF3 checkpoints. Float models are quantized on the fly (RTN for asymmetric and NF3
-schemes, MLC's own math for symmetric).
+schemes, MLC's own math for symmetric). The embedding and lm_head go into the scheme's ``edge``
+(``compiler/schemes.py``): the body's for MLC's schemes, fp16 or 8-bit (``…_q8head``) otherwise.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from lowbit.compiler.schemes import (
     SCHEMES,
     AsymGroupQuant,
     NF3GroupQuant,
+    NoQuant,
     Scheme,
     SymGroupQuant,
     get_scheme,
+    param_scheme,
 )
 from lowbit.compiler.tensor_cache import write_tensor_cache
 from lowbit.errors import LowbitError
@@ -163,15 +166,8 @@ class Converter:
         self.param_bytes = 0
         self.param_count = 0  # source elements, as MLC's BitsPerParam counts them
 
-    def _is_quantized(self, p: MlcParam) -> bool:
-        if isinstance(self.scheme, SymGroupQuant):
-            return p.kind in ("linear", "embedding")  # quantize_embedding, quantize_final_fc
-        if isinstance(self.scheme, AsymGroupQuant | NF3GroupQuant):
-            return p.kind == "linear" and p.name != "lm_head"
-        return False
-
-    def _quantize_source(self, module: str) -> QuantizedWeight:
-        scheme, qw = self.scheme, self.source.quantized.get(module)
+    def _quantize_source(self, module: str, scheme: Scheme) -> QuantizedWeight:
+        qw = self.source.quantized.get(module)
         if isinstance(scheme, AsymGroupQuant) and qw is not None:
             self.reused.append(module)
             return hold_asym(qw, scheme)
@@ -194,20 +190,21 @@ class Converter:
             t = torch.cat([self.source.tensor(s).reshape(-1) for s in p.sources])
             self.param_count += t.numel()
             return [(p.name, (t.float() + p.offset).to(self.dtype).numpy())]
-        if not self._is_quantized(p):
+        scheme = param_scheme(self.scheme, p.name, p.kind)
+        if isinstance(scheme, NoQuant):
             w = torch.cat([self.source.float_weight(s) for s in p.sources])
             self.param_count += w.numel()
             return [(f"{p.name}.weight", w.to(self.dtype).numpy())]
-        qw = _concat([self._quantize_source(s) for s in p.sources])
+        qw = _concat([self._quantize_source(s, scheme) for s in p.sources])
         codes = qw.codes.numpy()
         if codes.shape != (sum(p.rows), p.k):
             raise LowbitError(f"{p.name}: weight shape {codes.shape} != config's {(sum(p.rows), p.k)}")
-        words = pack(codes, self.scheme)
-        if not np.array_equal(unpack(words, self.scheme, p.k), codes):
+        words = pack(codes, scheme)
+        if not np.array_equal(unpack(words, scheme, p.k), codes):
             raise AssertionError(f"{p.name}: packing lost information")  # a bug, never user input
         self.param_count += codes.size
         out = [(f"{p.name}.q_weight", words), (f"{p.name}.q_scale", qw.scales.to(self.dtype).numpy())]
-        if isinstance(self.scheme, AsymGroupQuant):
+        if isinstance(scheme, AsymGroupQuant):
             out.append((f"{p.name}.q_zero", qw.zeros.numpy()))
         return out
 

@@ -16,7 +16,7 @@ import torch
 from lowbit.architectures import MlcParam, get_architecture
 from lowbit.artifact import CHAT_CONFIG, read_chat_config
 from lowbit.compiler.packing import unpack
-from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme, get_scheme
+from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme, get_scheme, param_scheme
 from lowbit.compiler.tensor_cache import read_tensor_cache
 from lowbit.errors import LowbitError
 from lowbit.quantizer import QuantizedWeight, fake_quantize_blocks_int8
@@ -42,7 +42,7 @@ def _array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> 
 
 def _dequantized(arrays: dict[str, np.ndarray], p: MlcParam, scheme: Scheme) -> torch.Tensor:
     n = sum(p.rows)
-    if isinstance(scheme, NoQuant) or f"{p.name}.weight" in arrays:
+    if isinstance(scheme, NoQuant):
         return torch.from_numpy(_array(arrays, f"{p.name}.weight", (n, p.k))).float()
     words = _array(arrays, f"{p.name}.q_weight", (n, scheme.words_per_row(p.k)))
     scales = _array(arrays, f"{p.name}.q_scale", scheme.spec.scales_shape(n, p.k))
@@ -68,7 +68,7 @@ def read_mlc(folder: Path) -> MlcWeights:
             t = torch.from_numpy(_array(arrays, p.name, (sum(p.rows),))).float() - p.offset
             names = p.sources
         else:
-            t = _dequantized(arrays, p, scheme)
+            t = _dequantized(arrays, p, param_scheme(scheme, p.name, p.kind))
             names = tuple(f"{s}.weight" for s in p.sources)
         state.update(zip(names, torch.split(t, list(p.rows)), strict=True))
     return MlcWeights(chat, scheme, hf_config, state, metadata, frozenset(arrays))
@@ -83,7 +83,8 @@ def int8_decode_modules(weights: MlcWeights) -> list[str]:
     arch = get_architecture(weights.chat_config, CHAT_CONFIG)
     names = []
     for p in arch.mlc_params(weights.hf_config):
-        if p.kind == "plain" or f"{p.name}.q_weight" not in weights.stored or not supports(weights.scheme, p.k):
+        stored = param_scheme(weights.scheme, p.name, p.kind)
+        if p.kind == "plain" or f"{p.name}.q_weight" not in weights.stored or not supports(stored, p.k):
             continue
         if p.kind != "embedding":
             names += list(p.sources)

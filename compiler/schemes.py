@@ -4,13 +4,15 @@ Symmetric schemes copy mlc-llm's ``quantization/quantization.py`` (``GroupQuanti
 ``linear_weight_layout="NK"``, ``storage_dtype="uint32"``, ``quantize_embedding`` and
 ``quantize_final_fc`` true). Asymmetric ``w{b}a16g{G}asym`` schemes (the OmniQuant authors'
 names) hold calibrated integer codes and zero points without loss; ``nf3a16g{G}`` schemes hold
-BitDistiller's NF3 codebook codes and their two scales per group. ``docs/FORMAT.md`` draws every
-layout bit by bit.
+BitDistiller's NF3 codebook codes and their two scales per group. Their embedding and lm_head stay
+fp16, or (``…_q8head``) take :data:`HEAD_Q8`, 8-bit codes per 32 with fp16 scales: half the bytes
+of the fp16 head that a small model's decode step otherwise mostly reads. ``docs/FORMAT.md``
+draws every layout bit by bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lowbit.errors import LowbitError
 from lowbit.quantizer import QuantSpec
@@ -26,8 +28,9 @@ class NoQuant:
     model_dtype: str
 
     @property
-    def quantize_embedding(self) -> bool:
-        return False
+    def edge(self) -> Scheme:
+        """The scheme of the embedding and lm_head."""
+        return self
 
     def bits_per_weight(self) -> float:
         return 16.0 if self.model_dtype == "float16" else 32.0
@@ -48,8 +51,9 @@ class SymGroupQuant:
     model_dtype: str
 
     @property
-    def quantize_embedding(self) -> bool:
-        return True
+    def edge(self) -> Scheme:
+        """MLC's ``quantize_embedding`` and ``quantize_final_fc``: the body's scheme."""
+        return self
 
     @property
     def elems_per_word(self) -> int:
@@ -80,17 +84,19 @@ class AsymGroupQuant:
 
     ``q_weight`` uint32 [N, ceil(K/G)·G·b/32]: each run of 32 elements along K takes b words
     (bit-plane for b = 3); ``q_scale`` fp16 and ``q_zero`` uint8 [N, ceil(K/G)]. Embedding and
-    lm_head stay fp16 (as OmniQuant's MLC fork).
+    lm_head stay fp16 (as OmniQuant's MLC fork), or are stored in ``head``.
     """
 
     name: str
     bits: int
     group_size: int
     model_dtype: str = "float16"
+    head: SymGroupQuant | None = None
 
     @property
-    def quantize_embedding(self) -> bool:
-        return False
+    def edge(self) -> Scheme:
+        """The scheme of the embedding and lm_head: ``head``, else unquantized fp16."""
+        return self.head or NoQuant("q0f16", self.model_dtype)
 
     @property
     def spec(self) -> QuantSpec:
@@ -112,20 +118,22 @@ class NF3GroupQuant:
 
     ``q_weight`` uint32 [N, ceil(K/G)·G·3/32] packs the 3-bit codes as the 3-bit asymmetric
     schemes do (bit planes per run of 32); ``q_scale`` fp16 [N, ceil(K/G), 2] holds ``s₊`` then
-    ``s₋`` per group; no zero point. Embedding and lm_head stay fp16.
+    ``s₋`` per group; no zero point. Embedding and lm_head stay fp16, or are stored in ``head``.
     """
 
     name: str
     group_size: int
     model_dtype: str = "float16"
+    head: SymGroupQuant | None = None
 
     @property
     def bits(self) -> int:
         return 3
 
     @property
-    def quantize_embedding(self) -> bool:
-        return False
+    def edge(self) -> Scheme:
+        """The scheme of the embedding and lm_head: ``head``, else unquantized fp16."""
+        return self.head or NoQuant("q0f16", self.model_dtype)
 
     @property
     def spec(self) -> QuantSpec:
@@ -144,6 +152,16 @@ class NF3GroupQuant:
 Scheme = NoQuant | SymGroupQuant | AsymGroupQuant | NF3GroupQuant
 PackedScheme = SymGroupQuant | AsymGroupQuant | NF3GroupQuant
 
+# The ``…_q8head`` schemes' embedding and lm_head: w ≈ (q − 127)·s per 32 along K, the grid of
+# llama.cpp's Q8_0 (so a Q8_0 embedding, as in the bundled GGUF, goes in without loss).
+HEAD_Q8 = SymGroupQuant("q8f16_g32", 8, 32, "float16")
+HEAD_SUFFIX = "_q8head"
+
+
+def param_scheme(scheme: Scheme, name: str, kind: str) -> Scheme:
+    """The scheme one MLC parameter is stored in: the embedding and lm_head take ``scheme.edge``."""
+    return scheme.edge if kind == "embedding" or name == "lm_head" else scheme
+
 
 def _registry() -> dict[str, Scheme]:
     schemes: list[Scheme] = [
@@ -153,11 +171,14 @@ def _registry() -> dict[str, Scheme]:
         SymGroupQuant("q4f32_1", 4, 32, "float32"),
         SymGroupQuant("q3f16_1", 3, 40, "float16"),
     ]
+    fp16_head: list[AsymGroupQuant | NF3GroupQuant] = []
     for bits in (4, 3, 2):
         for group in (128, 64, 32):
-            schemes.append(AsymGroupQuant(f"w{bits}a16g{group}asym", bits, group))
+            fp16_head.append(AsymGroupQuant(f"w{bits}a16g{group}asym", bits, group))
     for group in (128, 64):
-        schemes.append(NF3GroupQuant(f"nf3a16g{group}", group))
+        fp16_head.append(NF3GroupQuant(f"nf3a16g{group}", group))
+    for s in fp16_head:
+        schemes += [s, replace(s, name=s.name + HEAD_SUFFIX, head=HEAD_Q8)]
     return {s.name: s for s in schemes}
 
 

@@ -243,7 +243,8 @@ def tasks(model: str, tasks: str, limit: int | None, output: Path | None, overwr
 
 @main.command()
 @click.argument("model")
-@click.option("--scheme", required=True, help="MLC scheme: q4f16_1, q4f32_1, q3f16_1, q0f16, q0f32, w{2,3,4}a16g{32,64,128}asym, nf3a16g{64,128}")
+@click.option("--scheme", required=True, help="MLC scheme: q4f16_1, q4f32_1, q3f16_1, q0f16, q0f32, w{2,3,4}a16g{32,64,128}asym, "
+              "nf3a16g{64,128}; the last two families with an 8-bit embedding/lm_head as NAME_q8head")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="MLC weight folder")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 @click.option("--conv-template", default=None, help="chatml or LM (default: chatml for ChatML models)")
@@ -422,7 +423,9 @@ def list_(what: str | None) -> None:
 
         click.echo("MLC schemes (lowbit convert --scheme):")
         for name, scheme in SCHEMES.items():
-            click.echo(f"  {name:16s} {scheme.bits_per_weight():g} bits/weight (linears)")
+            edge = scheme.edge
+            head = "the same" if edge is scheme else f"{edge.bits_per_weight():g} bits/weight"
+            click.echo(f"  {name:21s} {scheme.bits_per_weight():g} bits/weight (linears), embedding/lm_head {head}")
     if what in (None, "targets"):
         from lowbit.targets.presets import PRESETS
 

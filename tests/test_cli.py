@@ -84,9 +84,11 @@ def test_list_names_methods_and_models():
     result = run("list")
     assert result.exit_code == 0
     assert "smollm2-135m" in result.output and "rtn" in result.output
-    assert "q4f16_1          4.5 bits/weight" in result.output
-    assert "w3a16g128asym    3.1875 bits/weight" in result.output and "  llvm" in result.output
-    assert "nf3a16g128       3.25 bits/weight" in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if "bits/weight" in line}
+    assert "4.5 bits/weight (linears), embedding/lm_head the same" in lines["q4f16_1"]
+    assert "3.1875 bits/weight (linears), embedding/lm_head 16 bits/weight" in lines["w3a16g128asym"]
+    assert "3.1875 bits/weight (linears), embedding/lm_head 8.5 bits/weight" in lines["w3a16g128asym_q8head"]
+    assert "3.25 bits/weight" in lines["nf3a16g128"] and "  llvm" in result.output
     from lowbit.architectures import ARCHITECTURES
 
     for model_type, arch in ARCHITECTURES.items():

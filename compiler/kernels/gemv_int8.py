@@ -1,4 +1,4 @@
-"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for the 4- and 2-bit schemes.
+"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for 4-, 2- and 8-bit weights.
 
 ``lowbit compile --decode-activations int8`` swaps this kernel in for the fused fp32 GEMV of every
 linear it supports whose input is one token per sequence (x [B, 1, K]: ``decode``,
@@ -19,6 +19,12 @@ P·2·(2^b − 1)·127 ≤ 7620) and one ``vpmaddwd`` by ones give eight int32 s
 elements R·r + (R/8)·l … of one activation block. The zero point comes out as ``Σ q·c − z·Σ c``
 with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d``
 per lane, accumulated in eight fp32 lanes and summed once per output row.
+
+8-bit weights (the ``…_q8head`` schemes' lm_head, symmetric: ``w = (q − 127)·s``) are one plane
+of 32 codes per 32-byte load, so x keeps its order. Unsigned codes up to 254 times activations up
+to 127 would overflow ``vpmaddubsw``'s int16 pairs, so each load becomes the signed ``q − 127``
+and takes the activations' signs (``vpsignb``), against ``|c|`` (pairs at most 2·127² < 2^15),
+as llama.cpp's Q8_0 dot product does; the zero point is then already subtracted.
 """
 
 from __future__ import annotations
@@ -60,11 +66,13 @@ def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:
 
 
 def supports(scheme: Scheme, in_features: int) -> bool:
-    """Whether the int8 kernel covers a linear: 4- or 2-bit codes in plain packing, K whole
+    """Whether the int8 kernel covers a linear: 4- or 2-bit codes in plain packing (or 8-bit
+    symmetric), K whole
     activation blocks, rows stored with whole runs (a last partial run reads the row's padding to
     whole groups, against zero activations), scale groups that are whole runs or whole lanes of
     one."""
-    if not isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) or scheme.bits not in (2, 4):
+    bits = (2, 4, 8) if isinstance(scheme, SymGroupQuant) else (2, 4)
+    if not isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) or scheme.bits not in bits:
         return False
     run = RUN_BYTES * 8 // scheme.bits
     group = scheme.group_size
@@ -88,6 +96,7 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     assert supports(scheme, k_in), (scheme, k_in)
     asym = isinstance(scheme, AsymGroupQuant)
     bits, group = scheme.bits, scheme.group_size
+    signed = bits == 8  # the codes become signed in the dot product, which subtracts the zero point
     planes = 8 // bits
     run = RUN_BYTES * planes  # elements per step
     words = scheme.words_per_row(k_in)
@@ -111,7 +120,13 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
         return T.cast(_per_lane(z[n, T.ramp(r * per_run, 1, per_run)], per_run, run, group), "int32x8")
 
     def dots(v, xq, b, r):
-        """int32x8 lane sums of codes × activation codes over one run."""
+        """int32x8 lane sums of codes (``q − 127`` when ``signed``) × activation codes over one run."""
+        if signed:
+            xr = xq[b, T.ramp(r * run, 1, RUN_BYTES)]
+            codes = T.reinterpret("int8x32", v) - T.Broadcast(T.int8(scheme.max_int), RUN_BYTES)
+            pairs16 = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", T.abs(xr),
+                                              T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", codes, xr))
+            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
         pairs16 = None
         for i in range(planes):
             codes = T.reinterpret("int8x32", (v >> T.Broadcast(T.uint32(bits * i), 8)) & mask)
@@ -119,6 +134,12 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
                                            xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)])
             pairs16 = part if pairs16 is None else pairs16 + part
         return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
+
+    def centred_dots(v, xq, xs, z, b, n, r):
+        """int32x8 lane sums of (q − z) × activation codes over one run."""
+        if signed:
+            return dots(v, xq, b, r)
+        return dots(v, xq, b, r) - xs[b, T.ramp(r * LANES, 1, LANES)] * zero_vec(z, n, r)
 
     @T.macro
     def quantize_x(x, xq, xd, xs, B):
@@ -153,8 +174,7 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
         acc[T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
         for r in T.serial(runs):
             v = w[n, T.ramp(r * 8, 1, 8)]
-            sums = xs[b, T.ramp(r * LANES, 1, LANES)]
-            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(dots(v, xq, b, r) - sums * zero_vec(z, n, r), "float32x8") * (
+            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(centred_dots(v, xq, xs, z, b, n, r), "float32x8") * (
                 scale_vec(s, n, r) * xd[b, T.ramp(r * LANES, 1, LANES)])
         total = T.decl_buffer((1,), "float32")
         total[0] = T.float32(0)

@@ -227,7 +227,7 @@ class LlamaModel(nn.Module):
     layer_class: type[DecoderLayer] = DecoderLayer
 
     def __init__(self, cfg: LlamaConfig, scheme: Scheme, dtype: str):
-        self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, _edge_scheme(scheme), dtype)
+        self.embed_tokens = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, scheme.edge, dtype)
         self.layers = nn.ModuleList([self.layer_class(cfg, scheme) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
 
@@ -235,14 +235,6 @@ class LlamaModel(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, kv, i)
         return self.norm(h)
-
-
-def _edge_scheme(scheme: Scheme) -> Scheme:
-    """Embedding and lm_head: quantized like the body for MLC's symmetric schemes (the converter's
-    ``quantize_embedding``), else unquantized in the model dtype."""
-    if isinstance(scheme, NoQuant) or scheme.quantize_embedding:
-        return scheme
-    return NoQuant("q0f16" if scheme.model_dtype == "float16" else "q0f32", scheme.model_dtype)
 
 
 def _last_token(x: Tensor) -> Tensor:
@@ -265,7 +257,7 @@ class LlamaForCausalLM(nn.Module):
         self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype
         self.model = self.body_class(cfg, scheme, dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, _edge_scheme(scheme))
+            self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, scheme.edge)
 
     def get_logits(self, h: Tensor) -> Tensor:
         """Logits in fp32 whatever the compute dtype (sampling and scoring read them as fp32)."""

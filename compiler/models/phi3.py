@@ -40,7 +40,6 @@ from lowbit.compiler.models.llama import (
     QuantEmbedding,
     QuantLinear,
     RMSNorm,
-    _edge_scheme,
 )
 from lowbit.compiler.schemes import Scheme
 from lowbit.errors import LowbitError
@@ -145,7 +144,7 @@ class Phi3Block(nn.Module):
 class Phi3Model(nn.Module):
     def __init__(self, cfg: Phi3Config, scheme: Scheme, dtype: str):
         self.cfg = cfg
-        self.embd = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, _edge_scheme(scheme), dtype)
+        self.embd = QuantEmbedding(cfg.vocab_size, cfg.hidden_size, scheme.edge, dtype)
         self.h = nn.ModuleList([Phi3Block(cfg, scheme) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
 
@@ -175,7 +174,7 @@ class Phi3ForCausalLM(LlamaForCausalLM):
         self.cfg, self.scheme, self.target, self.dtype = cfg, scheme, target, dtype
         self.transformer = Phi3Model(cfg, scheme, dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, _edge_scheme(scheme))
+            self.lm_head = QuantLinear(cfg.hidden_size, cfg.vocab_size, scheme.edge)
 
     @property
     def model(self) -> Phi3Model:

@@ -15,7 +15,7 @@ from lowbit.cli import main
 from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.compiler.mlc_reader import load_mlc_model, read_mlc
 from lowbit.compiler.requantize import mlc_quantize
-from lowbit.compiler.schemes import SCHEMES
+from lowbit.compiler.schemes import HEAD_Q8, SCHEMES
 from lowbit.compiler.tensor_cache import read_tensor_cache
 from lowbit.errors import LowbitError
 from lowbit.fused import load_fused
@@ -62,6 +62,34 @@ def test_fused_asym_is_kept_bit_exact(tmp_path_factory, tmp_path, tiny_llama_dir
     state = read_mlc(out).state_dict
     for name in ("model.norm.weight", "model.layers.1.input_layernorm.weight", "model.embed_tokens.weight"):
         assert torch.equal(state[name], ref[name].half().float())
+
+
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_qwen2_dir"])  # tied, untied head
+def test_q8head_stores_the_head_in_8_bits(tmp_path_factory, tmp_path, model, request):
+    """``…_q8head``: the linears as the base scheme (fused codes kept), the embedding and an untied
+    lm_head in MLC's symmetric math with m = 127 per 32 (``test_packing`` checks that math against
+    a NumPy port of MLC's)."""
+    hf = request.getfixturevalue(model)
+    fused = _fused(tmp_path_factory, hf, 2, 32)
+    head = _convert(fused, "w2a16g32asym_q8head", tmp_path / "head")
+    plain_arrays, _ = read_tensor_cache(_convert(fused, "w2a16g32asym", tmp_path / "plain"))
+    arrays, meta = read_tensor_cache(head)
+    edges = {"model.embed_tokens", "lm_head"} & {n.rsplit(".", 1)[0] for n in arrays}
+    assert edges == ({"model.embed_tokens"} if model == "tiny_llama_dir" else {"model.embed_tokens", "lm_head"})
+    for name, arr in plain_arrays.items():
+        if name.rsplit(".", 1)[0] not in edges:
+            np.testing.assert_array_equal(arrays[name], arr, err_msg=name)
+    assert len(meta["lowbit"]["lossless_linears"]) == 14 and set(meta["lowbit"]["added_error"]) == edges
+    ref = load_fused(fused).model.state_dict()
+    state = read_mlc(head).state_dict
+    for module in edges:
+        w = ref[f"{module}.weight"]
+        want = mlc_quantize(w, HEAD_Q8)
+        assert want.codes.max() > 200 and want.codes.min() < 50  # the 8-bit range is in use
+        assert torch.equal(state[f"{module}.weight"], want.dequantize(torch.float32))
+        assert arrays[f"{module}.q_scale"].shape == (w.shape[0], w.shape[1] // 32)
+        err = (state[f"{module}.weight"] - w.float()).abs().max().item()
+        assert meta["lowbit"]["added_error"][module]["max_abs"] == pytest.approx(err, rel=1e-5)
 
 
 def test_rtn_on_the_fly_equals_fused_route(tmp_path_factory, tmp_path, tiny_llama_dir):

@@ -16,7 +16,7 @@ from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.compiler.kernels.gemv_int8 import gemv_int8, supports
 from lowbit.compiler.mlc_reader import load_mlc_model
-from lowbit.compiler.schemes import get_scheme
+from lowbit.compiler.schemes import HEAD_Q8, get_scheme
 from lowbit.errors import LowbitError
 from lowbit.quantizer import fake_quantize_blocks_int8
 from lowbit.runtime.engine import Engine
@@ -48,6 +48,7 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
     ("q4f16_1", 7, 64, 1), ("q4f16_1", 20, 576, 3), ("q4f32_1", 9, 128, 2),
     ("w4a16g32asym", 12, 192, 2), ("w4a16g64asym", 5, 128, 1), ("w4a16g128asym", 4, 576, 3),
     ("w2a16g32asym", 6, 256, 2), ("w2a16g64asym", 3, 384, 1), ("w2a16g128asym", 9, 576, 2),
+    (HEAD_Q8.name, 5, 64, 1), (HEAD_Q8.name, 13, 576, 3),
 ])
 @needs_avx2
 def test_kernel_matches_numpy(name, n, k, batch):
@@ -55,12 +56,17 @@ def test_kernel_matches_numpy(name, n, k, batch):
 
     from lowbit.targets.presets import get_preset
 
-    scheme = get_scheme(name)
+    scheme = HEAD_Q8 if name == HEAD_Q8.name else get_scheme(name)
     rng = np.random.default_rng(n * 1000 + k)
     groups = -(-k // scheme.group_size)
     x = rng.standard_normal((batch, 1, k)).astype("float32")
     x[0, 0, :32] = 0  # an all-zero block
-    words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
+    if scheme.bits == 8:  # symmetric codes 0 … 254, both ends present
+        codes = rng.integers(0, 255, (n, 4 * scheme.words_per_row(k)), dtype=np.uint8)
+        codes[0, :2] = (0, 254)
+        words = codes.view(np.uint32)
+    else:
+        words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
     scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
     zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
     func = gemv_int8(scheme, n, k).with_attr("global_symbol", "main")
@@ -82,6 +88,7 @@ def test_torch_quantizer_matches_numpy():
 def test_supports():
     assert supports(get_scheme("q4f16_1"), 576) and supports(get_scheme("w4a16g128asym"), 576)
     assert supports(get_scheme("w2a16g128asym"), 576)  # its rows are padded to 640
+    assert supports(HEAD_Q8, 576) and supports(get_scheme("w2a16g128asym_q8head").edge, 576)
     assert not supports(get_scheme("q4f16_1"), 96)  # not whole 64-element runs
     assert not supports(get_scheme("w2a16g64asym"), 576)  # rows of 4.5 runs
     assert not supports(get_scheme("q3f16_1"), 576) and not supports(get_scheme("w3a16g128asym"), 576)
@@ -91,12 +98,12 @@ def test_supports():
 def int8_llama_dir(tmp_path_factory):
     from tiny_models import save_tiny, tiny_llama_config
 
-    # K = 128 and 192 (whole pairs of blocks): every linear, and the tied q4f16_1 head, runs int8
+    # K = 128 and 192 (whole pairs of blocks): every linear, and the tied q4f16_1 / 8-bit head, runs int8
     cfg = tiny_llama_config(hidden_size=128, intermediate_size=192, head_dim=32)
     return save_tiny(tmp_path_factory.mktemp("llama_int8"), cfg)
 
 
-@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym"])
+@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym_q8head"])
 @needs_avx2
 def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, tmp_path):
     mlc = tmp_path / "mlc"

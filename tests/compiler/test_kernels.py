@@ -27,7 +27,7 @@ from lowbit.compiler.kernels.quant_matmul import (
     q_embed_te,
     q_matmul_te,
 )
-from lowbit.compiler.schemes import AsymGroupQuant, NF3GroupQuant, NoQuant, get_scheme
+from lowbit.compiler.schemes import HEAD_Q8, AsymGroupQuant, NF3GroupQuant, NoQuant, get_scheme
 from lowbit.quantizer import NF3_LEVELS
 from lowbit.targets.presets import LLVM_ISA, cpu_flags, detect_isa
 
@@ -68,6 +68,11 @@ def dequant_nf3_np(codes, scales, group: int) -> np.ndarray:
     per_k = np.repeat(scales.astype(np.float32), group, axis=1)[:, :k]
     s = np.where(codes > 3, per_k[..., 0], per_k[..., 1])
     return np.asarray(NF3_LEVELS, np.float32)[codes] * s
+
+
+def _scheme(name: str):
+    """A registered scheme, or the 8-bit head scheme of the ``…_q8head`` schemes."""
+    return HEAD_Q8 if name == HEAD_Q8.name else get_scheme(name)
 
 
 def _quantized_case(scheme, n: int, k: int, rng):
@@ -115,14 +120,14 @@ def _run(f, inputs: list[np.ndarray], out_shape, m_symbolic: bool, target=TARGET
 
 
 SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2a16g32asym",
-           "w3a16g32asym", "nf3a16g128", "nf3a16g64"]
+           "w3a16g32asym", "nf3a16g128", "nf3a16g64", HEAD_Q8.name]
 
 
 @pytest.mark.parametrize("name", SCHEMES)
 @pytest.mark.parametrize("m", [1, 5, 8])  # decode GEMV; prefill GEMM with a partial / whole row tiles
 def test_fused_matmul_matches_numpy(name, m):
     rng = np.random.default_rng(zlib.crc32(repr((name, m)).encode()))
-    scheme = get_scheme(name)
+    scheme = _scheme(name)
     n, k = 37, 200  # odd N, K not a multiple of 32/40/64/128
     params, w = _quantized_case(scheme, n, k, rng)
     x = rng.standard_normal((1, m, k)).astype(np.float32)
@@ -142,7 +147,7 @@ def test_gemm_register_tiles(isa, name, n, m):
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa != "avx512" or str(target.attrs["mcpu"]) in GEMM_TILES
     rng = np.random.default_rng(zlib.crc32(repr((isa, name, n, m)).encode()))
-    scheme = get_scheme(name)
+    scheme = _scheme(name)
     params, w = _quantized_case(scheme, n, 136, rng)
     x = rng.standard_normal((1, m, 136)).astype(np.float32)
     got, _ = _run(q_matmul_te(scheme, 136), [x, *params], (1, m, n), True, target)
@@ -160,7 +165,7 @@ def test_batch_decode_matmul_matches_numpy(name, n, k):
     a partial 3-bit run), K = 320 is whole groups of each scheme (64 of the 128-groups, as K = 576
     is at g128), the path that loads each scale once per group."""
     rng = np.random.default_rng(zlib.crc32(repr((name, n, k)).encode()))
-    scheme = get_scheme(name)
+    scheme = _scheme(name)
     if isinstance(scheme, NoQuant):
         params = [rng.standard_normal((n, k)).astype(scheme.model_dtype)]
         w = params[0].astype(np.float32)
@@ -184,7 +189,7 @@ def test_batch_register_tiles(isa, name):
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa == "generic" or str(target.attrs["mcpu"]) in BATCH_TILES
     rng = np.random.default_rng(zlib.crc32(repr((isa, name)).encode()))
-    scheme = get_scheme(name)
+    scheme = _scheme(name)
     params, w = _quantized_case(scheme, 48, 576, rng)
     xs = [rng.standard_normal((b, 1, 576)).astype(np.float32) for b in (4, 5)]
     lib, _, _ = _build(q_matmul_te(scheme, 576), [xs[0], *params], 0, target)
@@ -224,10 +229,10 @@ def test_unquantized_matmul(m):
     np.testing.assert_allclose(got, x @ w.astype(np.float32).T, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["q4f16_1", "q3f16_1"])
+@pytest.mark.parametrize("name", ["q4f16_1", "q3f16_1", HEAD_Q8.name])
 def test_quantized_embedding_rows(name):
     rng = np.random.default_rng(3)
-    scheme = get_scheme(name)
+    scheme = _scheme(name)
     params, w = _quantized_case(scheme, 50, 72, rng)
     ids = np.array([3, 49, 0, 3, 17], np.int32)
     x = te.placeholder((5,), "int32", name="ids")

@@ -11,12 +11,21 @@ import torch
 
 from lowbit.compiler.packing import pack, unpack
 from lowbit.compiler.requantize import mlc_quantize
-from lowbit.compiler.schemes import SCHEMES, AsymGroupQuant, NF3GroupQuant, NoQuant, SymGroupQuant
+from lowbit.compiler.schemes import (
+    HEAD_Q8,
+    SCHEMES,
+    AsymGroupQuant,
+    NF3GroupQuant,
+    NoQuant,
+    SymGroupQuant,
+)
 from lowbit.quantizer import quantize
 
-SYM = [s for s in SCHEMES.values() if isinstance(s, SymGroupQuant)]
-ASYM = [s for s in SCHEMES.values() if isinstance(s, AsymGroupQuant)]
-NF3 = [s for s in SCHEMES.values() if isinstance(s, NF3GroupQuant)]  # packed as 3-bit ASYM
+# the ``…_q8head`` twins pack their linears as their base scheme; their head is HEAD_Q8
+BODY = [s for s in SCHEMES.values() if getattr(s, "head", None) is None]
+SYM = [s for s in BODY if isinstance(s, SymGroupQuant)] + [HEAD_Q8]
+ASYM = [s for s in BODY if isinstance(s, AsymGroupQuant)]
+NF3 = [s for s in BODY if isinstance(s, NF3GroupQuant)]  # packed as 3-bit ASYM
 SHAPES = [(2, 13), (16, 120), (3, 1), (5, 33), (4, 129), (7, 200), (3, 41)]
 FORMAT_MD = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 
@@ -130,7 +139,7 @@ def _format_md_bpw() -> dict[str, float]:
     return {name: float(bpw) for name, bpw in rows}
 
 
-@pytest.mark.parametrize("scheme", list(SCHEMES.values()), ids=lambda s: s.name)
+@pytest.mark.parametrize("scheme", [*BODY, HEAD_Q8], ids=lambda s: s.name)
 def test_bytes_match_format_md(scheme):
     """Bytes of one quantized [N, K] linear = N·K·bpw/8 with bpw from docs/FORMAT.md."""
     bpw = _format_md_bpw()[scheme.name]
