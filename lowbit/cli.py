@@ -384,14 +384,21 @@ def serve(**kw) -> None:
 @click.option("--prompt-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(1, 1 << 20), default=128, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the numbers as one JSON object")
+@click.option("--profile", is_flag=True, help="also time a decode step per operator kind")
 @THREADS_OPTION
-def bench_(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int, as_json: bool) -> None:
+def bench_(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int, as_json: bool,
+           profile: bool) -> None:
     """Prefill and decode tok/s of a compiled model, weight bytes and GB/s per decode token, and
     the share of the machine's read bandwidth (measured in the same run) that decode reaches."""
     from lowbit.runtime.speed import bench
 
-    speed = bench(mlc_dir, model_lib, prompt_tokens, new_tokens)
-    click.echo(json.dumps(speed.to_dict()) if as_json else speed.table())
+    speed, ops = bench(mlc_dir, model_lib, prompt_tokens, new_tokens, profile)
+    if as_json:
+        click.echo(json.dumps({**speed.to_dict(), **({"profile": ops.to_dict()} if ops else {})}))
+        return
+    click.echo(speed.table())
+    if ops:
+        click.echo(ops.table())
 
 
 @main.command(name="list")

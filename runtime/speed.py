@@ -3,12 +3,15 @@
 Decode reads every weight once per token (the tied embedding as the lm_head), so its ceiling is
 the machine's read bandwidth divided by the weights' bytes. Both are measured in the same run:
 the bandwidth with NumPy max-reductions over a buffer larger than the last-level cache, one
-thread per compiled-kernel thread.
+thread per compiled-kernel thread. ``--profile`` adds the decode step's time per operator kind,
+timed around every call the VM makes.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -112,12 +115,99 @@ def measure(engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     return len(prompt) / prefill, new_tokens / decode
 
 
-def bench(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int) -> Speed:
-    """Measure the compiled model and the machine's read bandwidth, one after the other."""
+def bench(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int,
+          profile: bool = False) -> tuple[Speed, Profile | None]:
+    """Measure the compiled model and the machine's read bandwidth, one after the other, then
+    (``profile``) a decode step per operator kind over ``new_tokens`` steps."""
     from lowbit.runtime.engine import Engine
 
     engine = Engine(mlc_dir, model_lib, context_window=prompt_tokens + new_tokens + 1)
     prompt = prompt_ids(engine, prompt_tokens)
     prefill, decode = measure(engine, prompt, new_tokens)
-    return Speed(engine.threads, len(prompt), new_tokens, prefill, decode, weight_bytes(mlc_dir),
-                 read_bandwidth(engine.threads))
+    speed = Speed(engine.threads, len(prompt), new_tokens, prefill, decode, weight_bytes(mlc_dir),
+                  read_bandwidth(engine.threads))
+    return speed, profile_decode(engine, prompt, new_tokens) if profile else None
+
+
+@dataclass(frozen=True)
+class OpTime:
+    kind: str  # a kernel or VM builtin, relax's numbering removed (q_gemv_int83 → q_gemv_int8)
+    calls: float  # per decode token
+    ms: float  # per decode token, the timing's own cost per call taken off
+
+
+_DTYPE = re.compile(r"((?:u?int|b?float)(?:8|16|32|64))")
+
+
+def op_kind(name: str) -> str:
+    """``name`` without the numbers relax appends to repeated and fused functions (dtype names
+    such as ``int8`` kept)."""
+    parts = _DTYPE.split(name)
+    return "".join(p if i % 2 else re.sub(r"\d+", "", p) for i, p in enumerate(parts))
+
+
+@dataclass(frozen=True)
+class Profile:
+    step_ms: float  # one decode step, without instrumentation
+    ops: list[OpTime]  # largest first; their ms add up to step_ms
+    timing_us: float  # what timing one call costs, taken off each call's time
+    instrumented_ms: float  # the calls' sum before scaling to step_ms
+
+    def table(self) -> str:
+        lines = [f"decode step {self.step_ms:.2f} ms by operator kind: each VM call timed (less the "
+                 f"{self.timing_us:.1f} µs timing one call costs; {self.instrumented_ms:.2f} ms in all), "
+                 "scaled to the plain step",
+                 f"{'ms/token':>9} {'share':>6} {'calls':>6}  operator"]
+        lines += [f"{op.ms:9.3f} {op.ms / self.step_ms:6.1%} {op.calls:6.0f}  {op.kind}"
+                  for op in self.ops if op.ms >= 0.0005 * self.step_ms]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"step_ms": self.step_ms, "timing_us": self.timing_us,
+                "instrumented_ms": self.instrumented_ms, "ops": [asdict(op) for op in self.ops]}
+
+
+def profile_decode(engine, prompt: list[int], steps: int) -> Profile:
+    """A decode step's time, plain and per operator kind, over ``steps`` greedy steps after
+    ``prompt`` (the same steps twice: plain, then instrumented). Each VM call is timed from the
+    VM's instrument hook, whose own cost lands inside each timed call; the cheapest kind's time
+    per call (VM builtins that do next to nothing) estimates it, and it is taken off every call.
+    The hook's Python still slows the kernels around it, so the kinds' times are scaled to add up
+    to the plain step: shares are what the profile measures, not absolute costs."""
+    if engine.has_sequence(0):
+        engine.remove_sequence(0)
+    engine.add_sequence(0)
+    first = int(np.argmax(engine.prefill(0, prompt)))
+
+    def decode_steps() -> None:
+        engine.rewind(0, len(prompt))
+        token = first
+        for _ in range(steps):
+            token = int(np.argmax(engine.decode(0, token)))
+
+    t0 = time.perf_counter()
+    decode_steps()
+    step_ms = (time.perf_counter() - t0) * 1e3 / steps
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    started: list[float] = []
+
+    def instrument(_func, name: str, before_run: bool, _ret, *_args) -> int:
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            kind = op_kind(name)
+            seconds[kind] += time.perf_counter() - started.pop()
+            calls[kind] += 1
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    engine.vm.set_instrument(instrument)
+    try:
+        decode_steps()
+    finally:
+        engine.vm.set_instrument(None)
+    timing = min(seconds[k] / calls[k] for k in seconds)
+    net = {k: max(0.0, seconds[k] - timing * calls[k]) * 1e3 / steps for k in seconds}
+    total = sum(net.values()) or 1.0
+    ops = [OpTime(k, calls[k] / steps, net[k] * step_ms / total) for k in seconds]
+    return Profile(step_ms, sorted(ops, key=lambda op: -op.ms), timing * 1e6, total)

@@ -1,4 +1,4 @@
-"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for 4-, 2- and 8-bit weights.
+"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for 4-, 3-, 2- and 8-bit weights.
 
 ``lowbit compile --decode-activations int8`` swaps this kernel in for the fused fp32 GEMV of every
 linear it supports whose input is one token per sequence (x [B, 1, K]: ``decode``,
@@ -19,6 +19,15 @@ P·2·(2^b − 1)·127 ≤ 7620) and one ``vpmaddwd`` by ones give eight int32 s
 elements R·r + (R/8)·l … of one activation block. The zero point comes out as ``Σ q·c − z·Σ c``
 with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d``
 per lane, accumulated in eight fp32 lanes and summed once per output row.
+
+3-bit weights (``w3a16g*asym``) store each run of 32 elements as two words of 2-bit lows
+(elements 0–15, 16–31) and one word of high bits. The low words of four such runs, in order, are
+exactly a 2-bit row's run of R = 128 elements, so a step loads those 12 words (three 16-byte
+loads), shuffles the eight low words into one register and treats them as 2-bit codes, and adds
+each element's high bit: the four high words are 128 bits, bit e for element e; byte j of plane i
+needs bit 4j + i, so each high byte is duplicated and split into its two nibbles (byte j = nibble
+j), and plane i takes bit i of it, shifted to bit 2 of the code. Codes up to 7: pairs at most
+2·7·127, four planes at most 7112.
 
 8-bit weights (the ``…_q8head`` schemes' lm_head, symmetric: ``w = (q − 127)·s``) are one plane
 of 32 codes per 32-byte load, so x keeps its order. Unsigned codes up to 254 times activations up
@@ -65,19 +74,25 @@ def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:
     return _decode_activations.get() == "int8" and supports(scheme, in_features)
 
 
+def _step(bits: int) -> tuple[int, int]:
+    """(elements, packed words) of one kernel step: one 32-byte register of codes per plane."""
+    if bits == 3:
+        return 128, 12  # four 3-bit runs: their 2-bit lows fill the register as 2-bit codes would
+    return RUN_BYTES * 8 // bits, RUN_BYTES // 4
+
+
 def supports(scheme: Scheme, in_features: int) -> bool:
-    """Whether the int8 kernel covers a linear: 4- or 2-bit codes in plain packing (or 8-bit
-    symmetric), K whole
-    activation blocks, rows stored with whole runs (a last partial run reads the row's padding to
-    whole groups, against zero activations), scale groups that are whole runs or whole lanes of
-    one."""
-    bits = (2, 4, 8) if isinstance(scheme, SymGroupQuant) else (2, 4)
+    """Whether the int8 kernel covers a linear: 4-, 3- or 2-bit asymmetric or 4-, 2- or 8-bit
+    symmetric codes (MLC's layouts), K whole activation blocks, rows stored with whole steps (a
+    last partial step reads the row's padding to whole groups, against zero activations), scale
+    groups that are whole steps or whole lanes of one."""
+    bits = (2, 4, 8) if isinstance(scheme, SymGroupQuant) else (2, 3, 4)
     if not isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) or scheme.bits not in bits:
         return False
-    run = RUN_BYTES * 8 // scheme.bits
+    run, words = _step(scheme.bits)
     group = scheme.group_size
     runs = -(-in_features // run)
-    return (in_features % BLOCK == 0 and scheme.words_per_row(in_features) >= runs * 8
+    return (in_features % BLOCK == 0 and scheme.words_per_row(in_features) >= runs * words
             and (group % run == 0 or (run % group == 0 and group % (run // LANES) == 0)))
 
 
@@ -97,14 +112,15 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     asym = isinstance(scheme, AsymGroupQuant)
     bits, group = scheme.bits, scheme.group_size
     signed = bits == 8  # the codes become signed in the dot product, which subtracts the zero point
-    planes = 8 // bits
-    run = RUN_BYTES * planes  # elements per step
+    run, step_words = _step(bits)  # elements and packed words per step
+    planes = run // RUN_BYTES
+    low_bits = 2 if bits == 3 else bits  # bits per code in the plain-packed register
     words = scheme.words_per_row(k_in)
     runs = -(-k_in // run)  # a partial last run reads padding codes, against zero activations
     blocks_per_run = run // BLOCK
     groups = (k_in + group - 1) // group
     scale_dtype = scheme.model_dtype
-    mask = T.Broadcast(T.uint32(int.from_bytes(bytes([(1 << bits) - 1]) * 4, "little")), 8)
+    mask = T.Broadcast(T.uint32(int.from_bytes(bytes([(1 << low_bits) - 1]) * 4, "little")), 8)
     per_run = run // group  # groups in a run (0: a group spans runs)
 
     def scale_vec(s, n, r):
@@ -119,8 +135,26 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
             return T.Broadcast(T.cast(z[n, r * run // group], "int32"), LANES)
         return T.cast(_per_lane(z[n, T.ramp(r * per_run, 1, per_run)], per_run, run, group), "int32x8")
 
-    def dots(v, xq, b, r):
+    def load(w, n, r):
+        """The step's codes as one uint32x8 of plain-packed codes, and (3-bit) its high-bit words."""
+        if bits != 3:
+            return w[n, T.ramp(r * 8, 1, 8)], None
+        parts = [w[n, T.ramp(r * step_words + 4 * i, 1, 4)] for i in range(3)]
+        return T.Shuffle(parts, [0, 1, 3, 4, 6, 7, 9, 10]), T.Shuffle(parts, [2, 5, 8, 11])
+
+    def high_nibbles(high):
+        """uint16x16 whose byte j is nibble j of the 128 high bits (bit 4j + i: element 4j + i)."""
+        pairs = T.reinterpret("uint16x16", T.Shuffle([T.reinterpret("uint8x16", high)] * 2, [k // 2 for k in range(32)]))
+        return (pairs & T.Broadcast(T.uint16(0x000F), 16)) | ((pairs >> T.Broadcast(T.uint16(4), 16)) & T.Broadcast(T.uint16(0x0F00), 16))
+
+    def high_plane(nibbles, i):
+        """Bit i of each nibble byte, moved to bit 2 (the code's high bit), as uint32x8."""
+        moved = nibbles << T.Broadcast(T.uint16(2 - i), 16) if i <= 2 else nibbles >> T.Broadcast(T.uint16(1), 16)
+        return T.reinterpret("uint32x8", moved & T.Broadcast(T.uint16(0x0404), 16))
+
+    def dots(words, xq, b, r):
         """int32x8 lane sums of codes (``q − 127`` when ``signed``) × activation codes over one run."""
+        v, high = words
         if signed:
             xr = xq[b, T.ramp(r * run, 1, RUN_BYTES)]
             codes = T.reinterpret("int8x32", v) - T.Broadcast(T.int8(scheme.max_int), RUN_BYTES)
@@ -128,18 +162,20 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
                                               T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", codes, xr))
             return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
         pairs16 = None
+        nibbles = None if high is None else high_nibbles(high)
         for i in range(planes):
-            codes = T.reinterpret("int8x32", (v >> T.Broadcast(T.uint32(bits * i), 8)) & mask)
+            plain = (v >> T.Broadcast(T.uint32(low_bits * i), 8)) & mask
+            codes = T.reinterpret("int8x32", plain if high is None else plain | high_plane(nibbles, i))
             part = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", codes,
                                            xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)])
             pairs16 = part if pairs16 is None else pairs16 + part
         return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
 
-    def centred_dots(v, xq, xs, z, b, n, r):
+    def centred_dots(words, xq, xs, z, b, n, r):
         """int32x8 lane sums of (q − z) × activation codes over one run."""
         if signed:
-            return dots(v, xq, b, r)
-        return dots(v, xq, b, r) - xs[b, T.ramp(r * LANES, 1, LANES)] * zero_vec(z, n, r)
+            return dots(words, xq, b, r)
+        return dots(words, xq, b, r) - xs[b, T.ramp(r * LANES, 1, LANES)] * zero_vec(z, n, r)
 
     @T.macro
     def quantize_x(x, xq, xd, xs, B):
@@ -173,8 +209,7 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     def dot_row(xq, xd, xs, w, s, z, y, acc, b, n):
         acc[T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
         for r in T.serial(runs):
-            v = w[n, T.ramp(r * 8, 1, 8)]
-            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(centred_dots(v, xq, xs, z, b, n, r), "float32x8") * (
+            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b, n, r), "float32x8") * (
                 scale_vec(s, n, r) * xd[b, T.ramp(r * LANES, 1, LANES)])
         total = T.decl_buffer((1,), "float32")
         total[0] = T.float32(0)

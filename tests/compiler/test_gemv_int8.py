@@ -1,8 +1,8 @@
 """``--decode-activations int8``: the AVX2 int8 GEMV (``compiler/kernels/gemv_int8.py``).
 
 The kernel against NumPy (x quantized per 32 as the docstring says, weights dequantized from the
-packed layout) for every 4-bit scheme, odd row counts, several sequences and a partial last
-scale group; then a tiny Llama compiled with int8 decode against the PyTorch reference that
+packed layout) for the 4-, 3-, 2- and 8-bit layouts, odd row counts, several sequences and a
+partial last scale group; then a tiny Llama compiled with int8 decode against the PyTorch reference that
 fake-quantizes the same linears' inputs in incremental decoding.
 """
 
@@ -28,8 +28,14 @@ needs_avx2 = pytest.mark.skipif(not AVX2, reason="the int8 kernel needs an AVX2 
 
 def dequantized(scheme, words: np.ndarray, scales: np.ndarray, zeros, k: int) -> np.ndarray:
     n, b = words.shape[0], scheme.bits
-    shifts = b * np.arange(32 // b, dtype=np.uint32)
-    codes = ((words[:, :, None] >> shifts) & ((1 << b) - 1)).reshape(n, -1)[:, :k]
+    if b == 3:  # per 32 elements: lows of 0–15, lows of 16–31, then the 32 high bits
+        w = words.reshape(n, -1, 3)[:, :, :, None]
+        lows = (w[:, :, :2] >> (2 * np.arange(16, dtype=np.uint32))) & 3
+        highs = (w[:, :, 2] >> np.arange(32, dtype=np.uint32)) & 1
+        codes = (lows.reshape(n, -1, 32) | highs << 2).reshape(n, -1)[:, :k]
+    else:
+        shifts = b * np.arange(32 // b, dtype=np.uint32)
+        codes = ((words[:, :, None] >> shifts) & ((1 << b) - 1)).reshape(n, -1)[:, :k]
     g = scheme.group_size
     s = np.repeat(scales.astype(np.float32), g, axis=1)[:, :k]
     z = np.repeat(zeros.astype(np.float32), g, axis=1)[:, :k] if zeros is not None else scheme.max_int
@@ -48,6 +54,8 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
     ("q4f16_1", 7, 64, 1), ("q4f16_1", 20, 576, 3), ("q4f32_1", 9, 128, 2),
     ("w4a16g32asym", 12, 192, 2), ("w4a16g64asym", 5, 128, 1), ("w4a16g128asym", 4, 576, 3),
     ("w2a16g32asym", 6, 256, 2), ("w2a16g64asym", 3, 384, 1), ("w2a16g128asym", 9, 576, 2),
+    ("w3a16g128asym", 7, 576, 2), ("w3a16g64asym", 5, 256, 1), ("w3a16g32asym", 9, 384, 3),
+    ("w3a16g128asym", 4, 1536, 1),
     (HEAD_Q8.name, 5, 64, 1), (HEAD_Q8.name, 13, 576, 3),
 ])
 @needs_avx2
@@ -91,7 +99,9 @@ def test_supports():
     assert supports(HEAD_Q8, 576) and supports(get_scheme("w2a16g128asym_q8head").edge, 576)
     assert not supports(get_scheme("q4f16_1"), 96)  # not whole 64-element runs
     assert not supports(get_scheme("w2a16g64asym"), 576)  # rows of 4.5 runs
-    assert not supports(get_scheme("q3f16_1"), 576) and not supports(get_scheme("w3a16g128asym"), 576)
+    assert supports(get_scheme("w3a16g128asym"), 576) and supports(get_scheme("w3a16g32asym"), 1536)
+    assert not supports(get_scheme("w3a16g32asym"), 576)  # rows of 4.5 steps of 128
+    assert not supports(get_scheme("q3f16_1"), 576) and not supports(get_scheme("nf3a16g128"), 576)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +113,8 @@ def int8_llama_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("llama_int8"), cfg)
 
 
-@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym_q8head"])
+# w3a16g64asym: K = 192 is 1.5 steps of 128, so down_proj (and the fp16 head) keep the fp kernel
+@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym_q8head", "w3a16g64asym"])
 @needs_avx2
 def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, tmp_path):
     mlc = tmp_path / "mlc"

@@ -31,3 +31,30 @@ def test_bench_table(tiny_chat):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines[-3:]] == ["prefill", "decode", "limit"]
+
+
+def test_op_kind_drops_relax_numbering_keeps_dtypes():
+    from lowbit.runtime.speed import op_kind
+
+    assert op_kind("q_gemv_int83") == op_kind("q_gemv_int8") == "q_gemv_int8"
+    assert op_kind("fused_reshape8_reshape9") == "fused_reshape_reshape"
+    assert op_kind("rms_norm2") == "rms_norm" and op_kind("cast_float16") == "cast_float16"
+
+
+def test_bench_profile_counts_every_call(tiny_chat):
+    """Per decode token of the 2-layer tiny model: 9 quantized-linear calls (qkv, o, gate/up,
+    down per layer, then the lm_head; o and down fused with the residual add), one attention per
+    layer, 5 RMS norms; the kinds' times add up to the step."""
+    result = CliRunner().invoke(main, ["bench", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
+                                       "--prompt-tokens", "8", "--new-tokens", "3", "--profile", "--json"])
+    assert result.exit_code == 0, result.output
+    profile = json.loads(result.output.strip().splitlines()[-1])["profile"]
+    calls = {op["kind"]: op["calls"] for op in profile["ops"]}
+    assert calls["q_matmul"] + calls["fused_q_matmul_add"] == 9  # o_proj, down_proj: + residual
+    assert calls["rms_norm"] == 5
+    assert calls["vm.builtin.attention_kv_cache_attention_with_fused_qkv"] == 2
+    assert all(op["ms"] >= 0 for op in profile["ops"]) and profile["timing_us"] > 0
+    assert math.isclose(sum(op["ms"] for op in profile["ops"]), profile["step_ms"], rel_tol=1e-6)
+    table = CliRunner().invoke(main, ["bench", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
+                                      "--prompt-tokens", "8", "--new-tokens", "2", "--profile"])
+    assert table.exit_code == 0 and "q_matmul" in table.output and "ms/token" in table.output
