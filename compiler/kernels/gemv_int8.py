@@ -20,6 +20,11 @@ elements R·r + (R/8)·l … of one activation block. The zero point comes out a
 with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d``
 per lane, accumulated in eight fp32 lanes and summed once per output row.
 
+Work is split over :data:`TASKS` parallel tasks by output rows. One sequence runs its rows one
+after the other; several (``batch_decode``) take each row in turn for all of them, four at a time
+with their accumulators side by side, so each run of codes is loaded and unpacked once per four
+sequences and the row stays in L1 for the rest.
+
 3-bit weights (``w3a16g*asym``) store each run of 32 elements as two words of 2-bit lows
 (elements 0–15, 16–31) and one word of high bits. The low words of four such runs, in order, are
 exactly a 2-bit row's run of R = 128 elements, so a step loads those 12 words (three 16-byte
@@ -51,6 +56,7 @@ from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 RUN_BYTES = 32  # packed bytes per step: one 256-bit load
 BLOCK = 32  # k per activation scale
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
+SEQS = 4  # batch decode: sequences sharing each loaded run of codes
 TASKS = 8  # parallel tasks: each allocates its accumulator once, then runs a range of rows
 
 
@@ -218,16 +224,39 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
         y[b, 0, n] = total[0]
 
     @T.macro
+    def dot_rows4(xq, xd, xs, w, s, z, y, acc, b0, n):
+        """Row n for sequences b0 … b0 + 3, their accumulators side by side; the run's codes are
+        loaded and unpacked once for the four (the unrolled copies are one expression to LLVM)."""
+        for i in T.unroll(SEQS):
+            acc[T.ramp(i * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+        for r in T.serial(runs):
+            for i in T.unroll(SEQS):
+                acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
+                    scale_vec(s, n, r) * xd[b0 + i, T.ramp(r * LANES, 1, LANES)])
+        for i in T.unroll(SEQS):
+            total = T.decl_buffer((1,), "float32")
+            total[0] = T.float32(0)
+            for lane in T.serial(LANES):
+                total[0] = total[0] + acc[i * LANES + lane]
+            y[b0 + i, 0, n] = total[0]
+
+    @T.macro
     def body(x, w, s, z, y, B):
         xq = T.alloc_buffer((B, runs * run), "int8")
         xd = T.alloc_buffer((B, runs * LANES), "float32")
         xs = T.alloc_buffer((B, runs * LANES), "int32")
         quantize_x(x, xq, xd, xs, B)
         for task in T.parallel(TASKS):
-            acc = T.decl_buffer((LANES,), "float32")
-            for b in T.serial(B):  # later sequences read the task's rows from cache
+            acc = T.decl_buffer((SEQS * LANES,), "float32")
+            if B == 1:
                 for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
-                    dot_row(xq, xd, xs, w, s, z, y, acc, b, n)
+                    dot_row(xq, xd, xs, w, s, z, y, acc, 0, n)
+            else:  # each row's codes, loaded once, serve every sequence from L1
+                for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
+                    for quad in T.serial(B // SEQS):
+                        dot_rows4(xq, xd, xs, w, s, z, y, acc, quad * SEQS, n)
+                    for b in T.serial(B // SEQS * SEQS, B):
+                        dot_row(xq, xd, xs, w, s, z, y, acc, b, n)
 
     if asym:
         @T.prim_func
