@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from provenance import record
 
-from lowbit.runtime.speed import best_of, measure, read_bandwidth, weight_bytes
+from lowbit.runtime.speed import best_of, measure, prompt_ids, read_bandwidth, weight_bytes
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
 PLOT = RESULTS.with_suffix(".svg")
@@ -65,13 +65,6 @@ class BatchRow:
     prompt_tokens: int
     new_tokens: int
     decode_tok_s: float  # aggregate over the batch
-
-
-def prompt_ids(folder: Path, n: int) -> list[int]:
-    from lowbit.corpus import split_tokens
-    from lowbit.models import load_tokenizer
-
-    return [int(t) for t in split_tokens(load_tokenizer(folder), "test", None)[:n]]
 
 
 def bench_torch(folder: Path, ids: list[int], new: int, dtype: str) -> Row:
@@ -193,7 +186,7 @@ def _batch_run(engine, b: int, prompt: int, first: int, new: int) -> tuple[float
 
 def main() -> None:
     from lowbit.cache import atomic_file, cache_dir
-    from lowbit.models import resolve_model
+    from lowbit.models import load_tokenizer, resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -206,7 +199,7 @@ def main() -> None:
     args = ap.parse_args()
 
     folder = resolve_model(args.model)
-    ids = prompt_ids(folder, args.prompt_tokens)
+    ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     rows = [bench_torch(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]

@@ -84,15 +84,16 @@ def best_of(run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
-def prompt_ids(engine, n: int) -> list[int]:
-    """The first ``n`` tokens of the corpus's test split (what ``eval ppl`` scores)."""
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    """The first ``n`` tokens of the corpus's test split (what ``eval ppl`` scores), from any
+    tokenizer with ``encode(text, add_special_tokens=False)``."""
     from lowbit.corpus import join_documents, split_documents, wiki_documents
 
     text = join_documents(split_documents(wiki_documents(), "test"))
     ids: list[int] = []
     chars = 8 * n
     while len(ids) < n and chars < 64 * len(text):
-        ids = engine.tokenizer.encode(text[:chars], add_special_tokens=False)
+        ids = tokenizer.encode(text[:chars], add_special_tokens=False)
         chars *= 2
     return ids[:n]
 
@@ -122,7 +123,7 @@ def bench(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int,
     from lowbit.runtime.engine import Engine
 
     engine = Engine(mlc_dir, model_lib, context_window=prompt_tokens + new_tokens + 1)
-    prompt = prompt_ids(engine, prompt_tokens)
+    prompt = prompt_ids(engine.tokenizer, prompt_tokens)
     prefill, decode = measure(engine, prompt, new_tokens)
     speed = Speed(engine.threads, len(prompt), new_tokens, prefill, decode, weight_bytes(mlc_dir),
                   read_bandwidth(engine.threads))

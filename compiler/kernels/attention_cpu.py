@@ -2,7 +2,9 @@
 
 TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk) loop over
 sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
-query rows of one sequence) is one parallel task: each key and value row is loaded once for the
+query rows of one sequence) is one parallel task (decode: each (KV head, chunk of 64 keys of one
+sequence), the chunks' results merged by their lse afterwards, so a long context spreads over
+every core): each key and value row is loaded once for the
 tile's rows and the query heads that share it (GQA), the q·k products run in fp32 vector lanes,
 and the online softmax is updated once per tile of 16 keys. The arguments, the key addressing
 (pages, the last page's length, a sliding window's start and sink), the masks and the outputs
@@ -29,15 +31,18 @@ TILE = 16  # key rows per online-softmax update
 LANES = 8  # fp32 lanes of the q·k partial sums
 MASKED = -5e4  # TVM's initial running maximum (log2 units): a query that sees no key keeps it
 ROW_TILE = 4  # prefill query rows (of one sequence) per task: each key row read once for all
+CHUNK_PAGES = 4  # decode: keys per parallel task (split-K), in pages
+CHUNK = CHUNK_PAGES * PAGE_SIZE
 
 
 @T.macro
-def _attend_rows(Q, output, lse, t0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
+def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
                  group, d, cap, qt):
     """Attention of the query heads ``hk·group …`` of the ``n`` (≤ ``qt``) rows ``t0 …`` of
     one sequence, row ``i`` over key positions [lo_of(i), hi_of(i)): each key row is read once
     for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key, ``key(l0, l1, j)`` /
-    ``value(l0, l1, j)`` read it. Writes ``output[t]`` and ``lse[t]`` (log2 units, TVM's)."""
+    ``value(l0, l1, j)`` read it. Writes rows ``o0 …`` of ``output`` and ``lse`` (log2 units,
+    TVM's)."""
     q = T.decl_buffer((qt * group, d), "float32")
     acc = T.decl_buffer((qt * group, d), "float32")
     m = T.decl_buffer((qt * group,), "float32")
@@ -75,9 +80,11 @@ def _attend_rows(Q, output, lse, t0, n, lo_of, hi_of, hk, loc0, loc1, key, value
                         for c in T.serial(d // LANES):
                             for lane in T.vectorized(LANES):
                                 part[lane] = part[lane] + q[i * group + g, c * LANES + lane] * T.cast(key(loc[r, 0], loc[r, 1], c * LANES + lane), "float32")
-                        sc[i * group + g, r] = T.float32(0)
-                        for lane in T.serial(LANES):
-                            sc[i * group + g, r] = sc[i * group + g, r] + part[lane]
+                        for lane in T.vectorized(LANES // 2):  # a tree: 3 dependent adds, not 8
+                            part[lane] = part[lane] + part[lane + LANES // 2]
+                        for lane in T.vectorized(LANES // 4):
+                            part[lane] = part[lane] + part[lane + LANES // 4]
+                        sc[i * group + g, r] = part[0] + part[1]
                         if cap > 0:
                             sc[i * group + g, r] = T.float32(cap) * T.tanh(sc[i * group + g, r] / T.float32(cap))
                     else:
@@ -100,8 +107,36 @@ def _attend_rows(Q, output, lse, t0, n, lo_of, hi_of, hk, loc0, loc1, key, value
     for i in T.serial(n):
         for g in T.serial(group):
             for j in T.vectorized(d):
-                output[t0 + i, hk * group + g, j] = T.cast(acc[i * group + g, j] / den[i * group + g], output.dtype)
-            lse[t0 + i, hk * group + g] = m[i * group + g] + T.log2(den[i * group + g])
+                output[o0 + i, hk * group + g, j] = T.cast(acc[i * group + g, j] / den[i * group + g], output.dtype)
+            lse[o0 + i, hk * group + g] = m[i * group + g] + T.log2(den[i * group + g])
+
+
+@T.macro
+def _merge_chunks(part_out, part_lse, slot0, count, output, lse, b, h, d):
+    """Head ``h`` of sequence ``b`` from its ``count`` chunks' normalised outputs and lse (log2)
+    in slots ``slot0 …``: weights ``2^(lse_c − L)``, ``L`` their largest lse; zeros and lse -5e4
+    when there is no key."""
+    top = T.decl_buffer((2,), "float32")  # largest lse, then the sum of the weights
+    merged = T.decl_buffer((d,), "float32")
+    top[0] = T.float32(MASKED)
+    top[1] = T.float32(0)
+    for j in T.vectorized(d):
+        merged[j] = T.float32(0)
+    for c in T.serial(count):
+        top[0] = T.max(top[0], part_lse[slot0 + c, h])
+    for c in T.serial(count):
+        weight: T.float32 = T.exp2(part_lse[slot0 + c, h] - top[0])
+        top[1] = top[1] + weight
+        for j in T.vectorized(d):
+            merged[j] = merged[j] + weight * part_out[slot0 + c, h, j]
+    if count > 0:
+        for j in T.vectorized(d):
+            output[b, h, j] = T.cast(merged[j] / top[1], output.dtype)
+        lse[b, h] = top[0] + T.log2(top[1])
+    else:
+        for j in T.vectorized(d):
+            output[b, h, j] = T.cast(T.float32(0), output.dtype)
+        lse[b, h] = T.float32(MASKED)
 
 
 @T.macro
@@ -123,6 +158,13 @@ def _tile_of(indptr, batch_size, tile, found):
 def _kv_len(n_pages, last_len, window_start, sink):
     """Keys a sequence attends in its pages: TVM's ``_get_kv_chunk_len``."""
     return T.if_then_else(n_pages > 0, (n_pages - 1) * PAGE_SIZE + last_len - window_start + sink, 0)
+
+
+def _seq_kv_len(page_indptr, length_info, b, sliding: bool):
+    """:func:`_kv_len` of sequence ``b`` of a decode batch (``sliding``: ``length_info`` [3, B])."""
+    if sliding:
+        return _kv_len(page_indptr[b + 1] - page_indptr[b], length_info[0, b], length_info[1, b], length_info[2, b])
+    return _kv_len(page_indptr[b + 1] - page_indptr[b], length_info[b], 0, 0)
 
 
 def _seq_pos(pos, window_start, sink):
@@ -165,20 +207,35 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
-        for bh in T.parallel(B * h_kv):
-            b: T.int32 = bh // h_kv
-            hk: T.int32 = bh % h_kv
-            first: T.int32 = page_indptr[b]
-            window_start: T.int32 = length_info[1, b] if sliding else 0
-            sink: T.int32 = length_info[2, b] if sliding else 0
-            kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first, length_info[0, b] if sliding else length_info[b],
-                                      window_start, sink)
-            _attend_rows(Q, output, lse, b, 1, lambda i: 0, lambda i: kv_len, hk,
-                         lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
-                         lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                         lambda page, off, j: pages[page, 0, hk, off, j],
-                         lambda page, off, j: pages[page, 1, hk, off, j],
-                         sm_scale, group, d, cap, 1)
+        # chunk c of sequence b is task row chunk0[b] + c; a sequence of p pages has at most
+        # ceil(p / CHUNK_PAGES) chunks, so nnz_pages / CHUNK_PAGES + B rows hold them all
+        chunk0 = T.alloc_buffer((B + 1,), "int32")
+        part_out = T.alloc_buffer((nnz_pages // CHUNK_PAGES + B, h_q, d), "float32")
+        part_lse = T.alloc_buffer((nnz_pages // CHUNK_PAGES + B, h_q), "float32")
+        chunk0[0] = 0
+        for b in T.serial(B):
+            chunk0[b + 1] = chunk0[b] + (_seq_kv_len(page_indptr, length_info, b, sliding) + CHUNK - 1) // CHUNK
+        chunks: T.int32 = chunk0[B]
+        for task in T.parallel(chunks * h_kv):
+            row: T.int32 = task // h_kv
+            hk: T.int32 = task % h_kv
+            for b in T.serial(B):
+                if row >= chunk0[b] and row < chunk0[b + 1]:
+                    first: T.int32 = page_indptr[b]
+                    window_start: T.int32 = length_info[1, b] if sliding else 0
+                    sink: T.int32 = length_info[2, b] if sliding else 0
+                    kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
+                    lo: T.int32 = (row - chunk0[b]) * CHUNK
+                    _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo,
+                                 lambda i: T.min(kv_len, lo + CHUNK), hk,
+                                 lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                                 lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                                 lambda page, off, j: pages[page, 0, hk, off, j],
+                                 lambda page, off, j: pages[page, 1, hk, off, j],
+                                 sm_scale, group, d, cap, 1)
+        for bh in T.parallel(B * h_q):
+            _merge_chunks(part_out, part_lse, chunk0[bh // h_q], chunk0[bh // h_q + 1] - chunk0[bh // h_q],
+                          output, lse, bh // h_q, bh % h_q, d)
     return kernel
 
 
@@ -232,7 +289,7 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                                           length_info[0, b] if sliding else length_info[b], window_start, sink)
                 windowed: T.bool = causal > 0 and window > 0
                 plain_causal: T.bool = causal > 0 and not windowed
-                _attend_rows(q, output, lse, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
+                _attend_rows(q, output, lse, q_indptr[b] + row0, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
                              lambda i: T.if_then_else(windowed, T.max(kv_len - T.max(window - row0 - i - 1, 0), 0), 0),
                              lambda i: T.if_then_else(plain_causal,
                                                       T.max(T.min(kv_len, kv_len - qo_len + row0 + i + 1), 0), kv_len),
@@ -283,7 +340,7 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                 row0: T.int32 = found[1] * ROW_TILE
                 qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
                 kv_len: T.int32 = kv_indptr[b + 1] - kv_indptr[b]
-                _attend_rows(q, output, lse, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
+                _attend_rows(q, output, lse, q_indptr[b] + row0, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
                              lambda i: 0,
                              lambda i: T.if_then_else(causal > 0, T.max(T.min(kv_len, kv_len - qo_len + row0 + i + 1), 0),
                                                       kv_len),

@@ -1,5 +1,5 @@
 """lowbit's CPU decode-attention kernel against NumPy: paged keys in shuffled pages, GQA, sequences
-of 0 to 300 keys, the sliding-window variant's key addressing (window start and sink), and
+of 0 to 300 keys (one and several 64-key chunks, merged), the sliding-window variant's key addressing (window start and sink), and
 soft-capped scores; outputs and TVM's log2-unit ``lse``."""
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def test_decode_kernel_matches_numpy(sliding, cap):
     kernel = decode_kernel(H_KV, H_Q, D, "float32", sliding, cap)
     run = tvm.compile(tvm.IRModule({"main": kernel}), target=target)["lowbit_attention_decode_cpu"]
     rng = np.random.default_rng(7)
-    lens = [0, 1, 16, 17, 300]  # stored keys per sequence
-    starts = [0, 0, 3, 5, 40] if sliding else [0] * 5  # the window's first key
-    sinks = [0, 0, 2, 0, 4] if sliding else [0] * 5  # keys kept before it
+    lens = [0, 1, 16, 17, 64, 65, 300]  # stored keys per sequence; 64 per parallel chunk
+    starts = [0, 0, 3, 5, 0, 1, 40] if sliding else [0] * 7  # the window's first key
+    sinks = [0, 0, 2, 0, 0, 1, 4] if sliding else [0] * 7  # keys kept before it
     n_pages = [-(-n // PAGE_SIZE) for n in lens]
     pages = rng.standard_normal((sum(n_pages) + 2, 2, H_KV, PAGE_SIZE, D)).astype("float32")
     values = rng.permutation(len(pages))[: sum(n_pages)].astype("int32")
@@ -50,8 +50,8 @@ def test_decode_kernel_matches_numpy(sliding, cap):
     out = np.zeros_like(q)
     lse = np.zeros((len(lens), H_Q), "float32")
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in (q, pages, indptr, values, info, np.zeros(5, "int32"),
-                                                 np.zeros(5, "int32"), out, lse)]
+    args = [tvm.runtime.tensor(a, dev) for a in (q, pages, indptr, values, info, np.zeros(7, "int32"),
+                                                 np.zeros(7, "int32"), out, lse)]
     run(*args, 0, 1.0, 1e4, SM_SCALE)
     got, got_lse = args[7].numpy(), args[8].numpy()
     for b, n in enumerate(lens):
