@@ -1,7 +1,7 @@
 """CPU prefill and decode speed: lowbit vs PyTorch eager fp32 vs llama.cpp vs the read-bandwidth limit.
 
     python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,q4f16_1+int8,…]
-                               [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32]
+                               [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32] [--profile]
                                [--build-dir DIR] [--llama-cpp DIR]
 
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
@@ -18,6 +18,9 @@ limit, bandwidth ÷ bytes. Writes the rows to ``bench/results/cpu_decode.json``,
 decode tok/s with each row's limit to ``cpu_decode.svg``, and prints the README's table
 (:func:`markdown`; ``bench/readme_tables.py`` keeps the README's copy in step). Each engine gets a
 warm-up run, then the best of three; run it on an idle machine.
+
+With ``--profile``, each lowbit row also records its decode step's time per operator kind
+(``lowbit bench --profile``), printed after the table.
 
 With ``--batch-sizes``, each scheme's ``batch_decode`` is timed too: B sequences holding the
 prompt, then ``--new-tokens`` greedy steps of one ``batch_decode`` call for all B; the aggregate
@@ -37,7 +40,15 @@ from pathlib import Path
 import numpy as np
 from provenance import record
 
-from lowbit.runtime.speed import best_of, measure, prompt_ids, read_bandwidth, weight_bytes
+from lowbit.runtime.speed import (
+    Profile,
+    best_of,
+    measure,
+    profile_decode,
+    prompt_ids,
+    read_bandwidth,
+    weight_bytes,
+)
 
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
 PLOT = RESULTS.with_suffix(".svg")
@@ -55,6 +66,7 @@ class Row:
     decode_tok_s: float
     weight_bytes: int  # read per decode token
     read_gb_s: float = 0.0  # measured in the same run
+    profile: dict | None = None  # lowbit rows: a decode step by operator kind (--profile)
 
 
 @dataclass
@@ -147,12 +159,13 @@ def llama_cpp_rows(llama: Path, root: Path, prompt: int, new: int, threads: int)
             bench_llama_cpp(llama, q40, "Q4_0", prompt, new, threads)]
 
 
-def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int) -> Row:
+def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int, profile: bool) -> Row:
     from lowbit.runtime.engine import Engine
 
     engine = Engine(mlc, lib, context_window=len(ids) + new + 16)
     prefill, decode = measure(engine, ids, new)
-    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode, weight_bytes(mlc))
+    ops = profile_decode(engine, ids, new).to_dict() if profile else None
+    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode, weight_bytes(mlc), profile=ops)
 
 
 def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
@@ -194,6 +207,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch-sizes", default="", help="also time batch_decode, e.g. 1,8,32")
+    ap.add_argument("--profile", action="store_true", help="also profile each lowbit row's decode step")
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()
@@ -206,7 +220,7 @@ def main() -> None:
     batch_rows: list[BatchRow] = []
     for scheme in args.schemes.split(","):
         mlc, lib = build_scheme(args.model, scheme, root)
-        rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens))
+        rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens, args.profile))
         if sizes:
             batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
     threads = rows[-1].threads
@@ -220,8 +234,19 @@ def main() -> None:
     with atomic_file(PLOT) as tmp:
         tmp.write_text(plot([asdict(r) for r in rows]))
     print(markdown([asdict(r) for r in rows]))
+    for r in rows:
+        if r.profile:
+            print(f"\n{r.scheme}: " + profile_text(r.profile))
     if batch_rows:
         print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows if r.engine == "lowbit-llvm"})
+
+
+def profile_text(profile: dict) -> str:
+    """A row's recorded profile as ``lowbit bench --profile`` prints it."""
+    from lowbit.runtime.speed import OpTime
+
+    ops = [OpTime(**op) for op in profile["ops"]]
+    return Profile(profile["step_ms"], ops, profile["timing_us"], profile["instrumented_ms"]).table()
 
 
 def _limit(r: dict) -> float:
