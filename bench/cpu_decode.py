@@ -16,8 +16,10 @@ tied embedding as the lm_head; llama.cpp: the GGUF's tensor data) and the read b
 in the same run (NumPy max-reductions over 512 MiB, one thread per CPU), so each row has its own
 limit, bandwidth ÷ bytes. Writes the rows to ``bench/results/cpu_decode.json``, a bar chart of
 decode tok/s with each row's limit to ``cpu_decode.svg``, and prints the README's table
-(:func:`markdown`; ``bench/readme_tables.py`` keeps the README's copy in step). Each engine gets a
-warm-up run, then the best of three; run it on an idle machine.
+(:func:`markdown`; ``bench/readme_tables.py`` keeps the README's copy in step). Every engine is
+loaded first and gets a warm-up run; then ``--rounds`` rounds each run every engine once, in
+turn, and each keeps its best, so a slow spell of a shared machine falls on all engines alike
+rather than on whichever ran during it (llama.cpp: one ``llama-bench`` repetition per round).
 
 With ``--profile``, each lowbit row also records its decode step's time per operator kind
 (``lowbit bench --profile``), printed after the table.
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -43,10 +46,10 @@ from provenance import record
 from lowbit.runtime.speed import (
     Profile,
     best_of,
-    measure,
     profile_decode,
     prompt_ids,
     read_bandwidth,
+    sequence_run,
     weight_bytes,
 )
 
@@ -79,7 +82,10 @@ class BatchRow:
     decode_tok_s: float  # aggregate over the batch
 
 
-def bench_torch(folder: Path, ids: list[int], new: int, dtype: str) -> Row:
+Timed = tuple[Callable[[float, float], Row], Callable[[], tuple[float, float]]]  # row from (prefill s, decode s), one run
+
+
+def torch_engine(folder: Path, ids: list[int], new: int, dtype: str) -> Timed:
     """PyTorch eager (``dtype``: "fp32" or "bf16") with its KV cache, greedy."""
     import torch
 
@@ -100,9 +106,9 @@ def bench_torch(folder: Path, ids: list[int], new: int, dtype: str) -> Row:
             past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
         return t1 - t0, time.perf_counter() - t1
 
-    prefill, decode = best_of(run)
-    return Row("pytorch-eager", dtype, torch.get_num_threads(), len(ids), new,
-               len(ids) / prefill, new / decode, nbytes)
+    threads = torch.get_num_threads()
+    return (lambda prefill, decode: Row("pytorch-eager", dtype, threads, len(ids), new,
+                                        len(ids) / prefill, new / decode, nbytes)), run
 
 
 def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
@@ -119,19 +125,25 @@ def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
     return mlc, lib
 
 
-def bench_llama_cpp(llama: Path, gguf: Path, label: str, prompt: int, new: int, threads: int) -> Row:
-    """llama-bench's mean prefill and decode tok/s (five repetitions)."""
+def llama_cpp_engine(llama: Path, gguf: Path, label: str, prompt: int, new: int, threads: int) -> Timed:
+    """llama-bench, one repetition per run: its prefill and decode seconds."""
     import subprocess
 
     bindir = llama / "build" / "bin"
-    out = subprocess.run(
-        [str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
-         "-n", str(new), "-o", "json"],
-        check=True, capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
-    tests = json.loads(out.stdout)
-    pp = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
-    tg = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
-    return Row("llama.cpp", label, threads, prompt, new, pp, tg, gguf_tensor_bytes(gguf))
+
+    def run() -> tuple[float, float]:
+        out = subprocess.run(
+            [str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
+             "-n", str(new), "-r", "1", "-o", "json"],
+            check=True, capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
+        tests = json.loads(out.stdout)
+        pp = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
+        tg = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
+        return prompt / pp, new / tg
+
+    nbytes = gguf_tensor_bytes(gguf)
+    return (lambda prefill, decode: Row("llama.cpp", label, threads, prompt, new, prompt / prefill,
+                                        new / decode, nbytes)), run
 
 
 def gguf_tensor_bytes(path: Path) -> int:
@@ -141,7 +153,7 @@ def gguf_tensor_bytes(path: Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
 
 
-def llama_cpp_rows(llama: Path, root: Path, prompt: int, new: int, threads: int) -> list[Row]:
+def llama_cpp_engines(llama: Path, root: Path, prompt: int, new: int, threads: int) -> list[Timed]:
     import subprocess
 
     from lowbit.packages import SMOLLM2_GGUF, packaged_file
@@ -155,17 +167,33 @@ def llama_cpp_rows(llama: Path, root: Path, prompt: int, new: int, threads: int)
     if not q40.exists():
         subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(q41), str(q40), "Q4_0"],
                        check=True, capture_output=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
-    return [bench_llama_cpp(llama, q41, "Q4_1", prompt, new, threads),
-            bench_llama_cpp(llama, q40, "Q4_0", prompt, new, threads)]
+    return [llama_cpp_engine(llama, q41, "Q4_1", prompt, new, threads),
+            llama_cpp_engine(llama, q40, "Q4_0", prompt, new, threads)]
 
 
-def bench_lowbit(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int, profile: bool) -> Row:
+def lowbit_engine(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int, profile: bool) -> Timed:
+    """A compiled library on its folder; its row carries a decode profile when ``profile``."""
     from lowbit.runtime.engine import Engine
 
     engine = Engine(mlc, lib, context_window=len(ids) + new + 16)
-    prefill, decode = measure(engine, ids, new)
-    ops = profile_decode(engine, ids, new).to_dict() if profile else None
-    return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, prefill, decode, weight_bytes(mlc), profile=ops)
+    nbytes = weight_bytes(mlc)
+
+    def row(prefill: float, decode: float) -> Row:
+        ops = profile_decode(engine, ids, new).to_dict() if profile else None
+        return Row("lowbit-llvm", scheme, engine.threads, len(ids), new, len(ids) / prefill,
+                   new / decode, nbytes, profile=ops)
+
+    return row, sequence_run(engine, ids, new)
+
+
+def interleaved(engines: list[Timed], rounds: int) -> list[Row]:
+    """Each engine's row from its best prefill and decode over ``rounds`` rounds, every round
+    running each engine once in turn, after one warm-up run of each."""
+    for _, run in engines:
+        run()
+    times = [[run() for _, run in engines] for _ in range(rounds)]
+    return [make(min(t[i][0] for t in times), min(t[i][1] for t in times))
+            for i, (make, _) in enumerate(engines)]
 
 
 def bench_batch(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int,
@@ -200,6 +228,7 @@ def _batch_run(engine, b: int, prompt: int, first: int, new: int) -> tuple[float
 def main() -> None:
     from lowbit.cache import atomic_file, cache_dir
     from lowbit.models import load_tokenizer, resolve_model
+    from lowbit.runtime.engine import cpu_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -208,6 +237,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch-sizes", default="", help="also time batch_decode, e.g. 1,8,32")
     ap.add_argument("--profile", action="store_true", help="also profile each lowbit row's decode step")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds over every engine (best kept)")
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()
@@ -216,15 +246,15 @@ def main() -> None:
     ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    rows = [bench_torch(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
+    engines = [torch_engine(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
+    builds = [(scheme, *build_scheme(args.model, scheme, root)) for scheme in args.schemes.split(",")]
+    engines += [lowbit_engine(mlc, lib, scheme, ids, args.new_tokens, args.profile) for scheme, mlc, lib in builds]
+    threads = cpu_threads()
+    engines += llama_cpp_engines(args.llama_cpp, root, len(ids), args.new_tokens, threads)
+    rows = interleaved(engines, args.rounds)
     batch_rows: list[BatchRow] = []
-    for scheme in args.schemes.split(","):
-        mlc, lib = build_scheme(args.model, scheme, root)
-        rows.append(bench_lowbit(mlc, lib, scheme, ids, args.new_tokens, args.profile))
-        if sizes:
-            batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
-    threads = rows[-1].threads
-    rows += llama_cpp_rows(args.llama_cpp, root, len(ids), args.new_tokens, threads)
+    for scheme, mlc, lib in builds if sizes else []:
+        batch_rows += bench_batch(mlc, lib, scheme, ids, args.new_tokens, sizes)
     gbs = read_bandwidth(threads)
     rows = [replace(r, read_gb_s=gbs) for r in rows]
     prov = record()
@@ -239,6 +269,21 @@ def main() -> None:
             print(f"\n{r.scheme}: " + profile_text(r.profile))
     if batch_rows:
         print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows if r.engine == "lowbit-llvm"})
+
+
+def batch_markdown(rows: list[dict]) -> str:
+    """The README's table of ``cpu_batch_decode.json``: aggregate tok/s per batch size, and its
+    ratio to the same scheme's batch of one."""
+    sizes = sorted({r["batch"] for r in rows})
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    tok = {(r["scheme"], r["batch"]): r["decode_tok_s"] for r in rows}
+    lines = ["| scheme | " + " | ".join(f"B = {b}" for b in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for scheme in schemes:
+        one = tok.get((scheme, 1))
+        cells = [f"{tok[scheme, b]:.1f}" + (f" ({tok[scheme, b] / one:.2f}×)" if one and b != 1 else "")
+                 for b in sizes]
+        lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def profile_text(profile: dict) -> str:

@@ -27,6 +27,7 @@ TABLES: dict[str, tuple[str, Callable[[list[dict]], str]]] = {
     "quality": ("quality.json", quality.markdown),
     "zeroshot": ("zeroshot.json", zeroshot.markdown),
     "cpu_decode": ("cpu_decode.json", cpu_decode.markdown),
+    "cpu_batch_decode": ("cpu_batch_decode.json", cpu_decode.batch_markdown),
 }
 MARKER = re.compile(r"^<!-- table:(\w+) -->\n", re.M)
 

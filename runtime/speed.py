@@ -98,8 +98,9 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
-def measure(engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s) of one sequence: the prompt, then greedy steps."""
+def sequence_run(engine, prompt: list[int], new_tokens: int) -> Callable[[], tuple[float, float]]:
+    """One timed run of one sequence, (prefill seconds, decode seconds): the prompt, then
+    ``new_tokens`` greedy steps."""
 
     def run() -> tuple[float, float]:
         if engine.has_sequence(0):
@@ -112,7 +113,12 @@ def measure(engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
             token = int(np.argmax(engine.decode(0, token)))
         return t1 - t0, time.perf_counter() - t1
 
-    prefill, decode = best_of(run)
+    return run
+
+
+def measure(engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s) of one sequence, the best of :func:`best_of`."""
+    prefill, decode = best_of(sequence_run(engine, prompt, new_tokens))
     return len(prompt) / prefill, new_tokens / decode
 
 
