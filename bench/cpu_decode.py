@@ -283,7 +283,7 @@ def batch_markdown(rows: list[dict]) -> str:
         cells = [f"{tok[scheme, b]:.1f}" + (f" ({tok[scheme, b] / one:.2f}×)" if one and b != 1 else "")
                  for b in sizes]
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def profile_text(profile: dict) -> str:
@@ -313,7 +313,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['weight_bytes'] / 1e6:.1f} | {gbs:.1f} | {r['decode_tok_s'] / _limit(r):.2f} | "
                      f"{r['decode_tok_s'] / base:.2f} | {vs_q40} |")
     lines.append(f"| read bandwidth (NumPy, same run) | {rows[0]['read_gb_s']:.1f} GB/s | | | | | 1.00 | | |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict]) -> str:

@@ -51,7 +51,7 @@ def test_readme_table_is_the_json(readme, name):
 
 
 def test_check_catches_a_changed_number_and_a_missing_row(readme, tmp_path):
-    for name in ("quality.json", "zeroshot.json"):
+    for name, _ in readme_tables.TABLES.values():
         shutil.copy(RESULTS / name, tmp_path / name)
     assert readme_tables.update(readme, tmp_path) == readme
     rows = json.loads((tmp_path / "quality.json").read_text())
@@ -164,3 +164,19 @@ def test_calibration_method_ranking_follows_the_json(readme):
         assert values[0] < values[1] < values[2], (bits, group)
         for text, value in zip((omni, best, rtn), values, strict=True):
             assert shown_matches(text, value), (bits, group, text, value)
+
+
+def test_cpu_decode_sentences_follow_the_json(readme):
+    rows = {(r["engine"], r["scheme"]): r for r in json.loads((RESULTS / "cpu_decode.json").read_text())}
+    int8, q40 = rows["lowbit-llvm", "q4f16_1+int8"], rows["llama.cpp", "Q4_0"]
+    ratio, share = quoted(readme, r"`q4f16_1\+int8` ([\d.]+)×, at (\d+)% of its bandwidth limit")
+    assert ratio == round(int8["decode_tok_s"] / q40["decode_tok_s"], 2)
+    assert share == round(100 * int8["decode_tok_s"] * int8["weight_bytes"] / 1e9 / int8["read_gb_s"])
+
+    def tok(scheme: str) -> float:
+        return round(rows["lowbit-llvm", scheme]["decode_tok_s"])
+
+    head = quoted(readme, r"2-bit (\d+) tok/s, 3-bit (\d+), 4-bit (\d+) \(`w\*a16g128asym_q8head\+int8`\)")
+    assert head == tuple(tok(f"w{b}a16g128asym_q8head+int8") for b in (2, 3, 4))
+    fp16 = quoted(readme, r"with the fp16 head, (\d+) / (\d+) / (\d+)")
+    assert fp16 == tuple(tok(f"w{b}a16g128asym+int8") for b in (2, 3, 4))
