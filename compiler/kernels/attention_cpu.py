@@ -4,9 +4,9 @@ TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk
 sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
 query rows of one sequence) is one parallel task (decode: each (KV head, chunk of 64 keys of one
 sequence), the chunks' results merged by their lse afterwards, so a long context spreads over
-every core): each key and value row is loaded once for the
-tile's rows and the query heads that share it (GQA), the q·k products run in fp32 vector lanes,
-and the online softmax is updated once per tile of 16 keys. The arguments, the key addressing
+every core): each key and value row is loaded once for the tile's rows and the query heads that
+share it (GQA), the q·k products run in fp32 vector lanes, and the online softmax is updated
+once per tile of 16 keys. The arguments, the key addressing
 (pages, the last page's length, a sliding window's start and sink), the masks and the outputs
 (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores, which the cache's merge
 kernel reads) are TVM's, so the runtime calls them unchanged. A query that sees no key gets zeros
