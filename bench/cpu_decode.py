@@ -266,7 +266,7 @@ def main() -> None:
     print(markdown([asdict(r) for r in rows]))
     for r in rows:
         if r.profile:
-            print(f"\n{r.scheme}: " + profile_text(r.profile))
+            print(f"\n{r.scheme}: " + Profile.from_dict(r.profile).table())
     if batch_rows:
         print_batch(batch_rows, {r.scheme: r.decode_tok_s for r in rows if r.engine == "lowbit-llvm"})
 
@@ -284,14 +284,6 @@ def batch_markdown(rows: list[dict]) -> str:
                  for b in sizes]
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def profile_text(profile: dict) -> str:
-    """A row's recorded profile as ``lowbit bench --profile`` prints it."""
-    from lowbit.runtime.speed import OpTime
-
-    ops = [OpTime(**op) for op in profile["ops"]]
-    return Profile(profile["step_ms"], ops, profile["timing_us"], profile["instrumented_ms"]).table()
 
 
 def _limit(r: dict) -> float:

@@ -29,7 +29,6 @@ class MlcWeights:
     hf_config: dict
     state_dict: dict[str, torch.Tensor]  # HF names, fp32
     metadata: dict
-    stored: frozenset[str] = frozenset()  # the folder's array names
 
 
 def _array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -71,7 +70,7 @@ def read_mlc(folder: Path) -> MlcWeights:
             t = _dequantized(arrays, p, param_scheme(scheme, p.name, p.kind))
             names = tuple(f"{s}.weight" for s in p.sources)
         state.update(zip(names, torch.split(t, list(p.rows)), strict=True))
-    return MlcWeights(chat, scheme, hf_config, state, metadata, frozenset(arrays))
+    return MlcWeights(chat, scheme, hf_config, state, metadata)
 
 
 def int8_decode_modules(weights: MlcWeights) -> list[str]:
@@ -84,7 +83,7 @@ def int8_decode_modules(weights: MlcWeights) -> list[str]:
     names = []
     for p in arch.mlc_params(weights.hf_config):
         stored = param_scheme(weights.scheme, p.name, p.kind)
-        if p.kind == "plain" or f"{p.name}.q_weight" not in weights.stored or not supports(stored, p.k):
+        if p.kind == "plain" or not supports(stored, p.k):
             continue
         if p.kind != "embedding":
             names += list(p.sources)

@@ -173,6 +173,11 @@ class Profile:
         return {"step_ms": self.step_ms, "timing_us": self.timing_us,
                 "instrumented_ms": self.instrumented_ms, "ops": [asdict(op) for op in self.ops]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        """The inverse of :meth:`to_dict` (a profile read back from a bench JSON)."""
+        return cls(d["step_ms"], [OpTime(**op) for op in d["ops"]], d["timing_us"], d["instrumented_ms"])
+
 
 def profile_decode(engine, prompt: list[int], steps: int) -> Profile:
     """A decode step's time, plain and per operator kind, over ``steps`` greedy steps after

@@ -161,7 +161,7 @@ def _kv_len(n_pages, last_len, window_start, sink):
 
 
 def _seq_kv_len(page_indptr, length_info, b, sliding: bool):
-    """:func:`_kv_len` of sequence ``b`` of a decode batch (``sliding``: ``length_info`` [3, B])."""
+    """:func:`_kv_len` of sequence ``b`` of a batch (``sliding``: ``length_info`` [3, B])."""
     if sliding:
         return _kv_len(page_indptr[b + 1] - page_indptr[b], length_info[0, b], length_info[1, b], length_info[2, b])
     return _kv_len(page_indptr[b + 1] - page_indptr[b], length_info[b], 0, 0)
@@ -285,8 +285,7 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                 first: T.int32 = page_indptr[b]
                 window_start: T.int32 = length_info[1, b] if sliding else 0
                 sink: T.int32 = length_info[2, b] if sliding else 0
-                kv_len: T.int32 = _kv_len(page_indptr[b + 1] - first,
-                                          length_info[0, b] if sliding else length_info[b], window_start, sink)
+                kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
                 windowed: T.bool = causal > 0 and window > 0
                 plain_causal: T.bool = causal > 0 and not windowed
                 _attend_rows(q, output, lse, q_indptr[b] + row0, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),

@@ -212,28 +212,16 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
                 xs[b, r * LANES + lane] = xs[b, r * LANES + lane] + T.cast(xq[b, r * run + i * RUN_BYTES + 4 * lane + j], "int32")
 
     @T.macro
-    def dot_row(xq, xd, xs, w, s, z, y, acc, b, n):
-        acc[T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-        for r in T.serial(runs):
-            acc[T.ramp(0, 1, LANES)] = acc[T.ramp(0, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b, n, r), "float32x8") * (
-                scale_vec(s, n, r) * xd[b, T.ramp(r * LANES, 1, LANES)])
-        total = T.decl_buffer((1,), "float32")
-        total[0] = T.float32(0)
-        for lane in T.serial(LANES):
-            total[0] = total[0] + acc[lane]
-        y[b, 0, n] = total[0]
-
-    @T.macro
-    def dot_rows4(xq, xd, xs, w, s, z, y, acc, b0, n):
-        """Row n for sequences b0 … b0 + 3, their accumulators side by side; the run's codes are
-        loaded and unpacked once for the four (the unrolled copies are one expression to LLVM)."""
-        for i in T.unroll(SEQS):
+    def dot_rows(xq, xd, xs, w, s, z, y, acc, b0, n, count):
+        """Row n for sequences b0 … b0 + count − 1, their accumulators side by side; the run's
+        codes are loaded and unpacked once for all (the unrolled copies are one expression to LLVM)."""
+        for i in T.unroll(count):
             acc[T.ramp(i * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
         for r in T.serial(runs):
-            for i in T.unroll(SEQS):
+            for i in T.unroll(count):
                 acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
                     scale_vec(s, n, r) * xd[b0 + i, T.ramp(r * LANES, 1, LANES)])
-        for i in T.unroll(SEQS):
+        for i in T.unroll(count):
             total = T.decl_buffer((1,), "float32")
             total[0] = T.float32(0)
             for lane in T.serial(LANES):
@@ -250,13 +238,13 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
             acc = T.decl_buffer((SEQS * LANES,), "float32")
             if B == 1:
                 for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
-                    dot_row(xq, xd, xs, w, s, z, y, acc, 0, n)
+                    dot_rows(xq, xd, xs, w, s, z, y, acc, 0, n, 1)
             else:  # each row's codes, loaded once, serve every sequence from L1
                 for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
                     for quad in T.serial(B // SEQS):
-                        dot_rows4(xq, xd, xs, w, s, z, y, acc, quad * SEQS, n)
+                        dot_rows(xq, xd, xs, w, s, z, y, acc, quad * SEQS, n, SEQS)
                     for b in T.serial(B // SEQS * SEQS, B):
-                        dot_row(xq, xd, xs, w, s, z, y, acc, b, n)
+                        dot_rows(xq, xd, xs, w, s, z, y, acc, b, n, 1)
 
     if asym:
         @T.prim_func

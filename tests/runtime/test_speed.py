@@ -9,6 +9,7 @@ import math
 from click.testing import CliRunner
 
 from lowbit.cli import main
+from lowbit.runtime.speed import Profile
 
 
 def test_bench_reports_bytes_bandwidth_and_threads(tiny_chat, monkeypatch):
@@ -55,6 +56,7 @@ def test_bench_profile_counts_every_call(tiny_chat):
     assert calls["vm.builtin.attention_kv_cache_attention_with_fused_qkv"] == 2
     assert all(op["ms"] >= 0 for op in profile["ops"]) and profile["timing_us"] > 0
     assert math.isclose(sum(op["ms"] for op in profile["ops"]), profile["step_ms"], rel_tol=1e-6)
+    assert Profile.from_dict(profile).to_dict() == profile  # the bench JSON reads back whole
     table = CliRunner().invoke(main, ["bench", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
                                       "--prompt-tokens", "8", "--new-tokens", "2", "--profile"])
     assert table.exit_code == 0 and "q_matmul" in table.output and "ms/token" in table.output
