@@ -2,10 +2,11 @@
 
     python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,q4f16_1+int8,…]
                                [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32] [--profile]
-                               [--build-dir DIR] [--llama-cpp DIR]
+                               [--contexts 128,1024,8000] [--build-dir DIR] [--llama-cpp DIR]
 
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
-reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``), then times
+reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+kv16`` with
+``--kv-cache-dtype float16``), then times
 prefill of the same prompt and greedy decode in the same run, on every CPU (the runtime's default
 thread count), beside PyTorch eager in fp32 and bf16. llama.cpp's ``llama-bench`` runs the bundled
 Q4_1 GGUF and a Q4_0 requantization of it with as many threads, when ``--llama-cpp DIR`` holds a
@@ -28,6 +29,12 @@ With ``--batch-sizes``, each scheme's ``batch_decode`` is timed too: B sequences
 prompt, then ``--new-tokens`` greedy steps of one ``batch_decode`` call for all B; the aggregate
 decode tok/s (B × steps / seconds) goes to ``bench/results/cpu_batch_decode.json`` and a second
 table, with its ratio to the single-sequence decode above.
+
+With ``--contexts``, the run measures long contexts instead: for each prompt length, each lowbit
+scheme's prefill (profiled: the attention's and the linears' GFLOP/s) and then ``--new-tokens``
+decode steps after it, beside llama.cpp's prefill of that length and its decode at that depth
+(``llama-bench -d``, its default f16 KV cache). Each decode's limit counts the KV cache it reads
+per token with the weights. Rows go to ``bench/results/cpu_long_context.json``, with a table.
 """
 
 from __future__ import annotations
@@ -46,7 +53,9 @@ from provenance import record
 from lowbit.runtime.speed import (
     Profile,
     best_of,
+    kv_bytes,
     profile_decode,
+    profile_prefill,
     prompt_ids,
     read_bandwidth,
     sequence_run,
@@ -56,6 +65,7 @@ from lowbit.runtime.speed import (
 RESULTS = Path(__file__).parent / "results" / "cpu_decode.json"
 PLOT = RESULTS.with_suffix(".svg")
 BATCH_RESULTS = Path(__file__).parent / "results" / "cpu_batch_decode.json"
+CONTEXT_RESULTS = Path(__file__).parent / "results" / "cpu_long_context.json"
 
 
 @dataclass
@@ -112,31 +122,37 @@ def torch_engine(folder: Path, ids: list[int], new: int, dtype: str) -> Timed:
 
 
 def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
-    """``variant``: a scheme, or ``SCHEME+int8`` for int8 decode activations."""
+    """``variant``: a scheme, with ``+int8`` for int8 decode activations and ``+kv16`` for an
+    fp16 KV cache (``q4f16_1+int8+kv16``)."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
 
-    scheme, _, acts = variant.partition("+")
+    scheme, *options = variant.split("+")
     mlc, lib = root / f"{model}-{scheme}", root / f"{model}-{variant.replace('+', '-')}.so"
     if not mlc.exists():
         convert(ConvertArgs(model, scheme, mlc))
     if not lib.exists():
-        compile_model(CompileArgs(mlc, "llvm", lib, decode_activations=acts or "fp"))
+        compile_model(CompileArgs(mlc, "llvm", lib, decode_activations="int8" if "int8" in options else "fp",
+                                  kv_cache_dtype="float16" if "kv16" in options else ""))
     return mlc, lib
+
+
+def llama_bench(llama: Path, gguf: Path, threads: int, *args: object) -> list[dict]:
+    """One ``llama-bench`` repetition with ``args``: its JSON tests."""
+    import subprocess
+
+    bindir = llama / "build" / "bin"
+    out = subprocess.run([str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json",
+                          *map(str, args)],
+                         check=True, capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
+    return json.loads(out.stdout)
 
 
 def llama_cpp_engine(llama: Path, gguf: Path, label: str, prompt: int, new: int, threads: int) -> Timed:
     """llama-bench, one repetition per run: its prefill and decode seconds."""
-    import subprocess
-
-    bindir = llama / "build" / "bin"
 
     def run() -> tuple[float, float]:
-        out = subprocess.run(
-            [str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-p", str(prompt),
-             "-n", str(new), "-r", "1", "-o", "json"],
-            check=True, capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
-        tests = json.loads(out.stdout)
+        tests = llama_bench(llama, gguf, threads, "-p", prompt, "-n", new)
         pp = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
         tg = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
         return prompt / pp, new / tg
@@ -153,7 +169,8 @@ def gguf_tensor_bytes(path: Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
 
 
-def llama_cpp_engines(llama: Path, root: Path, prompt: int, new: int, threads: int) -> list[Timed]:
+def llama_cpp_ggufs(llama: Path, root: Path) -> dict[str, Path]:
+    """The bundled Q4_1 GGUF and its Q4_0 requantization, by label; none without a build."""
     import subprocess
 
     from lowbit.packages import SMOLLM2_GGUF, packaged_file
@@ -161,14 +178,13 @@ def llama_cpp_engines(llama: Path, root: Path, prompt: int, new: int, threads: i
     bindir = llama / "build" / "bin"
     if not (bindir / "llama-bench").exists():
         print(f"llama.cpp rows skipped: no {bindir / 'llama-bench'} (../shared/tools/build_llamacpp.sh)")
-        return []
+        return {}
     q41 = packaged_file(SMOLLM2_GGUF)
     q40 = root / "smollm2-135m-q4_0.gguf"
     if not q40.exists():
         subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(q41), str(q40), "Q4_0"],
                        check=True, capture_output=True, env={**os.environ, "LD_LIBRARY_PATH": str(bindir)})
-    return [llama_cpp_engine(llama, q41, "Q4_1", prompt, new, threads),
-            llama_cpp_engine(llama, q40, "Q4_0", prompt, new, threads)]
+    return {"Q4_1": q41, "Q4_0": q40}
 
 
 def lowbit_engine(mlc: Path, lib: Path, scheme: str, ids: list[int], new: int, profile: bool) -> Timed:
@@ -225,6 +241,134 @@ def _batch_run(engine, b: int, prompt: int, first: int, new: int) -> tuple[float
     return 0.0, time.perf_counter() - t0
 
 
+# -- long context: a prompt of each length, then decode after it ---------------------------------
+
+@dataclass
+class ContextRow:
+    engine: str
+    scheme: str
+    kv_dtype: str
+    threads: int
+    context: int  # prompt tokens; decode runs after them
+    new_tokens: int
+    prefill_tok_s: float
+    decode_tok_s: float
+    weight_bytes: int
+    kv_bytes: int  # KV cache read per decode token, at the decode steps' mean context
+    read_gb_s: float = 0.0
+    attention_gflop_s: float | None = None  # lowbit: the prefill's attention calls
+    linear_gflop_s: float | None = None  # lowbit: the prefill's quantized linears
+
+
+ContextRun = Callable[[list[int]], ContextRow]  # one engine, one prompt
+
+
+def prefill_flops(config: dict, tokens: int) -> tuple[float, float]:
+    """(attention, linear) FLOPs of a causal prefill of ``tokens``: q·k and p·v over the keys each
+    query sees, and the decoder layers' linears (the lm_head runs on the last position only)."""
+    h, d, layers = config["hidden_size"], config["head_dim"], config["num_hidden_layers"]
+    hq, hkv, inter = config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]
+    attention = layers * hq * 4 * d * tokens * (tokens + 1) / 2
+    linear = 2 * tokens * layers * (h * (hq + 2 * hkv) * d + hq * d * h + 3 * h * inter)
+    return attention, linear
+
+
+def lowbit_context_engine(mlc: Path, lib: Path, variant: str, new: int, longest: int) -> ContextRun:
+    """The prefill profiled (its plain time is the prefill's), then ``new`` decode steps after it."""
+    from lowbit.runtime.engine import Engine
+
+    engine = Engine(mlc, lib, context_window=longest + new + 16)
+    md, nbytes = engine.metadata, weight_bytes(mlc)
+
+    def run(ids: list[int]) -> ContextRow:
+        profile = profile_prefill(engine, ids)  # sequence 0 now holds the prompt
+        token = ids[-1]
+        t0 = time.perf_counter()
+        for _ in range(new):
+            token = int(np.argmax(engine.decode(0, token)))
+        decode = time.perf_counter() - t0
+        attention, linear = prefill_flops(md.config, len(ids))
+        attention_ms = profile.ms_of(lambda kind: "attention" in kind)
+        linear_ms = profile.ms_of(lambda kind: "matmul" in kind or "gemv" in kind)
+        return ContextRow("lowbit-llvm", variant, md.kv_dtype, engine.threads, len(ids), new,
+                          len(ids) * 1e3 / profile.step_ms, new / decode, nbytes,
+                          kv_bytes(md.config, md.kv_dtype, len(ids) + new / 2),
+                          attention_gflop_s=attention / attention_ms / 1e6, linear_gflop_s=linear / linear_ms / 1e6)
+
+    return run
+
+
+def llama_cpp_context_engine(llama: Path, gguf: Path, label: str, new: int, threads: int, config: dict) -> ContextRun:
+    """``llama-bench``: prefill of the prompt's length, then decode at that depth (its default
+    f16 KV cache)."""
+    nbytes = gguf_tensor_bytes(gguf)
+
+    def run(ids: list[int]) -> ContextRow:
+        pp = llama_bench(llama, gguf, threads, "-p", len(ids), "-n", 0)[0]["avg_ts"]
+        tg = llama_bench(llama, gguf, threads, "-p", 0, "-n", new, "-d", len(ids))[0]["avg_ts"]
+        return ContextRow("llama.cpp", label, "float16", threads, len(ids), new, pp, tg, nbytes,
+                          kv_bytes(config, "float16", len(ids) + new / 2))
+
+    return run
+
+
+def bench_contexts(engines: list[ContextRun], ids: list[int], contexts: list[int]) -> list[ContextRow]:
+    """Every engine at every context (the first ``contexts[0]`` tokens of ``ids`` … ), shortest
+    first, after one untimed run of each at the shortest."""
+    for run in engines:
+        run(ids[: contexts[0]])
+    return [run(ids[:n]) for n in contexts for run in engines]
+
+
+def context_markdown(rows: list[dict]) -> str:
+    """The README's table of ``cpu_long_context.json``: per context, each engine's prefill and
+    decode, their ratios to llama.cpp Q4_0 at that context, the decode's share of its own limit
+    ((weights + KV read per token) ÷ read bandwidth) and lowbit's prefill GFLOP/s."""
+    q40 = {r["context"]: r for r in rows if r["engine"] == "llama.cpp" and r["scheme"] == "Q4_0"}
+    lines = ["| context | engine | scheme | KV | prefill tok/s | × Q4_0 | decode tok/s | × Q4_0 "
+             "| weights + KV MB / token | decode / own limit | prefill GFLOP/s: attention / linears |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = q40.get(r["context"])
+        read = r["weight_bytes"] + r["kv_bytes"]
+        limit = r["read_gb_s"] * 1e9 / read
+        flops = (f"{r['attention_gflop_s']:.1f} / {r['linear_gflop_s']:.1f}" if r["attention_gflop_s"] else "–")
+        lines.append(
+            f"| {r['context']} | {r['engine']} | {r['scheme']} | {r['kv_dtype'].replace('float', 'fp')} "
+            f"| {r['prefill_tok_s']:.1f} | {r['prefill_tok_s'] / ref['prefill_tok_s']:.2f} "
+            f"| {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / ref['decode_tok_s']:.2f} "
+            f"| {r['weight_bytes'] / 1e6:.1f} + {r['kv_bytes'] / 1e6:.1f} | {r['decode_tok_s'] / limit:.2f} | {flops} |"
+            if ref else
+            f"| {r['context']} | {r['engine']} | {r['scheme']} | {r['kv_dtype'].replace('float', 'fp')} "
+            f"| {r['prefill_tok_s']:.1f} | – | {r['decode_tok_s']:.1f} | – "
+            f"| {r['weight_bytes'] / 1e6:.1f} + {r['kv_bytes'] / 1e6:.1f} | {r['decode_tok_s'] / limit:.2f} | {flops} |")
+    lines.append(f"| read bandwidth (NumPy, same run) | {rows[0]['read_gb_s']:.1f} GB/s | | | | | | | | 1.00 | |")
+    return "\n".join(lines) + "\n"
+
+
+def long_contexts(args: argparse.Namespace, folder: Path, root: Path, contexts: list[int]) -> None:
+    """The ``--contexts`` run: rows to :data:`CONTEXT_RESULTS` and the README's table printed."""
+    from lowbit.cache import atomic_file
+    from lowbit.models import load_tokenizer
+    from lowbit.runtime.engine import cpu_threads
+
+    ids = prompt_ids(load_tokenizer(folder), max(contexts))
+    hf = json.loads((folder / "config.json").read_text())
+    config = {**hf, "head_dim": hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]}
+    threads = cpu_threads()
+    engines = [lowbit_context_engine(*build_scheme(args.model, variant, root), variant, args.new_tokens, max(contexts))
+               for variant in args.schemes.split(",")]
+    engines += [llama_cpp_context_engine(args.llama_cpp, gguf, label, args.new_tokens, threads, config)
+                for label, gguf in llama_cpp_ggufs(args.llama_cpp, root).items()]
+    rows = bench_contexts(engines, ids, contexts)
+    gbs = read_bandwidth(threads)
+    rows = [asdict(replace(r, read_gb_s=gbs)) for r in rows]
+    prov = record()
+    with atomic_file(CONTEXT_RESULTS) as tmp:
+        tmp.write_text(json.dumps([{**r, "provenance": prov} for r in rows], indent=2) + "\n")
+    print(context_markdown(rows))
+
+
 def main() -> None:
     from lowbit.cache import atomic_file, cache_dir
     from lowbit.models import load_tokenizer, resolve_model
@@ -238,19 +382,25 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="", help="also time batch_decode, e.g. 1,8,32")
     ap.add_argument("--profile", action="store_true", help="also profile each lowbit row's decode step")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds over every engine (best kept)")
+    ap.add_argument("--contexts", default="",
+                    help="instead: prefill and decode at each prompt length, e.g. 128,1024,8000 (lowbit and llama.cpp)")
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()
 
     folder = resolve_model(args.model)
-    ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
+    if args.contexts:
+        long_contexts(args, folder, root, [int(n) for n in args.contexts.split(",")])
+        return
+    ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     engines = [torch_engine(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
     builds = [(scheme, *build_scheme(args.model, scheme, root)) for scheme in args.schemes.split(",")]
     engines += [lowbit_engine(mlc, lib, scheme, ids, args.new_tokens, args.profile) for scheme, mlc, lib in builds]
     threads = cpu_threads()
-    engines += llama_cpp_engines(args.llama_cpp, root, len(ids), args.new_tokens, threads)
+    engines += [llama_cpp_engine(args.llama_cpp, gguf, label, len(ids), args.new_tokens, threads)
+                for label, gguf in llama_cpp_ggufs(args.llama_cpp, root).items()]
     rows = interleaved(engines, args.rounds)
     batch_rows: list[BatchRow] = []
     for scheme, mlc, lib in builds if sizes else []:

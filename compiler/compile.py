@@ -38,6 +38,7 @@ class CompileArgs:
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
     overrides: dict[str, int] = field(default_factory=dict)  # context_window_size, prefill_chunk_size
     decode_activations: str = "fp"  # int8: decode GEMVs on 8-bit activations (x86-64 AVX2)
+    kv_cache_dtype: str = ""  # float16 / float32 (CPU targets); "": the target's compute dtype
 
     def display(self) -> str:
         shown = {k: v for k, v in asdict(self).items() if k != "cuda_archs" or self.target == "cuda"}
@@ -51,9 +52,17 @@ def check_decode_activations(kind: str, target) -> None:
                           f"this build's target is {target}")
 
 
-def export_model(chat: dict, preset: Preset, target, activations: str = "fp"):
+def check_kv_cache_dtype(kv_cache_dtype: str, preset: Preset) -> None:
+    """Refuse a KV cache dtype other than the compute dtype off CPU targets."""
+    if kv_cache_dtype and kv_cache_dtype != preset.compute_dtype and preset.device != "cpu":
+        raise LowbitError(f"--kv-cache-dtype {kv_cache_dtype}: target {preset.name} keeps its KV cache "
+                          f"in its compute dtype ({preset.compute_dtype}); only CPU targets choose")
+
+
+def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv_cache_dtype: str = ""):
     """(relax IRModule with ``_metadata`` attached, its metadata) for the folder's model;
-    ``activations``: the decode GEMVs' (``fp``, or ``int8`` where the scheme allows)."""
+    ``activations``: the decode GEMVs' (``fp``, or ``int8`` where the scheme allows);
+    ``kv_cache_dtype``: the KV cache's storage (default: the compute dtype)."""
     from tvm import relax
 
     from lowbit.compiler.kernels.gemv_int8 import decode_activations
@@ -61,9 +70,10 @@ def export_model(chat: dict, preset: Preset, target, activations: str = "fp"):
     from lowbit.compiler.schemes import get_scheme
 
     check_decode_activations(activations, target)
+    check_kv_cache_dtype(kv_cache_dtype, preset)
     arch = get_architecture(chat, CHAT_CONFIG)
     model = create_model(arch, chat["model_config"], get_scheme(chat["quantization"]), target,
-                         preset.compute_dtype)
+                         preset.compute_dtype, kv_cache_dtype)
     # the fused kernels take the form the target's schedules expect
     with target, decode_activations(activations):
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
@@ -80,6 +90,7 @@ def export_model(chat: dict, preset: Preset, target, activations: str = "fp"):
         params=[{"name": n, "shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for n, p in named_params],
         tvm_target=str(target),
         decode_activations=activations,
+        kv_cache_dtype=model.cfg.kv_cache_dtype,
     )
     if preset.system_lib:
         metadata = replace(metadata, system_lib_prefix=system_lib_prefix(
@@ -108,13 +119,14 @@ def _memoize_pseudo_file_modules() -> None:
         inspect.modulesbyfile.setdefault(name, "")  # sys.modules.get("") is None
 
 
-def build(chat: dict, preset: Preset, options: BuildOptions | None = None, activations: str = "fp"):
+def build(chat: dict, preset: Preset, options: BuildOptions | None = None, activations: str = "fp",
+          kv_cache_dtype: str = ""):
     """(executable, metadata): the folder's model compiled for ``preset``, not yet written."""
     from tvm import relax
 
     _memoize_pseudo_file_modules()
     target = preset.tvm_target(options or BuildOptions())
-    mod, metadata = export_model(chat, preset, target, activations)
+    mod, metadata = export_model(chat, preset, target, activations, kv_cache_dtype)
     with target:
         executable = relax.build(mod, target, relax_pipeline=preset.pipeline(target),
                                  system_lib=preset.system_lib)
@@ -142,9 +154,10 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     fmt.check_tools()
     chat = apply_overrides(read_chat_config(args.mlc_dir), args.overrides)
     get_architecture(chat, str(args.mlc_dir))  # refuse before building anything
+    check_kv_cache_dtype(args.kv_cache_dtype, preset)
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
-    executable, metadata = build(chat, preset, options, args.decode_activations)
+    executable, metadata = build(chat, preset, options, args.decode_activations, args.kv_cache_dtype)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
     out = Path(args.out)

@@ -189,6 +189,8 @@ def record_array(rec: ParamRecord, shard: np.ndarray) -> np.ndarray:
 # lowbit compile --decode-activations: int8 runs the one-token matmuls of the 4- and 2-bit schemes
 # on 8-bit activations (compiler/kernels/gemv_int8.py); fp everywhere else
 DECODE_ACTIVATIONS = ("fp", "int8")
+# lowbit compile --kv-cache-dtype: the paged KV cache's storage (CPU targets; default: compute dtype)
+KV_CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,13 @@ class LibraryMetadata:
     tvm_target: str = ""
     system_lib_prefix: str = ""  # static (system-lib) builds: the prefix of every symbol
     decode_activations: str = "fp"  # one of DECODE_ACTIVATIONS
+    kv_cache_dtype: str = ""  # one of KV_CACHE_DTYPES; "" (libraries before the option): compute_dtype
     format: int = METADATA_FORMAT
+
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's storage dtype."""
+        return self.kv_cache_dtype or self.compute_dtype
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

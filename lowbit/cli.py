@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lowbit.artifact import DECODE_ACTIVATIONS
+from lowbit.artifact import DECODE_ACTIVATIONS, KV_CACHE_DTYPES
 from lowbit.errors import LowbitError
 
 
@@ -271,14 +271,17 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 @click.option("--decode-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
               help="int8: decode's 4-bit matmuls quantize activations per 32 to 8 bits and use "
                    "integer dot products (x86-64 AVX2; prefill stays fp)")
+@click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
+              help="the KV cache's storage on CPU targets: float16 halves the bytes attention reads "
+                   "per token (default: the target's compute dtype)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overrides: dict,
-             decode_activations: str, overwrite: bool) -> None:
+             decode_activations: str, kv_cache_dtype: str | None, overwrite: bool) -> None:
     """Compile the model of MLC_DIR (lowbit convert's output) into one library for a target."""
     from lowbit.compiler.compile import CompileArgs, compile_model
 
     args = CompileArgs(mlc_dir, target, out, overwrite, overrides=overrides,
-                       decode_activations=decode_activations)
+                       decode_activations=decode_activations, kv_cache_dtype=kv_cache_dtype or "")
     if archs:
         args.cuda_archs = tuple(a.strip() for a in archs.split(",") if a.strip())
     click.echo(f"compile: {args.display()}", err=True)

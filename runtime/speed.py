@@ -34,21 +34,22 @@ class Speed:
     decode_tok_s: float
     weight_bytes: int  # read once per decode token
     read_gb_s: float  # measured in the same run
+    kv_bytes: int = 0  # KV cache read per decode token, at the decode steps' mean context
 
     @property
     def decode_gb_s(self) -> float:
-        return self.decode_tok_s * self.weight_bytes / 1e9
+        return self.decode_tok_s * (self.weight_bytes + self.kv_bytes) / 1e9
 
     @property
     def limit_tok_s(self) -> float:
-        return self.read_gb_s * 1e9 / self.weight_bytes
+        return self.read_gb_s * 1e9 / (self.weight_bytes + self.kv_bytes)
 
     def table(self) -> str:
         return "\n".join([
             f"threads {self.threads}, prompt {self.prompt_tokens} tokens, {self.new_tokens} new tokens",
             f"prefill  {self.prefill_tok_s:8.1f} tok/s",
-            f"decode   {self.decode_tok_s:8.1f} tok/s  ({self.weight_bytes / 1e6:.1f} MB of weights per token: "
-            f"{self.decode_gb_s:.1f} GB/s)",
+            f"decode   {self.decode_tok_s:8.1f} tok/s  ({self.weight_bytes / 1e6:.1f} MB of weights + "
+            f"{self.kv_bytes / 1e6:.1f} MB of KV cache per token: {self.decode_gb_s:.1f} GB/s)",
             f"limit    {self.limit_tok_s:8.1f} tok/s  (read bandwidth {self.read_gb_s:.1f} GB/s; decode reaches "
             f"{self.decode_tok_s / self.limit_tok_s:.0%})",
         ])
@@ -74,6 +75,13 @@ def read_bandwidth(threads: int, mib: int = BANDWIDTH_MIB) -> float:
 def weight_bytes(mlc_dir: Path) -> int:
     """Bytes of every weight of an MLC folder."""
     return sum(rec.nbytes for rec in read_tensor_cache_index(mlc_dir).records.values())
+
+
+def kv_bytes(config: dict, kv_dtype: str, context: float) -> int:
+    """Bytes of keys and values one decode step reads at ``context`` tokens: every layer's, each
+    position once (``config``: the library metadata's model config)."""
+    per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"]
+    return int(per_token * np.dtype(kv_dtype).itemsize * context)
 
 
 def best_of(run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
@@ -131,8 +139,10 @@ def bench(mlc_dir: Path, model_lib: Path, prompt_tokens: int, new_tokens: int,
     engine = Engine(mlc_dir, model_lib, context_window=prompt_tokens + new_tokens + 1)
     prompt = prompt_ids(engine.tokenizer, prompt_tokens)
     prefill, decode = measure(engine, prompt, new_tokens)
+    md = engine.metadata
+    kv = kv_bytes(md.config, md.kv_dtype, len(prompt) + new_tokens / 2) if md else 0
     speed = Speed(engine.threads, len(prompt), new_tokens, prefill, decode, weight_bytes(mlc_dir),
-                  read_bandwidth(engine.threads))
+                  read_bandwidth(engine.threads), kv)
     return speed, profile_decode(engine, prompt, new_tokens) if profile else None
 
 
@@ -155,28 +165,64 @@ def op_kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    step_ms: float  # one decode step, without instrumentation
+    step_ms: float  # one decode step (or one prefill), without instrumentation
     ops: list[OpTime]  # largest first; their ms add up to step_ms
     timing_us: float  # what timing one call costs, taken off each call's time
     instrumented_ms: float  # the calls' sum before scaling to step_ms
+    unit: str = "decode step"  # what step_ms times: "decode step" or "prefill of N tokens"
 
     def table(self) -> str:
-        lines = [f"decode step {self.step_ms:.2f} ms by operator kind: each VM call timed (less the "
+        lines = [f"{self.unit} {self.step_ms:.2f} ms by operator kind: each VM call timed (less the "
                  f"{self.timing_us:.1f} µs timing one call costs; {self.instrumented_ms:.2f} ms in all), "
-                 "scaled to the plain step",
-                 f"{'ms/token':>9} {'share':>6} {'calls':>6}  operator"]
+                 "scaled to the plain run",
+                 f"{'ms':>9} {'share':>6} {'calls':>6}  operator"]
         lines += [f"{op.ms:9.3f} {op.ms / self.step_ms:6.1%} {op.calls:6.0f}  {op.kind}"
                   for op in self.ops if op.ms >= 0.0005 * self.step_ms]
         return "\n".join(lines)
 
+    def ms_of(self, match: Callable[[str], bool]) -> float:
+        """The ms of the kinds ``match`` accepts."""
+        return sum(op.ms for op in self.ops if match(op.kind))
+
     def to_dict(self) -> dict:
-        return {"step_ms": self.step_ms, "timing_us": self.timing_us,
+        return {"step_ms": self.step_ms, "timing_us": self.timing_us, "unit": self.unit,
                 "instrumented_ms": self.instrumented_ms, "ops": [asdict(op) for op in self.ops]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Profile":
+    def from_dict(cls, d: dict) -> Profile:
         """The inverse of :meth:`to_dict` (a profile read back from a bench JSON)."""
-        return cls(d["step_ms"], [OpTime(**op) for op in d["ops"]], d["timing_us"], d["instrumented_ms"])
+        return cls(d["step_ms"], [OpTime(**op) for op in d["ops"]], d["timing_us"], d["instrumented_ms"],
+                   d.get("unit", "decode step"))
+
+
+def _profile(engine, run: Callable[[], None], units: int, unit: str) -> Profile:
+    """:func:`profile_decode`'s method over ``run`` (``units`` repetitions of ``unit``)."""
+    t0 = time.perf_counter()
+    run()
+    unit_ms = (time.perf_counter() - t0) * 1e3 / units
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    started: list[float] = []
+
+    def instrument(_func, name: str, before_run: bool, _ret, *_args) -> int:
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            kind = op_kind(name)
+            seconds[kind] += time.perf_counter() - started.pop()
+            calls[kind] += 1
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    engine.vm.set_instrument(instrument)
+    try:
+        run()
+    finally:
+        engine.vm.set_instrument(None)
+    timing = min(seconds[k] / calls[k] for k in seconds)
+    net = {k: max(0.0, seconds[k] - timing * calls[k]) * 1e3 / units for k in seconds}
+    total = sum(net.values()) or 1.0
+    ops = [OpTime(k, calls[k] / units, net[k] * unit_ms / total) for k in seconds]
+    return Profile(unit_ms, sorted(ops, key=lambda op: -op.ms), timing * 1e6, total, unit)
 
 
 def profile_decode(engine, prompt: list[int], steps: int) -> Profile:
@@ -197,29 +243,17 @@ def profile_decode(engine, prompt: list[int], steps: int) -> Profile:
         for _ in range(steps):
             token = int(np.argmax(engine.decode(0, token)))
 
-    t0 = time.perf_counter()
-    decode_steps()
-    step_ms = (time.perf_counter() - t0) * 1e3 / steps
-    seconds: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    started: list[float] = []
+    return _profile(engine, decode_steps, steps, "decode step")
 
-    def instrument(_func, name: str, before_run: bool, _ret, *_args) -> int:
-        if before_run:
-            started.append(time.perf_counter())
-        else:
-            kind = op_kind(name)
-            seconds[kind] += time.perf_counter() - started.pop()
-            calls[kind] += 1
-        return 0  # VMInstrumentReturnKind.NO_OP
 
-    engine.vm.set_instrument(instrument)
-    try:
-        decode_steps()
-    finally:
-        engine.vm.set_instrument(None)
-    timing = min(seconds[k] / calls[k] for k in seconds)
-    net = {k: max(0.0, seconds[k] - timing * calls[k]) * 1e3 / steps for k in seconds}
-    total = sum(net.values()) or 1.0
-    ops = [OpTime(k, calls[k] / steps, net[k] * step_ms / total) for k in seconds]
-    return Profile(step_ms, sorted(ops, key=lambda op: -op.ms), timing * 1e6, total)
+def profile_prefill(engine, prompt: list[int]) -> Profile:
+    """The prefill of ``prompt`` into a fresh sequence, plain and per operator kind (twice, as
+    :func:`profile_decode`)."""
+
+    def prefill() -> None:
+        if engine.has_sequence(0):
+            engine.remove_sequence(0)
+        engine.add_sequence(0)
+        engine.prefill(0, prompt)
+
+    return _profile(engine, prefill, 1, f"prefill of {len(prompt)} tokens")

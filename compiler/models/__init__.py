@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from tvm.relax.frontend import nn
@@ -12,8 +13,11 @@ from lowbit.compiler.schemes import Scheme
 
 
 def create_model(
-    arch: Architecture, config: dict[str, Any], scheme: Scheme, target: Target, dtype: str = "float32"
+    arch: Architecture, config: dict[str, Any], scheme: Scheme, target: Target, dtype: str = "float32",
+    kv_cache_dtype: str = "",
 ) -> nn.Module:
-    """``arch``'s nn.Module with ``config`` (HF or MLC names) stored as ``scheme``."""
+    """``arch``'s nn.Module with ``config`` (HF or MLC names) stored as ``scheme``, computing in
+    ``dtype`` with its KV cache in ``kv_cache_dtype`` (default: ``dtype``)."""
     cls = arch.model_class()
-    return cls(cls.config_class.from_dict(config, **arch.model_options), scheme, target, dtype)
+    cfg = replace(cls.config_class.from_dict(config, **arch.model_options), kv_cache_dtype=kv_cache_dtype or dtype)
+    return cls(cfg, scheme, target, dtype)

@@ -54,6 +54,7 @@ class LlamaConfig:
     qkv_bias: bool = False
     rope_scaling: dict[str, Any] = field(default_factory=dict)
     sliding_window_size: int = -1  # a query sees the keys less than this many positions back; -1: all
+    kv_cache_dtype: str = "float32"  # a build option (``lowbit compile --kv-cache-dtype``), not HF's
 
     @classmethod
     def from_dict(
@@ -176,6 +177,15 @@ class RMSNorm(nn.Module):
         return op.rms_norm(x, self.weight.astype(x.dtype), axes=[-1], epsilon=self.eps)
 
 
+def fused_qkv_attention(kv: PagedKVCache, layer_id: int, qkv: Tensor, cfg: LlamaConfig, sm_scale: float) -> Tensor:
+    """The KV cache's attention over ``qkv`` [b, s, heads, head_dim], run in the cache's dtype
+    (TVM's cache takes q, k and v in it), the output back in ``qkv``'s."""
+    if qkv.dtype == cfg.kv_cache_dtype:
+        return kv.attention_with_fused_qkv(layer_id, qkv, cfg.num_attention_heads, sm_scale=sm_scale)
+    out = kv.attention_with_fused_qkv(layer_id, qkv.astype(cfg.kv_cache_dtype), cfg.num_attention_heads, sm_scale=sm_scale)
+    return out.astype(qkv.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, scheme: Scheme):
         self.cfg = cfg
@@ -195,7 +205,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
         c = self.cfg
         b, s, _ = x.shape
-        out = kv.attention_with_fused_qkv(layer_id, self.qkv(x), c.num_attention_heads, sm_scale=self.sm_scale)
+        out = fused_qkv_attention(kv, layer_id, self.qkv(x), c, self.sm_scale)
         return self.o_proj(op.reshape(out, (b, s, c.num_attention_heads * c.head_dim)))
 
 
@@ -306,7 +316,7 @@ class LlamaForCausalLM(nn.Module):
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
             mod = use_lowbit_attention(mod, c.num_key_value_heads, c.num_attention_heads, c.head_dim,
-                                       self.dtype, c.sliding_window_size, cap)
+                                       c.kv_cache_dtype, c.sliding_window_size, cap)
         return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(
@@ -345,7 +355,7 @@ class LlamaForCausalLM(nn.Module):
             rope_ext_factors=rx.prim_value(0),
             rotary_dim=c.head_dim,
             enable_disaggregation=False,
-            dtype=self.dtype,
+            dtype=c.kv_cache_dtype,
             target=self.target,
             **window_args,
         )

@@ -40,6 +40,7 @@ from lowbit.compiler.models.llama import (
     QuantEmbedding,
     QuantLinear,
     RMSNorm,
+    fused_qkv_attention,
 )
 from lowbit.compiler.schemes import Scheme
 from lowbit.errors import LowbitError
@@ -125,7 +126,7 @@ class Phi3Attention(nn.Module):
         b, s, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim))
         qkv = op.tensor_expr_op(rotary_te(c), "rotary", [qkv, *rope])
-        out = kv.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
+        out = fused_qkv_attention(kv, layer_id, qkv, c, c.head_dim**-0.5)
         return self.out_proj(op.reshape(out, (b, s, c.num_attention_heads * c.head_dim)))
 
 

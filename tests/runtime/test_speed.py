@@ -22,8 +22,13 @@ def test_bench_reports_bytes_bandwidth_and_threads(tiny_chat, monkeypatch):
     assert speed["weight_bytes"] == sum(r["nbytes"] for shard in index["records"] for r in shard["records"])
     assert speed["threads"] == 2 and speed["prompt_tokens"] == 12 and speed["new_tokens"] == 4
     assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0 and speed["read_gb_s"] > 0.1
-    assert math.isclose(speed["decode_gb_s"], speed["decode_tok_s"] * speed["weight_bytes"] / 1e9)
-    assert math.isclose(speed["limit_tok_s"], speed["read_gb_s"] * 1e9 / speed["weight_bytes"])
+    # the fp32 KV cache read per step, at the 4 steps' mean context (12 + 2): every layer's k and v
+    hf = json.loads((tiny_chat.hf_dir / "config.json").read_text())
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    assert speed["kv_bytes"] == 2 * hf["num_hidden_layers"] * hf["num_key_value_heads"] * head_dim * 4 * 14
+    read = speed["weight_bytes"] + speed["kv_bytes"]
+    assert math.isclose(speed["decode_gb_s"], speed["decode_tok_s"] * read / 1e9)
+    assert math.isclose(speed["limit_tok_s"], speed["read_gb_s"] * 1e9 / read)
 
 
 def test_bench_table(tiny_chat):
@@ -59,4 +64,17 @@ def test_bench_profile_counts_every_call(tiny_chat):
     assert Profile.from_dict(profile).to_dict() == profile  # the bench JSON reads back whole
     table = CliRunner().invoke(main, ["bench", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
                                       "--prompt-tokens", "8", "--new-tokens", "2", "--profile"])
-    assert table.exit_code == 0 and "q_matmul" in table.output and "ms/token" in table.output
+    assert table.exit_code == 0 and "q_matmul" in table.output and "decode step" in table.output
+
+
+def test_prefill_profile_counts_every_call(tiny_chat):
+    """A prefill of 20 tokens in chunks of 8: each of the 2 layers' attention runs once per chunk."""
+    from lowbit.runtime.engine import Engine
+    from lowbit.runtime.speed import profile_prefill
+
+    engine = Engine(tiny_chat.mlc_dir, tiny_chat.lib, context_window=64, prefill_chunk=8)
+    profile = profile_prefill(engine, list(range(1, 21)))
+    assert profile.unit == "prefill of 20 tokens"
+    assert profile.ms_of(lambda kind: "attention" in kind) > 0
+    assert {op.kind: op.calls for op in profile.ops}["vm.builtin.attention_kv_cache_attention_with_fused_qkv"] == 2 * 3
+    assert math.isclose(sum(op.ms for op in profile.ops), profile.step_ms, rel_tol=1e-6)
