@@ -4,14 +4,24 @@ TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk
 sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
 query rows of one sequence) is one parallel task (decode: each (KV head, chunk of 64 keys of one
 sequence), the chunks' results merged by their lse afterwards, so a long context spreads over
-every core): each key and value row is loaded once for the tile's rows and the query heads that
-share it (GQA), the q·k products run in fp32 vector lanes, and the online softmax is updated
-once per tile of 16 keys. The arguments, the key addressing
-(pages, the last page's length, a sliding window's start and sink), the masks and the outputs
-(``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores, which the cache's merge
-kernel reads) are TVM's, so the runtime calls them unchanged. A query that sees no key gets zeros
-and lse -5e4, which the merge weighs 0. A head_dim that is not a multiple of the vector lanes
-keeps TVM's kernels.
+every core), and the query heads that share a key head (GQA) go together:
+
+* prefill first copies the keys transposed, in fp32 (keys along the vector lanes), once per call;
+  a task then takes a tile's 16 scores per head dimension for blocks of query vectors in
+  broadcast multiply-adds, so each key load serves every query and no sum needs a lane
+  reduction, and shares each value row between query vectors where the target's registers
+  allow (:data:`VALUE_BLOCKS`);
+* decode takes each q·k in vector lanes over the head dimension, two keys and every query
+  vector of the group interleaved;
+* the online softmax is updated once per tile of 16 keys, its exponentials vectorised
+  (:func:`_exp2`) and its running sums kept per lane.
+
+The arguments, the key addressing (pages, the last page's length, a sliding window's start and
+sink), the masks and the outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled
+scores, which the cache's merge kernel reads) are TVM's, so the runtime calls them unchanged. The
+cache may hold fp16 (``--kv-cache-dtype float16``): every kernel computes in fp32. A query that
+sees no key gets zeros and lse -5e4, which the merge weighs 0. A head_dim that is not a multiple
+of the vector lanes keeps TVM's kernels.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import math
 
 from tvm import IRModule, tirx
 from tvm.script import tirx as T
+from tvm.target import Target
 
 from lowbit.errors import LowbitError
 
@@ -33,82 +44,155 @@ MASKED = -5e4  # TVM's initial running maximum (log2 units): a query that sees n
 ROW_TILE = 4  # prefill query rows (of one sequence) per task: each key row read once for all
 CHUNK_PAGES = 4  # decode: keys per parallel task (split-K), in pages
 CHUNK = CHUNK_PAGES * PAGE_SIZE
+QB_MAX = 6  # prefill: query vectors per block of the score product (≤ 6 × 16 scores: 12 AVX2 registers)
+# prefill: query vectors sharing each value row, by llvm ``mcpu``. With AVX-512, two vectors' 64
+# accumulators (8 zmm) keep 8 multiply-add chains in flight where one vector's 4 stall on latency;
+# with AVX2 one vector's 8 ymm already do and two spill. At the bundled model's shapes (2,048
+# keys): 66 vs 60 GFLOP/s on AVX-512, 48 vs 58 with AVX2 code.
+VALUE_BLOCKS = {"x86-64-v4": 2}
+
+
+# 2^f on [-0.5, 0.5] (Cephes' exp2f minimax polynomial, highest degree first): relative error ~2e-7
+EXP2_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
+             5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1)
+
+
+def _query_block(nq: int) -> int:
+    """Query vectors per block of the transposed score product: the largest divisor of ``nq`` up
+    to :data:`QB_MAX`, so no block is padding."""
+    return max(b for b in range(1, QB_MAX + 1) if nq % b == 0)
+
+
+def _value_block(nq: int, pv: int) -> int:
+    """``pv`` where it divides the ``nq`` query vectors, else 1."""
+    return pv if nq % pv == 0 else 1
+
+
+def _exp2(x):
+    """2^x for x ≤ 0 from +, ×, floor and the exponent bits, so a vectorised loop stays in vector
+    lanes (LLVM has no vector exp2 and would call exp2f per lane); x below -126 gives 2^-126."""
+    x = T.max(x, T.float32(-126.0))
+    n = T.floor(x + T.float32(0.5))
+    f = x - n
+    poly = T.float32(EXP2_POLY[0])
+    for c in EXP2_POLY[1:]:
+        poly = poly * f + T.float32(c)
+    return (poly * f + T.float32(1.0)) * T.reinterpret("float32", T.shift_left(T.cast(n, "int32") + 127, 23))
 
 
 @T.macro
 def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
-                 group, d, cap, qt):
+                 group, d, cap, qt, qb, pv, transposed):
     """Attention of the query heads ``hk·group …`` of the ``n`` (≤ ``qt``) rows ``t0 …`` of
     one sequence, row ``i`` over key positions [lo_of(i), hi_of(i)): each key row is read once
-    for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key, ``key(l0, l1, j)`` /
-    ``value(l0, l1, j)`` read it. Writes rows ``o0 …`` of ``output`` and ``lse`` (log2 units,
-    TVM's)."""
+    for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key and ``value(l0, l1, j)`` reads its
+    value. Writes rows ``o0 …`` of ``output`` and ``lse`` (log2 units, TVM's).
+
+    Query vector ``h`` is head ``h % group`` of row ``h // group`` (``qt · group`` of them, past
+    ``n`` rows padding that sees no key). Without ``transposed`` (decode), ``key(l0, l1, j)``
+    reads a key and each score is a q·k over ``d`` in vector lanes; with it (prefill),
+    ``key(j, pos)`` reads the keys transposed (a copy the kernel made, keys along the lanes), so
+    each block of :func:`_query_block` query vectors takes 16 scores per head dimension in
+    broadcast multiply-adds: the key loads serve every query and the sums need no lane
+    reduction."""
     q = T.decl_buffer((qt * group, d), "float32")
     acc = T.decl_buffer((qt * group, d), "float32")
     m = T.decl_buffer((qt * group,), "float32")
-    den = T.decl_buffer((qt * group,), "float32")
+    den = T.decl_buffer((qt * group, TILE), "float32")  # per lane: summed once, at the end
     sc = T.decl_buffer((qt * group, TILE), "float32")
-    part = T.decl_buffer((LANES,), "float32")
+    red = T.decl_buffer((TILE // 2,), "float32")
+    part = T.decl_buffer((2 * qt * group, LANES), "float32")
     loc = T.decl_buffer((TILE, 2), "int32")
-    span = T.decl_buffer((qt, 2), "int32")
+    span = T.decl_buffer((qt * group, 2), "int32")
     scan = T.decl_buffer((2,), "int32")
     scan[0] = lo_of(0)
     scan[1] = hi_of(0)
-    for i in T.serial(n):
-        span[i, 0] = lo_of(i)
-        span[i, 1] = T.max(hi_of(i), span[i, 0])
-        scan[0] = T.min(scan[0], span[i, 0])
-        scan[1] = T.max(scan[1], span[i, 1])
-        for g in T.serial(group):
-            m[i * group + g] = T.float32(MASKED)
-            den[i * group + g] = T.float32(1.0)
+    for h in T.serial(qt * group):
+        m[h] = T.float32(MASKED)
+        for r in T.vectorized(TILE):  # TVM's running sum starts at 1 (a no-key row: lse -5e4)
+            den[h, r] = T.Select(r == 0, T.float32(1.0), T.float32(0))
+        if h < n * group:
+            span[h, 0] = lo_of(h // group)
+            span[h, 1] = T.max(hi_of(h // group), span[h, 0])
+            scan[0] = T.min(scan[0], span[h, 0])
+            scan[1] = T.max(scan[1], span[h, 1])
             for j in T.vectorized(d):
-                q[i * group + g, j] = T.cast(Q[t0 + i, hk * group + g, j], "float32") * (sm_scale * T.float32(LOG2E))
-                acc[i * group + g, j] = T.float32(0)
+                q[h, j] = T.cast(Q[t0 + h // group, hk * group + h % group, j], "float32") * (sm_scale * T.float32(LOG2E))
+                acc[h, j] = T.float32(0)
+        else:  # padding: sees no key
+            span[h, 0] = 0
+            span[h, 1] = 0
+            for j in T.vectorized(d):
+                q[h, j] = T.float32(0)
+                acc[h, j] = T.float32(0)
     for tile in T.serial((scan[1] - scan[0] + TILE - 1) // TILE):
         base: T.int32 = scan[0] + tile * TILE
         rows: T.int32 = T.min(TILE, scan[1] - base)
-        for r in T.serial(rows):
-            loc[r, 0] = loc0(base + r)
-            loc[r, 1] = loc1(base + r)
-        for i in T.serial(n):
-            for g in T.serial(group):
-                for r in T.serial(rows):
-                    if base + r >= span[i, 0] and base + r < span[i, 1]:
-                        for lane in T.vectorized(LANES):
-                            part[lane] = T.float32(0)
-                        for c in T.serial(d // LANES):
+        for r in T.serial(TILE):
+            loc[r, 0] = loc0(base + T.min(r, rows - 1))  # past the last key: the last one, masked
+            loc[r, 1] = loc1(base + T.min(r, rows - 1))
+        if not transposed:  # two keys × every query vector at a time: their chains interleave
+            for r2 in T.serial(TILE // 2):
+                for i in T.serial(2 * qt * group):
+                    for lane in T.vectorized(LANES):
+                        part[i, lane] = T.float32(0)
+                for c in T.serial(d // LANES):
+                    for rr in T.unroll(2):
+                        for h in T.unroll(qt * group):
                             for lane in T.vectorized(LANES):
-                                part[lane] = part[lane] + q[i * group + g, c * LANES + lane] * T.cast(key(loc[r, 0], loc[r, 1], c * LANES + lane), "float32")
-                        for lane in T.vectorized(LANES // 2):  # a tree: 3 dependent adds, not 8
-                            part[lane] = part[lane] + part[lane + LANES // 2]
-                        for lane in T.vectorized(LANES // 4):
-                            part[lane] = part[lane] + part[lane + LANES // 4]
-                        sc[i * group + g, r] = part[0] + part[1]
-                        if cap > 0:
-                            sc[i * group + g, r] = T.float32(cap) * T.tanh(sc[i * group + g, r] / T.float32(cap))
-                    else:
-                        sc[i * group + g, r] = T.float32(-1e30)  # outside the row's mask: weight 0
-        for h in T.serial(n * group):
-            tile_max: T.float32 = m[h]
-            for r in T.serial(rows):
-                tile_max = T.max(tile_max, sc[h, r])
-            scale: T.float32 = T.exp2(m[h] - tile_max)
-            den[h] = den[h] * scale
+                                part[rr * qt * group + h, lane] = part[rr * qt * group + h, lane] + q[h, c * LANES + lane] * T.cast(
+                                    key(loc[r2 * 2 + rr, 0], loc[r2 * 2 + rr, 1], c * LANES + lane), "float32")
+                for i in T.serial(2 * qt * group):  # each sum: a tree over the lanes
+                    for lane in T.vectorized(LANES // 2):
+                        part[i, lane] = part[i, lane] + part[i, lane + LANES // 2]
+                    for lane in T.vectorized(LANES // 4):
+                        part[i, lane] = part[i, lane] + part[i, lane + LANES // 4]
+                    sc[i % (qt * group), r2 * 2 + i // (qt * group)] = part[i, 0] + part[i, 1]
+        else:
+            for blk in T.serial(qt * group // qb):
+                for i in T.unroll(qb):
+                    for r in T.vectorized(TILE):
+                        sc[blk * qb + i, r] = T.float32(0)
+                for j in T.serial(d):
+                    for i in T.unroll(qb):
+                        for r in T.vectorized(TILE):
+                            sc[blk * qb + i, r] = sc[blk * qb + i, r] + q[blk * qb + i, j] * key(j, base + r)
+        for h in T.serial(qt * group):
+            for r in T.vectorized(TILE):  # outside the row's mask (or past the tile's keys): weight 0
+                sc[h, r] = T.Select(base + r >= span[h, 0] and base + r < span[h, 1],
+                                          T.float32(cap) * T.tanh(sc[h, r] / T.float32(cap)) if cap > 0 else sc[h, r],
+                                          T.float32(-1e30))
+            for r in T.vectorized(TILE // 2):  # the tile's largest score: a tree, 4 steps
+                red[r] = T.max(sc[h, r], sc[h, r + TILE // 2])
+            for r in T.vectorized(TILE // 4):
+                red[r] = T.max(red[r], red[r + TILE // 4])
+            for r in T.vectorized(TILE // 8):
+                red[r] = T.max(red[r], red[r + TILE // 8])
+            tile_max: T.float32 = T.max(m[h], T.max(red[0], red[1]))
+            scale: T.float32 = _exp2(m[h] - tile_max)
+            m[h] = tile_max
+            for r in T.vectorized(TILE):
+                sc[h, r] = _exp2(sc[h, r] - tile_max)
+                den[h, r] = den[h, r] * scale + sc[h, r]
             for j in T.vectorized(d):
                 acc[h, j] = acc[h, j] * scale
-            m[h] = tile_max
-        for r in T.serial(rows):
-            for h in T.serial(n * group):
-                p: T.float32 = T.exp2(sc[h, r] - m[h])
-                den[h] = den[h] + p
-                for j in T.vectorized(d):
-                    acc[h, j] = acc[h, j] + p * T.cast(value(loc[r, 0], loc[r, 1], j), "float32")
-    for i in T.serial(n):
-        for g in T.serial(group):
-            for j in T.vectorized(d):
-                output[o0 + i, hk * group + g, j] = T.cast(acc[i * group + g, j] / den[i * group + g], output.dtype)
-            lse[o0 + i, hk * group + g] = m[i * group + g] + T.log2(den[i * group + g])
+        for hp in T.serial(qt * group // pv):  # pv query vectors share each value row
+            for r in T.serial(rows):
+                for i in T.unroll(pv):
+                    for j in T.vectorized(d):
+                        acc[hp * pv + i, j] = acc[hp * pv + i, j] + sc[hp * pv + i, r] * T.cast(
+                            value(loc[r, 0], loc[r, 1], j), "float32")
+    for h in T.serial(n * group):
+        for r in T.vectorized(TILE // 2):  # the weights' sum: a tree over the lanes
+            red[r] = den[h, r] + den[h, r + TILE // 2]
+        for r in T.vectorized(TILE // 4):
+            red[r] = red[r] + red[r + TILE // 4]
+        for r in T.vectorized(TILE // 8):
+            red[r] = red[r] + red[r + TILE // 8]
+        total: T.float32 = red[0] + red[1]
+        for j in T.vectorized(d):
+            output[o0 + h // group, hk * group + h % group, j] = T.cast(acc[h, j] / total, output.dtype)
+        lse[o0 + h // group, hk * group + h % group] = m[h] + T.log2(total)
 
 
 @T.macro
@@ -232,7 +316,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                                  lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
                                  lambda page, off, j: pages[page, 0, hk, off, j],
                                  lambda page, off, j: pages[page, 1, hk, off, j],
-                                 sm_scale, group, d, cap, 1)
+                                 sm_scale, group, d, cap, 1, 1, 1, False)
         for bh in T.parallel(B * h_q):
             _merge_chunks(part_out, part_lse, chunk0[bh // h_q], chunk0[bh // h_q + 1] - chunk0[bh // h_q],
                           output, lse, bh // h_q, bh % h_q, d)
@@ -240,12 +324,13 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
 
 
 def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, window: int = 0,
-                         softcap: float = 0.0) -> tirx.PrimFunc:
+                         softcap: float = 0.0, pv: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_prefill_paged_kv_cpu`` (``sliding``: ``…_sliding_window`` with the layers'
     ``window``): each query row attends the keys its mask shows, as TVM's
     ``_causal_or_sliding_cross_mask``; a row that sees none gets zeros and lse -5e4."""
     _check_dims(d)
     group, cap, window = h_q // h_kv, softcap * LOG2E, window if sliding else 0
+    qb, pv = _query_block(ROW_TILE * group), _value_block(ROW_TILE * group, pv)
 
     @T.prim_func
     def kernel(q_handle: T.handle, q_indptr_handle: T.handle, pages_handle: T.handle,
@@ -274,6 +359,24 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
         output = T.match_buffer(output_handle, (total_len, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (total_len, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
+        # the keys transposed, in fp32, each sequence's in key order from column page_indptr[b] · 16
+        # (a tile past the last key reads up to TILE - 1 columns on: padding, masked)
+        key_t = T.alloc_buffer((h_kv, d, nnz_pages * PAGE_SIZE + TILE), "float32")
+        for task in T.parallel(nnz_pages * h_kv):
+            hk: T.int32 = task % h_kv
+            slot: T.int32 = task // h_kv
+            for b in T.serial(batch_size):
+                if slot >= page_indptr[b] and slot < page_indptr[b + 1]:
+                    window_start: T.int32 = length_info[1, b] if sliding else 0
+                    sink: T.int32 = length_info[2, b] if sliding else 0
+                    kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
+                    for i in T.serial(PAGE_SIZE):
+                        pos: T.int32 = (slot - page_indptr[b]) * PAGE_SIZE + i
+                        if pos < kv_len:
+                            at: T.int32 = _seq_pos(pos, window_start, sink)
+                            for j in T.serial(d):
+                                key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = T.cast(
+                                    pages[page_values[page_indptr[b] + at // PAGE_SIZE], 0, hk, at % PAGE_SIZE, j], "float32")
         for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
@@ -295,17 +398,18 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                              hk,
                              lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
                              lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                             lambda page, off, j: pages[page, 0, hk, off, j],
+                             lambda j, pos: key_t[hk, j, first * PAGE_SIZE + pos],
                              lambda page, off, j: pages[page, 1, hk, off, j],
-                             sm_scale, group, d, cap, ROW_TILE)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv, True)
     return kernel
 
 
-def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0) -> tirx.PrimFunc:
+def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0, pv: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_prefill_ragged_kv`` (a chunk's queries over the chunk's own keys, causal as
     TVM's ``_causal_mask``)."""
     _check_dims(d)
     group, cap = h_q // h_kv, softcap * LOG2E
+    qb, pv = _query_block(ROW_TILE * group), _value_block(ROW_TILE * group, pv)
 
     @T.prim_func
     def kernel(q_handle: T.handle, q_indptr_handle: T.handle, k_handle: T.handle, v_handle: T.handle,
@@ -330,6 +434,12 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
         output = T.match_buffer(output_handle, (qo_total, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (qo_total, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
+        key_t = T.alloc_buffer((h_kv, d, kv_total + TILE), "float32")  # the keys transposed, in fp32
+        for task in T.parallel((kv_total + TILE - 1) // TILE * h_kv):
+            hk: T.int32 = task % h_kv
+            for i, j in T.grid(TILE, d):
+                if task // h_kv * TILE + i < kv_total:
+                    key_t[hk, j, task // h_kv * TILE + i] = T.cast(k[task // h_kv * TILE + i, hk, j], "float32")
         for task in T.parallel(((qo_total + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
@@ -346,32 +456,33 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                              hk,
                              lambda pos: kv_indptr[b] + pos,
                              lambda pos: 0,
-                             lambda i, _, j: k[i, hk, j],
+                             lambda j, pos: key_t[hk, j, kv_indptr[b] + pos],
                              lambda i, _, j: v[i, hk, j],
-                             sm_scale, group, d, cap, ROW_TILE)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv, True)
     return kernel
 
 
-def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float) -> dict:
+def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float, pv: int) -> dict:
     """TVM's CPU attention kernels, by global symbol, and lowbit's kernel for each."""
     return {
         "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap),
         "batch_decode_paged_kv_cpu_sliding_window": lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap),
-        "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap),
+        "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap, pv),
         "batch_prefill_paged_kv_cpu_sliding_window":
-            lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap),
-        "batch_prefill_ragged_kv": lambda: prefill_ragged_kernel(h_kv, h_q, d, dtype, softcap),
+            lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap, pv),
+        "batch_prefill_ragged_kv": lambda: prefill_ragged_kernel(h_kv, h_q, d, dtype, softcap, pv),
     }
 
 
-def use_lowbit_attention(mod: IRModule, h_kv: int, h_q: int, d: int, dtype: str, window: int,
+def use_lowbit_attention(mod: IRModule, target: Target, h_kv: int, h_q: int, d: int, dtype: str, window: int,
                          softcap: float = 0.0) -> IRModule:
     """``mod`` (an exported model with a paged KV cache whose sliding layers see ``window`` keys)
-    with TVM's CPU decode and prefill attention kernels replaced by lowbit's (unchanged when
-    ``d`` is not a multiple of :data:`LANES`)."""
+    with TVM's CPU decode and prefill attention kernels replaced by lowbit's for ``target``
+    (unchanged when ``d`` is not a multiple of :data:`LANES`)."""
     if d % LANES:
         return mod
-    ours = _tvm_kernels(h_kv, h_q, d, dtype, window, softcap)
+    pv = VALUE_BLOCKS.get(str(target.attrs.get("mcpu", "")), 1)
+    ours = _tvm_kernels(h_kv, h_q, d, dtype, window, softcap, pv)
     found = {gv: f.attrs["global_symbol"] for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in ours}
     if len(found) != len(ours):

@@ -315,8 +315,8 @@ class LlamaForCausalLM(nn.Module):
         attention kernels left from TVM soft-capped where the family caps its scores."""
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
-            mod = use_lowbit_attention(mod, c.num_key_value_heads, c.num_attention_heads, c.head_dim,
-                                       c.kv_cache_dtype, c.sliding_window_size, cap)
+            mod = use_lowbit_attention(mod, self.target, c.num_key_value_heads, c.num_attention_heads,
+                                       c.head_dim, c.kv_cache_dtype, c.sliding_window_size, cap)
         return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(

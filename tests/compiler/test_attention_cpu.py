@@ -1,6 +1,7 @@
-"""lowbit's CPU decode-attention kernel against NumPy: paged keys in shuffled pages, GQA, sequences
-of 0 to 300 keys (one and several 64-key chunks, merged), the sliding-window variant's key addressing (window start and sink), and
-soft-capped scores; outputs and TVM's log2-unit ``lse``."""
+"""lowbit's CPU attention kernels against NumPy: paged keys in shuffled pages, GQA, sequences of 0 to
+300 keys (decode: one and several 64-key chunks, merged; prefill: whole and partial 16-key tiles),
+the sliding-window variant's key addressing (window start and sink), soft-capped scores, fp16
+caches, and both value-row blocks; outputs and TVM's log2-unit ``lse``."""
 
 from __future__ import annotations
 
@@ -83,29 +84,34 @@ def _visible(row: int, qo_len: int, kv_len: int, causal: int, window: int) -> ra
     return range(kv_len)
 
 
-@pytest.mark.parametrize("sliding,causal,cap", [(False, 1, 0.0), (False, 0, 0.0), (True, 1, 2.0), (True, 0, 0.0)])
-def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap):
+# pv: query vectors sharing each value row (2 on AVX-512 targets); float16: --kv-cache-dtype float16
+@pytest.mark.parametrize("sliding,causal,cap,pv,dtype", [
+    (False, 1, 0.0, 1, "float32"), (False, 0, 0.0, 2, "float32"), (True, 1, 2.0, 2, "float32"),
+    (True, 0, 0.0, 1, "float32"), (False, 1, 0.0, 2, "float16")])
+def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap, pv, dtype):
     window = 7
-    run = _compile(prefill_paged_kernel(H_KV, H_Q, D, "float32", sliding, window, cap),
+    run = _compile(prefill_paged_kernel(H_KV, H_Q, D, dtype, sliding, window, cap, pv),
                    "lowbit_attention_prefill_paged_cpu")
     rng = np.random.default_rng(8)
     lens, qo = [0, 5, 40, 33], [3, 4, 1, 20]  # stored keys and chunk rows per sequence
     starts = [0, 1, 9, 5] if sliding else [0] * 4  # at or past the sink
     sinks = [0, 1, 2, 0] if sliding else [0] * 4
     n_pages = [-(-n // PAGE_SIZE) for n in lens]
-    pages = rng.standard_normal((sum(n_pages) + 1, 2, H_KV, PAGE_SIZE, D)).astype("float32")
+    pages = rng.standard_normal((sum(n_pages) + 1, 2, H_KV, PAGE_SIZE, D)).astype(dtype)
     values = rng.permutation(len(pages))[: sum(n_pages)].astype("int32")
     indptr = np.concatenate([[0], np.cumsum(n_pages)]).astype("int32")
     q_indptr = np.concatenate([[0], np.cumsum(qo)]).astype("int32")
     last = np.array([n - (p - 1) * PAGE_SIZE if p else 0 for n, p in zip(lens, n_pages, strict=True)], "int32")
     info = np.stack([last, starts, sinks]).astype("int32") if sliding else last
-    q = rng.standard_normal((sum(qo), H_Q, D)).astype("float32") * 3
+    q = (rng.standard_normal((sum(qo), H_Q, D)) * 3).astype(dtype)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev) for a in (
         q, q_indptr, pages, indptr, values, info, np.zeros(4, "int32"), np.zeros(sum(qo), "int32"),
         np.zeros_like(q), np.zeros((sum(qo), H_Q), "float32"))]
     run(*args, causal, 0, 1.0, 1e4, SM_SCALE)
-    got, got_lse = args[8].numpy(), args[9].numpy()
+    got, got_lse = args[8].numpy().astype("float32"), args[9].numpy()
+    q, pages = q.astype("float32"), pages.astype("float32")
+    atol = 2e-5 if dtype == "float32" else 2e-3
     for b, n in enumerate(lens):
         kept = [p for p in range(n) if p < sinks[b] or p >= starts[b]]
         rows = [(values[indptr[b] + p // PAGE_SIZE], p % PAGE_SIZE) for p in kept]
@@ -116,13 +122,13 @@ def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap):
                 vals = np.array([pages[pg, 1, h // 3, off] for pg, off in seen]).reshape(-1, D)
                 want, want_lse = _reference(q[q_indptr[b] + r, h], keys, vals, cap)
                 t = q_indptr[b] + r
-                np.testing.assert_allclose(got[t, h], want, atol=2e-5, err_msg=f"sequence {b} row {r} head {h}")
+                np.testing.assert_allclose(got[t, h], want, atol=atol, err_msg=f"sequence {b} row {r} head {h}")
                 assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
 
 
-@pytest.mark.parametrize("causal", [1, 0])
-def test_prefill_ragged_kernel_matches_numpy(causal):
-    run = _compile(prefill_ragged_kernel(H_KV, H_Q, D, "float32"), "lowbit_attention_prefill_ragged_cpu")
+@pytest.mark.parametrize("causal,pv", [(1, 1), (1, 2), (0, 1)])
+def test_prefill_ragged_kernel_matches_numpy(causal, pv):
+    run = _compile(prefill_ragged_kernel(H_KV, H_Q, D, "float32", 0.0, pv), "lowbit_attention_prefill_ragged_cpu")
     rng = np.random.default_rng(9)
     qo, kv = [1, 17, 5], [1, 20, 5]
     q_indptr = np.concatenate([[0], np.cumsum(qo)]).astype("int32")
@@ -151,7 +157,7 @@ def test_head_dim_off_the_lanes_keeps_tvms_kernels():
     from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
     from lowbit.errors import LowbitError
 
-    empty = tvm.IRModule({})
-    assert use_lowbit_attention(empty, 2, 4, 20, "float32", 0) is empty
+    empty, target = tvm.IRModule({}), get_preset("llvm").tvm_target(BuildOptions())
+    assert use_lowbit_attention(empty, target, 2, 4, 20, "float32", 0) is empty
     with pytest.raises(LowbitError, match="lacks TVM's CPU attention kernels"):
-        use_lowbit_attention(empty, 2, 4, 24, "float32", 0)
+        use_lowbit_attention(empty, target, 2, 4, 24, "float32", 0)
