@@ -28,6 +28,7 @@ TABLES: dict[str, tuple[str, Callable[[list[dict]], str]]] = {
     "zeroshot": ("zeroshot.json", zeroshot.markdown),
     "cpu_decode": ("cpu_decode.json", cpu_decode.markdown),
     "cpu_batch_decode": ("cpu_batch_decode.json", cpu_decode.batch_markdown),
+    "cpu_long_context": ("cpu_long_context.json", cpu_decode.context_markdown),
 }
 MARKER = re.compile(r"^<!-- table:(\w+) -->\n", re.M)
 

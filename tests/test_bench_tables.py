@@ -180,3 +180,24 @@ def test_cpu_decode_sentences_follow_the_json(readme):
     assert head == tuple(tok(f"w{b}a16g128asym_q8head+int8") for b in (2, 3, 4))
     fp16 = quoted(readme, r"with the fp16 head, (\d+) / (\d+) / (\d+)")
     assert fp16 == tuple(tok(f"w{b}a16g128asym+int8") for b in (2, 3, 4))
+
+
+def test_long_context_sentences_follow_the_json(readme):
+    rows = {(r["engine"], r["scheme"], r["context"]): r
+            for r in json.loads((RESULTS / "cpu_long_context.json").read_text())}
+    kv16 = rows["lowbit-llvm", "q4f16_1+int8+kv16", 8000]
+    q40 = rows["llama.cpp", "Q4_0", 8000]
+    tok, ratio, attention, share, linear = quoted(
+        readme, r"Prefill at 8,000 tokens\*\*: (\d+) tok/s, ([\d.]+)× llama.cpp Q4_0 \(aim ≥ 1×\); its attention "
+                r"runs at (\d+) GFLOP/s, ([\d.]+) of the linears' (\d+)")
+    assert (tok, ratio) == (round(kv16["prefill_tok_s"]), round(kv16["prefill_tok_s"] / q40["prefill_tok_s"], 2))
+    assert (attention, linear) == (round(kv16["attention_gflop_s"]), round(kv16["linear_gflop_s"]))
+    assert share == round(kv16["attention_gflop_s"] / kv16["linear_gflop_s"], 2)
+    (short,) = quoted(readme, r"At 128 tokens, ([\d.]+)× Q4_0")
+    short_row = rows["lowbit-llvm", "q4f16_1+int8+kv16", 128]
+    assert short == round(short_row["prefill_tok_s"] / rows["llama.cpp", "Q4_0", 128]["prefill_tok_s"], 2)
+    tok, ratio, limit = quoted(readme, r"Decode at 8,000 tokens of context\*\*: (\d+) tok/s, ([\d.]+)× llama.cpp "
+                                       r"Q4_0, at ([\d.]+) of its limit")
+    read = (kv16["weight_bytes"] + kv16["kv_bytes"]) / 1e9
+    assert (tok, ratio) == (round(kv16["decode_tok_s"]), round(kv16["decode_tok_s"] / q40["decode_tok_s"], 2))
+    assert limit == round(kv16["decode_tok_s"] * read / kv16["read_gb_s"], 2)
