@@ -92,9 +92,9 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
     ``n`` rows padding that sees no key). Without ``transposed`` (decode), ``key(l0, l1, j)``
     reads a key and each score is a q·k over ``d`` in vector lanes; with it (prefill),
     ``key(j, pos)`` reads the keys transposed (a copy the kernel made, keys along the lanes), so
-    each block of :func:`_query_block` query vectors takes 16 scores per head dimension in
-    broadcast multiply-adds: the key loads serve every query and the sums need no lane
-    reduction."""
+    each block of ``qb`` (:func:`_query_block`) query vectors takes 16 scores per head dimension
+    in broadcast multiply-adds: the key loads serve every query and the sums need no lane
+    reduction. Blocks of ``pv`` query vectors (:data:`VALUE_BLOCKS`) share each value row."""
     q = T.decl_buffer((qt * group, d), "float32")
     acc = T.decl_buffer((qt * group, d), "float32")
     m = T.decl_buffer((qt * group,), "float32")
@@ -160,8 +160,8 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
         for h in T.serial(qt * group):
             for r in T.vectorized(TILE):  # outside the row's mask (or past the tile's keys): weight 0
                 sc[h, r] = T.Select(base + r >= span[h, 0] and base + r < span[h, 1],
-                                          T.float32(cap) * T.tanh(sc[h, r] / T.float32(cap)) if cap > 0 else sc[h, r],
-                                          T.float32(-1e30))
+                                    T.float32(cap) * T.tanh(sc[h, r] / T.float32(cap)) if cap > 0 else sc[h, r],
+                                    T.float32(-1e30))
             for r in T.vectorized(TILE // 2):  # the tile's largest score: a tree, 4 steps
                 red[r] = T.max(sc[h, r], sc[h, r + TILE // 2])
             for r in T.vectorized(TILE // 4):
