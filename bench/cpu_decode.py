@@ -2,7 +2,7 @@
 
     python bench/cpu_decode.py [--model smollm2-135m] [--schemes q4f16_1,q4f16_1+int8,…]
                                [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32] [--profile]
-                               [--contexts 128,1024,8000] [--build-dir DIR] [--llama-cpp DIR]
+                               [--contexts 128,1024,8000 [--context-rounds 2]] [--build-dir DIR] [--llama-cpp DIR]
 
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
 reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+kv16`` with
@@ -33,8 +33,9 @@ table, with its ratio to the single-sequence decode above.
 With ``--contexts``, the run measures long contexts instead: for each prompt length, each lowbit
 scheme's prefill (profiled: the attention's and the linears' GFLOP/s) and then ``--new-tokens``
 decode steps after it, beside llama.cpp's prefill of that length and its decode at that depth
-(``llama-bench -d``, its default f16 KV cache). Each decode's limit counts the KV cache it reads
-per token with the weights. Rows go to ``bench/results/cpu_long_context.json``, with a table.
+(``llama-bench -d``, its default f16 KV cache), ``--context-rounds`` rounds in turn, best kept.
+Each decode's limit counts the KV cache it reads per token with the weights. Rows go to
+``bench/results/cpu_long_context.json``, with a table.
 """
 
 from __future__ import annotations
@@ -312,12 +313,15 @@ def llama_cpp_context_engine(llama: Path, gguf: Path, label: str, new: int, thre
     return run
 
 
-def bench_contexts(engines: list[ContextRun], ids: list[int], contexts: list[int]) -> list[ContextRow]:
+def bench_contexts(engines: list[ContextRun], ids: list[int], contexts: list[int], rounds: int) -> list[ContextRow]:
     """Every engine at every context (the first ``contexts[0]`` tokens of ``ids`` … ), shortest
-    first, after one untimed run of each at the shortest."""
+    first, after one untimed run of each at the shortest; ``rounds`` rounds each run every engine
+    once in turn, and each row keeps its best prefill (with that run's GFLOP/s) and best decode."""
     for run in engines:
         run(ids[: contexts[0]])
-    return [run(ids[:n]) for n in contexts for run in engines]
+    runs = [[run(ids[:n]) for n in contexts for run in engines] for _ in range(rounds)]
+    best = [max((r[i] for r in runs), key=lambda row: row.prefill_tok_s) for i in range(len(runs[0]))]
+    return [replace(row, decode_tok_s=max(r[i].decode_tok_s for r in runs)) for i, row in enumerate(best)]
 
 
 def context_markdown(rows: list[dict]) -> str:
@@ -360,7 +364,7 @@ def long_contexts(args: argparse.Namespace, folder: Path, root: Path, contexts: 
                for variant in args.schemes.split(",")]
     engines += [llama_cpp_context_engine(args.llama_cpp, gguf, label, args.new_tokens, threads, config)
                 for label, gguf in llama_cpp_ggufs(args.llama_cpp, root).items()]
-    rows = bench_contexts(engines, ids, contexts)
+    rows = bench_contexts(engines, ids, contexts, args.context_rounds)
     gbs = read_bandwidth(threads)
     rows = [asdict(replace(r, read_gb_s=gbs)) for r in rows]
     prov = record()
@@ -384,6 +388,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds over every engine (best kept)")
     ap.add_argument("--contexts", default="",
                     help="instead: prefill and decode at each prompt length, e.g. 128,1024,8000 (lowbit and llama.cpp)")
+    ap.add_argument("--context-rounds", type=int, default=2, help="--contexts: timed rounds (best kept)")
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()

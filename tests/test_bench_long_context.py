@@ -57,3 +57,20 @@ def test_context_table_ratios():
     assert cells[4:8] == ["60.0", "0.50", "40.0", "0.80"]  # × llama.cpp Q4_0 at the same context
     assert cells[8] == "75.0 + 185.0" and cells[9] == "0.40"  # 40 tok/s of 26 GB/s ÷ 260 MB = 100
     assert cells[10] == "30.0 / 120.0"
+
+
+def test_contexts_keep_each_rows_best_prefill_and_decode():
+    """One engine, two contexts, two rounds after a warm-up: each row keeps its faster prefill
+    (with that run's GFLOP/s) and, separately, its faster decode; the warm-up counts for nothing."""
+    runs = iter([(99.0, 99.0, 99.0),  # warm-up
+                 (20.0, 4.0, 2.0), (30.0, 2.0, 3.0),  # round 1: contexts 8, 64
+                 (15.0, 6.0, 4.0), (35.0, 1.0, 5.0)])  # round 2
+
+    def run(ids: list[int]) -> cpu_decode.ContextRow:
+        prefill, decode, gflops = next(runs)
+        return cpu_decode.ContextRow("e", "s", "float16", 2, len(ids), 4, prefill, decode, 1, 1,
+                                     attention_gflop_s=gflops, linear_gflop_s=gflops)
+
+    rows = cpu_decode.bench_contexts([run], list(range(100)), [8, 64], rounds=2)
+    assert [(r.context, r.prefill_tok_s, r.decode_tok_s, r.attention_gflop_s) for r in rows] == [
+        (8, 20.0, 6.0, 2.0), (64, 35.0, 2.0, 5.0)]
