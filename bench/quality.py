@@ -31,7 +31,7 @@ from lowbit.evaluate.run import evaluate_perplexity
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_GRID = "fp,w4g64,w4g128,w3g64,w3g128,w2g64,w2g128,w4g128sym,w4pc"
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "group_size", "sym", "split", "seqlen",
-              "windows", "settings")
+              "windows", "settings", "codebook")  # rows from before codebooks: codebook None
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,14 @@ class Cell:
     sym: bool = False
     settings: dict = field(default_factory=dict, hash=False)
     a_bits: int = 16
+    codebook: str | None = None  # "nf3": BitDistiller's levels instead of a uniform grid
 
     @property
     def tag(self) -> str:
         if self.method == "fp":
             return "fp"
-        g = "pc" if self.group_size == -1 else f"g{self.group_size}"
         extra = "".join(f"-{k}{v}" for k, v in sorted(self.settings.items()))
-        a = f"a{self.a_bits}" if self.a_bits < 16 else ""
-        return f"{self.method}-w{self.w_bits}{a}{g}{'sym' if self.sym else ''}{extra}"
+        return f"{self.method}-{grid_item(self)}{extra}"
 
 
 def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
@@ -59,9 +58,13 @@ def parse_grid(grid: str, methods: list[str], settings: dict) -> list[Cell]:
         if item == "fp":
             cells.append(Cell("fp"))
             continue
+        if m := re.fullmatch(r"nf3g(\d+)", item):
+            cells += [Cell(meth, 3, int(m[1]), False, settings, codebook="nf3") for meth in methods]
+            continue
         m = re.fullmatch(r"w(\d)(?:a(\d))?(?:g(\d+)|pc)(sym)?", item)
         if not m:
-            raise SystemExit(f"bad grid item {item!r} (e.g. w4g128, w3g64sym, w4pc, w4a4pc, fp)")
+            raise SystemExit(f"bad grid item {item!r} (e.g. w4g128, w3g64sym, w4pc, w4a4pc, "
+                             "nf3g128, fp)")
         bits, group, sym = int(m[1]), int(m[3]) if m[3] else -1, bool(m[4])
         a_bits = int(m[2]) if m[2] else 16
         cells += [Cell(meth, bits, group, sym, settings, a_bits) for meth in methods]
@@ -82,26 +85,28 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(json.dumps(row[k], sort_keys=True) for k in KEY_FIELDS)
+    return tuple(json.dumps(row.get(k), sort_keys=True) for k in KEY_FIELDS)
 
 
 def cell_key(cell: Cell, model: str, split: str, seqlen: int, windows: int) -> dict:
     """The fields (:data:`KEY_FIELDS`) that identify a cell's row."""
     return {"model": model, "method": cell.method, "w_bits": cell.w_bits, "a_bits": cell.a_bits,
             "group_size": cell.group_size, "sym": cell.sym, "split": split, "seqlen": seqlen,
-            "windows": windows, "settings": dict(cell.settings)}
+            "windows": windows, "settings": dict(cell.settings), "codebook": cell.codebook}
 
 
 def cell_of(row: dict) -> Cell:
     """The cell a row (of this table or the zero-shot one) was measured for."""
     return Cell(row["method"], row["w_bits"], row["group_size"], row["sym"],
-                dict(row["settings"]), row.get("a_bits", 16))
+                dict(row["settings"]), row.get("a_bits", 16), row.get("codebook"))
 
 
 def grid_item(cell: Cell) -> str:
     """``cell`` as a ``--grid`` item (the inverse of :func:`parse_grid` for one cell)."""
     if cell.method == "fp":
         return "fp"
+    if cell.codebook:
+        return f"{cell.codebook}g{cell.group_size}"
     a = f"a{cell.a_bits}" if cell.a_bits < 16 else ""
     g = "pc" if cell.group_size == -1 else f"g{cell.group_size}"
     return f"w{cell.w_bits}{a}{g}{'sym' if cell.sym else ''}"
@@ -135,7 +140,8 @@ def checkpoint(cell: Cell, model: str, root: Path) -> tuple[str, float]:
     start = time.perf_counter()
     calibrate(CalibrateArgs(model, cell.method, cell.w_bits, cell.group_size, cell.sym, target,
                             overwrite=True, settings=dict(cell.settings),
-                            act_bits=cell.a_bits if cell.a_bits < 16 else None))
+                            act_bits=cell.a_bits if cell.a_bits < 16 else None,
+                            codebook=cell.codebook))
     return str(target), time.perf_counter() - start
 
 
@@ -174,7 +180,8 @@ def markdown(rows: list[dict]) -> str:
         fp_row = r["method"] == "fp"
         g = "–" if fp_row else "channel" if r["group_size"] == -1 else r["group_size"]
         sym = "–" if fp_row else "sym" if r["sym"] else "asym"
-        lines.append(f"| {r['model']} | {r['method']} | {r['w_bits']} | {r['a_bits']} | {g} | "
+        w = f"{r['w_bits']} ({r['codebook']})" if r.get("codebook") else r["w_bits"]
+        lines.append(f"| {r['model']} | {r['method']} | {w} | {r['a_bits']} | {g} | "
                      f"{sym} | {r['ppl']:.3f} | {ratio} | "
                      f"{r['seconds']:.0f} | {json.dumps(r['settings']) if r['settings'] else ''} |")
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ from lowbit.evaluate.zeroshot import DEFAULT_TASKS, TasksArgs, iter_task_results
 
 RESULTS = Path(__file__).parent / "results"
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "group_size", "sym", "settings", "task",
-              "limit")
+              "limit", "codebook")
 TASK_ORDER = DEFAULT_TASKS.split(",")
 
 
@@ -61,7 +61,8 @@ def cell_rows(cell: Cell, model: str, tasks: list[str], limit: int | None,
         print(f"{cell.tag} {name}: acc {r['acc']:.4f}  {r['seconds']:.0f} s", flush=True)
         key = {"model": model, "method": cell.method, "w_bits": cell.w_bits,
                "a_bits": cell.a_bits, "group_size": cell.group_size, "sym": cell.sym,
-               "settings": dict(cell.settings), "task": name, "limit": limit}
+               "settings": dict(cell.settings), "task": name, "limit": limit,
+               "codebook": cell.codebook}
         yield {**key, "n": r["n"], "acc": round(r["acc"], 4),
                "acc_norm": None if r["acc_norm"] is None else round(r["acc_norm"], 4),
                "acc_stderr": round(r["acc_stderr"], 4), "seconds": round(r["seconds"], 1),
@@ -78,13 +79,14 @@ def markdown(rows: list[dict]) -> str:
     """
     cells: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        key = (r["model"], r["method"], r["w_bits"], r.get("a_bits", 16), r["group_size"],
+        bits = f"{r['w_bits']} ({r['codebook']})" if r.get("codebook") else r["w_bits"]
+        key = (r["model"], r["method"], bits, r.get("a_bits", 16), r["group_size"],
                r["sym"], json.dumps(r["settings"], sort_keys=True), r["limit"])
         cells.setdefault(key, {})[r["task"]] = r
     head = " | ".join(TASK_ORDER)
     lines = [f"| model | method | W | A | group | n/task | {head} | avg |",
              "|" + "---|" * (7 + len(TASK_ORDER))]
-    for key in sorted(cells, key=lambda k: (k[1] != "fp", -k[3], -k[2], k[4], k[1])):
+    for key in sorted(cells, key=lambda k: (k[1] != "fp", -k[3], -int(str(k[2])[0]), k[4], str(k[2]), k[1])):
         model, method, bits, a_bits, group, _, _, limit = key
         by_task = cells[key]
         vals, cols = [], []
@@ -127,7 +129,7 @@ def main() -> None:
     for cell in parse_grid(args.grid, args.methods.split(","), parse_settings(args.setting)):
         probe = {"model": args.model, "method": cell.method, "w_bits": cell.w_bits,
                  "a_bits": cell.a_bits, "group_size": cell.group_size, "sym": cell.sym,
-                 "settings": dict(cell.settings), "limit": limit}
+                 "settings": dict(cell.settings), "limit": limit, "codebook": cell.codebook}
         todo = []
         for task in tasks:
             old = done.get(row_key({**probe, "task": task}))

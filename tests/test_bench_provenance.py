@@ -200,3 +200,15 @@ def test_verify_repeats_only_nondeterministic_methods(tmp_path):
     assert [c["metric"] for c in boolq["comparisons"]] == ["acc"]  # acc_norm not reported
     assert "| quality:3 gptq-w3g128-presetsmall | ppl | 47.0000 | 47.0000 | 2 | 2.000 % | " \
            "+0.000 % | yes |" in verify.table(report)
+
+
+def test_nf3_cells_round_trip_through_their_command():
+    (cell,) = quality.parse_grid("nf3g128", ["bitdistiller"], {"preset": "small"})
+    assert (cell.w_bits, cell.group_size, cell.codebook) == (3, 128, "nf3")
+    key = quality.cell_key(cell, "m", "test", 512, 64)
+    assert parsed_quality_key(quality.row_command(key)) == quality.row_key(key)
+    (w3,) = quality.parse_grid("w3g128", ["bitdistiller"], {"preset": "small"})
+    assert quality.row_key(quality.cell_key(w3, "m", "test", 512, 64)) != quality.row_key(key)
+    assert cell.tag == "bitdistiller-nf3g128-presetsmall"
+    row = {**key, "ppl": 1.0, "seconds": 1.0}
+    assert "| 3 (nf3) |" in quality.markdown([row])
