@@ -352,16 +352,17 @@ def context_markdown(rows: list[dict]) -> str:
 
 def long_contexts(args: argparse.Namespace, folder: Path, root: Path, contexts: list[int]) -> None:
     """The ``--contexts`` run: rows to :data:`CONTEXT_RESULTS` and the README's table printed."""
+    from lowbit.artifact import read_chat_config
     from lowbit.cache import atomic_file
     from lowbit.models import load_tokenizer
     from lowbit.runtime.engine import cpu_threads
 
     ids = prompt_ids(load_tokenizer(folder), max(contexts))
-    hf = json.loads((folder / "config.json").read_text())
-    config = {**hf, "head_dim": hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]}
     threads = cpu_threads()
-    engines = [lowbit_context_engine(*build_scheme(args.model, variant, root), variant, args.new_tokens, max(contexts))
-               for variant in args.schemes.split(",")]
+    builds = {variant: build_scheme(args.model, variant, root) for variant in args.schemes.split(",")}
+    engines = [lowbit_context_engine(mlc, lib, variant, args.new_tokens, max(contexts))
+               for variant, (mlc, lib) in builds.items()]
+    config = read_chat_config(next(iter(builds.values()))[0])["model_config"]
     engines += [llama_cpp_context_engine(args.llama_cpp, gguf, label, args.new_tokens, threads, config)
                 for label, gguf in llama_cpp_ggufs(args.llama_cpp, root).items()]
     rows = bench_contexts(engines, ids, contexts, args.context_rounds)

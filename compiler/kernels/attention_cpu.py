@@ -101,7 +101,6 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
     den = T.decl_buffer((qt * group, TILE), "float32")  # per lane: summed once, at the end
     sc = T.decl_buffer((qt * group, TILE), "float32")
     red = T.decl_buffer((TILE // 2,), "float32")
-    part = T.decl_buffer((2 * qt * group, LANES), "float32")
     loc = T.decl_buffer((TILE, 2), "int32")
     span = T.decl_buffer((qt * group, 2), "int32")
     scan = T.decl_buffer((2,), "int32")
@@ -132,6 +131,7 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
             loc[r, 0] = loc0(base + T.min(r, rows - 1))  # past the last key: the last one, masked
             loc[r, 1] = loc1(base + T.min(r, rows - 1))
         if not transposed:  # two keys × every query vector at a time: their chains interleave
+            part = T.decl_buffer((2 * qt * group, LANES), "float32")
             for r2 in T.serial(TILE // 2):
                 for i in T.serial(2 * qt * group):
                     for lane in T.vectorized(LANES):
