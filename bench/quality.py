@@ -158,6 +158,34 @@ def run_cell(cell: Cell, model: str, split: str, seqlen: int, windows: int,
     }
 
 
+def mlc_scheme(cell: Cell) -> str:
+    """The MLC scheme that stores ``cell``'s fused weights losslessly."""
+    if cell.codebook:
+        return f"{cell.codebook}a16g{cell.group_size}"
+    if cell.method == "fp" or cell.sym or cell.a_bits < 16 or cell.group_size == -1:
+        raise SystemExit(f"--compiled: {cell.tag} has no lossless MLC scheme (asymmetric groups "
+                         "or NF3, weight-only)")
+    return f"w{cell.w_bits}a16g{cell.group_size}asym"
+
+
+def compiled_check(cell: Cell, model: str, split: str, seqlen: int, windows: int,
+                   root: Path) -> dict:
+    """``cell``'s checkpoint converted to its MLC scheme, compiled for this CPU (llvm) and scored
+    on the same windows: ``{"scheme", "ppl", "eval_seconds"}``."""
+    from lowbit.compiler.compile import CompileArgs, compile_model
+    from lowbit.compiler.convert import ConvertArgs, convert
+    from lowbit.evaluate.run import evaluate_compiled_perplexity
+
+    target, _ = checkpoint(cell, model, root)
+    scheme = mlc_scheme(cell)
+    mlc, lib = Path(f"{target}-{scheme}"), Path(f"{target}-{scheme}.so")
+    convert(ConvertArgs(target, scheme, mlc, overwrite=True))
+    compile_model(CompileArgs(mlc, "llvm", lib, overwrite=True))
+    result = evaluate_compiled_perplexity(mlc, lib, split, seqlen, windows)
+    return {"scheme": scheme, "ppl": round(result["ppl"], 4),
+            "eval_seconds": round(result["seconds"], 1), "provenance": record()}
+
+
 def stale_reason(row: dict) -> str | None:
     """Why ``row`` no longer stands for the current code, or None when it does."""
     recorded = row.get("code_version")
@@ -168,11 +196,17 @@ def stale_reason(row: dict) -> str | None:
     return None
 
 
+def compiled(row: dict) -> str:
+    """The table's compiled-perplexity cell: the number and its scheme, or a dash."""
+    c = row.get("compiled")
+    return f"{c['ppl']:.3f} ({c['scheme']})" if c else "–"
+
+
 def markdown(rows: list[dict]) -> str:
     fp = {(r["model"], r["split"], r["seqlen"], r["windows"]): r["ppl"]
           for r in rows if r["method"] == "fp"}
-    lines = ["| model | method | W | A | group | sym | ppl | × FP | calibration s | settings |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | W | A | group | sym | ppl | × FP | compiled ppl | calibration s | "
+             "settings |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "fp", -r["a_bits"], -r["w_bits"],
                                          r["group_size"], r["sym"], r["method"])):
         base = fp.get((r["model"], r["split"], r["seqlen"], r["windows"]))
@@ -182,7 +216,7 @@ def markdown(rows: list[dict]) -> str:
         sym = "–" if fp_row else "sym" if r["sym"] else "asym"
         w = f"{r['w_bits']} ({r['codebook']})" if r.get("codebook") else r["w_bits"]
         lines.append(f"| {r['model']} | {r['method']} | {w} | {r['a_bits']} | {g} | "
-                     f"{sym} | {r['ppl']:.3f} | {ratio} | "
+                     f"{sym} | {r['ppl']:.3f} | {ratio} | {compiled(r)} | "
                      f"{r['seconds']:.0f} | {json.dumps(r['settings']) if r['settings'] else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -208,6 +242,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", default="test")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--compiled", action="store_true",
+                    help="also convert each cell to its MLC scheme, compile it for this CPU and "
+                    "record its perplexity there (the row's 'compiled')")
     return ap
 
 
@@ -223,13 +260,20 @@ def main() -> None:
     done = {row_key(r): r for r in rows}
     for cell in parse_grid(args.grid, args.methods.split(","), settings):
         key = row_key(cell_key(cell, args.model, args.split, args.seqlen, args.windows))
-        if key in done:
-            reason = stale_reason(done[key])
-            if reason is None or not args.rerun_stale:
-                print(f"[cached] {cell.tag}" + (f"  STALE: {reason}" if reason else ""))
-                continue
-        row = run_cell(cell, args.model, args.split, args.seqlen, args.windows, root)
-        print(f"{cell.tag}: ppl {row['ppl']}  calib {row['seconds']} s")
+        row = done.get(key)
+        reason = stale_reason(row) if row else None
+        if row is None or (reason and args.rerun_stale):
+            row = run_cell(cell, args.model, args.split, args.seqlen, args.windows, root)
+            print(f"{cell.tag}: ppl {row['ppl']}  calib {row['seconds']} s")
+        else:
+            print(f"[cached] {cell.tag}" + (f"  STALE: {reason}" if reason else ""))
+        if args.compiled and "compiled" not in row and not stale_reason(row):
+            check = compiled_check(cell, args.model, args.split, args.seqlen, args.windows, root)
+            row = {**row, "compiled": {**check, "command": [*row_command(row), "--compiled"]}}
+            print(f"{cell.tag}: compiled ({row['compiled']['scheme']}) ppl "
+                  f"{row['compiled']['ppl']}, PyTorch {row['ppl']}")
+        elif row is done.get(key):
+            continue
         if key in done:  # a re-measured stale row keeps its place
             rows[rows.index(done[key])] = row
         else:
