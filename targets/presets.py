@@ -20,12 +20,15 @@ from lowbit.errors import LowbitError
 from lowbit.targets import cuda, export
 from lowbit.targets.tools import AARCH64_CXX, HOST_CXX, LLVM_AR, NVCC, ZIG, Tool, ios_cxx_finder
 
-# Host ISA → llvm target fields (x86-64 micro-architecture levels).
+# Host ISA → llvm target fields (x86-64 micro-architecture levels; x86-64-v4 plus VNNI's
+# 8-bit dot products, which the int8 decode kernel uses).
 LLVM_ISA = {
+    "avx512vnni": {"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]},
     "avx512": {"kind": "llvm", "mcpu": "x86-64-v4"},
     "avx2": {"kind": "llvm", "mcpu": "x86-64-v3"},
     "generic": {"kind": "llvm"},
 }
+ISA_LEVELS = ("generic", "avx2", "avx512", "avx512vnni")  # each runs the code of those before it
 AVX2_MCPUS = (LLVM_ISA["avx512"]["mcpu"], LLVM_ISA["avx2"]["mcpu"])  # can run AVX2 kernels
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")  # + PTX of the newest, for later GPUs
 
@@ -43,15 +46,20 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 
 def detect_isa(flags: set[str], machine: str | None = None) -> str:
-    """``avx512``, ``avx2`` or ``generic`` for an x86-64 host with ``flags``."""
+    """``avx512vnni``, ``avx512``, ``avx2`` or ``generic`` for an x86-64 host with ``flags``."""
     machine = machine or platform.machine()
     if machine not in ("x86_64", "AMD64"):
         return "generic"
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512"
+        return "avx512vnni" if "avx512_vnni" in flags else "avx512"
     if {"avx2", "fma"} <= flags:
         return "avx2"
     return "generic"
+
+
+def host_runs(isa: str) -> bool:
+    """Whether this machine runs code built for ``isa`` (a key of :data:`LLVM_ISA`)."""
+    return ISA_LEVELS.index(isa) <= ISA_LEVELS.index(detect_isa(cpu_flags()))
 
 
 def host_llvm() -> dict[str, Any]:

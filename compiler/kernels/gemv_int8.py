@@ -1,4 +1,4 @@
-"""Decode GEMV with 8-bit activations on AVX2 integer dot products, for 4-, 3-, 2- and 8-bit weights.
+"""Decode GEMV with 8-bit activations on AVX2 (or VNNI) integer dot products, for 4-, 3-, 2- and 8-bit weights.
 
 ``lowbit compile --decode-activations int8`` swaps this kernel in for the fused fp32 GEMV of every
 linear it supports whose input is one token per sequence (x [B, 1, K]: ``decode``,
@@ -16,7 +16,8 @@ elements, and byte j of it holds elements P·j + i in bits b·i, for the P = 8 /
 in the same order (``xq[b, R·r + 32·i + j]`` = code of element R·r + P·j + i), so P
 ``vpmaddubsw`` (unsigned codes × signed activations, pairs summed to int16: at most
 P·2·(2^b − 1)·127 ≤ 7620) and one ``vpmaddwd`` by ones give eight int32 sums, lane l covering
-elements R·r + (R/8)·l … of one activation block. The zero point comes out as ``Σ q·c − z·Σ c``
+elements R·r + (R/8)·l … of one activation block. On targets with AVX-512 VNNI (``+avx512vnni``,
+:func:`has_vnni`) one ``vpdpbusd`` per plane does both steps, accumulating in int32. The zero point comes out as ``Σ q·c − z·Σ c``
 with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c − z·Σ c) · s_w · d``
 per lane, accumulated in eight fp32 lanes and summed once per output row.
 
@@ -49,6 +50,7 @@ from contextvars import ContextVar
 
 from tvm import tirx
 from tvm.script import tirx as T
+from tvm.target import Target
 
 from lowbit.artifact import DECODE_ACTIVATIONS
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
@@ -102,6 +104,12 @@ def supports(scheme: Scheme, in_features: int) -> bool:
             and (group % run == 0 or (run % group == 0 and group % (run // LANES) == 0)))
 
 
+def has_vnni(target: Target | None) -> bool:
+    """Whether ``target`` is an llvm target with AVX-512 VNNI (``vpdpbusd``)."""
+    return (target is not None and target.kind.name == "llvm"
+            and "+avx512vnni" in [str(a) for a in target.attrs.get("mattr", [])])
+
+
 def _per_lane(values: tirx.PrimExpr, count: int, run: int, group: int) -> tirx.PrimExpr:
     """The ``count`` per-group values of one run spread over the lanes: lane l gets the value of
     the group holding its elements (run/8 of them, from (run/8)·l)."""
@@ -115,6 +123,7 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     zero points [N, G] for the asymmetric schemes), y [B, 1, N] fp32; B is symbolic.
     """
     assert supports(scheme, k_in), (scheme, k_in)
+    vnni = has_vnni(Target.current(allow_none=True))
     asym = isinstance(scheme, AsymGroupQuant)
     bits, group = scheme.bits, scheme.group_size
     signed = bits == 8  # the codes become signed in the dot product, which subtracts the zero point
@@ -158,24 +167,33 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
         moved = nibbles << T.Broadcast(T.uint16(2 - i), 16) if i <= 2 else nibbles >> T.Broadcast(T.uint16(1), 16)
         return T.reinterpret("uint32x8", moved & T.Broadcast(T.uint16(0x0404), 16))
 
+    def dot_sum(pairs):
+        """int32x8: lane l sums bytes 4l … 4l + 3 of every (unsigned, signed) int8x32 pair."""
+        if vnni:  # one vpdpbusd per pair, accumulating in int32
+            acc = T.Broadcast(T.int32(0), LANES)
+            for a, b in pairs:
+                acc = T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, a, b)
+            return acc
+        pairs16 = None  # vpmaddubsw per pair, summed in int16 (bounded above), one vpmaddwd
+        for a, b in pairs:
+            part = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b)
+            pairs16 = part if pairs16 is None else pairs16 + part
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
+
     def dots(words, xq, b, r):
         """int32x8 lane sums of codes (``q − 127`` when ``signed``) × activation codes over one run."""
         v, high = words
         if signed:
             xr = xq[b, T.ramp(r * run, 1, RUN_BYTES)]
             codes = T.reinterpret("int8x32", v) - T.Broadcast(T.int8(scheme.max_int), RUN_BYTES)
-            pairs16 = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", T.abs(xr),
-                                              T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", codes, xr))
-            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
-        pairs16 = None
+            return dot_sum([(T.abs(xr), T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", codes, xr))])
         nibbles = None if high is None else high_nibbles(high)
+        pairs = []
         for i in range(planes):
             plain = (v >> T.Broadcast(T.uint32(low_bits * i), 8)) & mask
             codes = T.reinterpret("int8x32", plain if high is None else plain | high_plane(nibbles, i))
-            part = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", codes,
-                                           xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)])
-            pairs16 = part if pairs16 is None else pairs16 + part
-        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs16, T.Broadcast(T.int16(1), 16))
+            pairs.append((codes, xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)]))
+        return dot_sum(pairs)
 
     def centred_dots(words, xq, xs, z, b, n, r):
         """int32x8 lane sums of (q − z) × activation codes over one run."""

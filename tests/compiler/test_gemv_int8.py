@@ -20,10 +20,9 @@ from lowbit.compiler.schemes import HEAD_Q8, get_scheme
 from lowbit.errors import LowbitError
 from lowbit.quantizer import fake_quantize_blocks_int8
 from lowbit.runtime.engine import Engine
-from lowbit.targets.presets import cpu_flags, detect_isa
+from lowbit.targets.presets import LLVM_ISA, host_runs
 
-AVX2 = detect_isa(cpu_flags()) in ("avx2", "avx512")
-needs_avx2 = pytest.mark.skipif(not AVX2, reason="the int8 kernel needs an AVX2 host")
+needs_avx2 = pytest.mark.skipif(not host_runs("avx2"), reason="the int8 kernel needs an AVX2 host")
 
 
 def dequantized(scheme, words: np.ndarray, scales: np.ndarray, zeros, k: int) -> np.ndarray:
@@ -58,12 +57,12 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
     ("w3a16g128asym", 4, 1536, 1),
     (HEAD_Q8.name, 5, 64, 1), (HEAD_Q8.name, 13, 576, 5),
 ])
-@needs_avx2
-def test_kernel_matches_numpy(name, n, k, batch):
+@pytest.mark.parametrize("isa", ["avx2", "avx512vnni"])
+def test_kernel_matches_numpy(isa, name, n, k, batch):
     import tvm
 
-    from lowbit.targets.presets import get_preset
-
+    if not host_runs(isa):
+        pytest.skip(f"host cannot run {isa} code")
     scheme = HEAD_Q8 if name == HEAD_Q8.name else get_scheme(name)
     rng = np.random.default_rng(n * 1000 + k)
     groups = -(-k // scheme.group_size)
@@ -77,8 +76,12 @@ def test_kernel_matches_numpy(name, n, k, batch):
         words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
     scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
     zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
-    func = gemv_int8(scheme, n, k).with_attr("global_symbol", "main")
-    f = tvm.compile(tvm.IRModule({"main": func}), target=get_preset("llvm").tvm_target())["main"]
+    target = tvm.target.Target(LLVM_ISA[isa])
+    with target:  # the kernel picks its dot product from the target
+        func = gemv_int8(scheme, n, k).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    assert ("vpdpbusd" in lib.mod.inspect_source("asm")) == (isa == "avx512vnni")
+    f = lib["main"]
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.zeros((batch, 1, n), "float32"), dev)
     f(*[tvm.runtime.tensor(a, dev) for a in [x, words, scales] + ([zeros] if zeros is not None else [])], y)

@@ -29,10 +29,9 @@ from lowbit.compiler.kernels.quant_matmul import (
 )
 from lowbit.compiler.schemes import HEAD_Q8, AsymGroupQuant, NF3GroupQuant, NoQuant, get_scheme
 from lowbit.quantizer import NF3_LEVELS
-from lowbit.targets.presets import LLVM_ISA, cpu_flags, detect_isa
+from lowbit.targets.presets import LLVM_ISA, host_runs
 
 TARGET = tvm.target.Target({"kind": "llvm"})
-HOST_ISA = detect_isa(cpu_flags())
 
 
 def pack_np(codes: np.ndarray, scheme) -> np.ndarray:
@@ -142,7 +141,7 @@ def test_fused_matmul_matches_numpy(name, m):
 @pytest.mark.parametrize("m", [3, 13])  # rows padded to the tile
 def test_gemm_register_tiles(isa, name, n, m):
     """Each ISA's GEMM register tile (``GEMM_TILES``) on N that it divides (and one it does not)."""
-    if isa == "avx512" and HOST_ISA != "avx512" or isa == "avx2" and HOST_ISA == "generic":
+    if not host_runs(isa):
         pytest.skip(f"host cannot run {isa} code")
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa != "avx512" or str(target.attrs["mcpu"]) in GEMM_TILES
@@ -184,7 +183,7 @@ def test_batch_decode_matmul_matches_numpy(name, n, k):
 def test_batch_register_tiles(isa, name):
     """Each ISA's batch-decode tile (``BATCH_TILES``: its k lanes divide K = 576, as the bundled
     model's) on whole and partial row tiles."""
-    if isa == "avx512" and HOST_ISA != "avx512" or isa == "avx2" and HOST_ISA == "generic":
+    if not host_runs(isa):
         pytest.skip(f"host cannot run {isa} code")
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa == "generic" or str(target.attrs["mcpu"]) in BATCH_TILES

@@ -13,6 +13,9 @@ from lowbit.targets.presets import LLVM_ISA, cpu_flags
     ("flags", "machine", "isa"),
     [
         ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "x86_64", "avx512"),
+        ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}, "x86_64",
+         "avx512vnni"),
+        ({"avx2", "fma", "avx512_vnni"}, "x86_64", "avx2"),  # VNNI without x86-64-v4: unused
         ({"avx2", "fma", "avx512f"}, "x86_64", "avx2"),  # AVX-512 foundation alone is not x86-64-v4
         ({"avx2", "fma", "sse4_2"}, "x86_64", "avx2"),
         ({"sse4_2"}, "x86_64", "generic"),
