@@ -171,7 +171,7 @@ def mlc_scheme(cell: Cell) -> str:
 def compiled_check(cell: Cell, model: str, split: str, seqlen: int, windows: int,
                    root: Path) -> dict:
     """``cell``'s checkpoint converted to its MLC scheme, compiled for this CPU (llvm) and scored
-    on the same windows: ``{"scheme", "ppl", "eval_seconds"}``."""
+    on the same windows: ``{"scheme", "ppl", "eval_seconds", "provenance"}``."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
     from lowbit.evaluate.run import evaluate_compiled_perplexity

@@ -79,15 +79,14 @@ def markdown(rows: list[dict]) -> str:
     """
     cells: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        bits = f"{r['w_bits']} ({r['codebook']})" if r.get("codebook") else r["w_bits"]
-        key = (r["model"], r["method"], bits, r.get("a_bits", 16), r["group_size"],
-               r["sym"], json.dumps(r["settings"], sort_keys=True), r["limit"])
+        key = (r["model"], r["method"], r["w_bits"], r.get("a_bits", 16), r["group_size"],
+               r["sym"], json.dumps(r["settings"], sort_keys=True), r["limit"], r.get("codebook") or "")
         cells.setdefault(key, {})[r["task"]] = r
     head = " | ".join(TASK_ORDER)
     lines = [f"| model | method | W | A | group | n/task | {head} | avg |",
              "|" + "---|" * (7 + len(TASK_ORDER))]
-    for key in sorted(cells, key=lambda k: (k[1] != "fp", -k[3], -int(str(k[2])[0]), k[4], str(k[2]), k[1])):
-        model, method, bits, a_bits, group, _, _, limit = key
+    for key in sorted(cells, key=lambda k: (k[1] != "fp", -k[3], -k[2], k[4], k[8], k[1])):
+        model, method, bits, a_bits, group, _, _, limit, codebook = key
         by_task = cells[key]
         vals, cols = [], []
         for t in TASK_ORDER:
@@ -102,7 +101,8 @@ def markdown(rows: list[dict]) -> str:
         avg = f"{100 * sum(vals) / len(vals):.1f}" if len(vals) == len(TASK_ORDER) else "–"
         g = "–" if method == "fp" else ("channel" if group == -1 else group)
         n = sorted({r["n"] for r in by_task.values()})
-        lines.append(f"| {model} | {method} | {bits} | {a_bits} | {g} | {','.join(map(str, n))} | "
+        w = f"{bits} ({codebook})" if codebook else bits
+        lines.append(f"| {model} | {method} | {w} | {a_bits} | {g} | {','.join(map(str, n))} | "
                      f"{' | '.join(cols)} | {avg} |")
     return "\n".join(lines) + "\n"
 

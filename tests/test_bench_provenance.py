@@ -212,3 +212,8 @@ def test_nf3_cells_round_trip_through_their_command():
     assert cell.tag == "bitdistiller-nf3g128-presetsmall"
     row = {**key, "ppl": 1.0, "seconds": 1.0}
     assert "| 3 (nf3) |" in quality.markdown([row])
+    zrow = {"model": "m", "method": "bitdistiller", "w_bits": 3, "a_bits": 16, "group_size": 128,
+            "sym": False, "settings": {}, "task": "piqa", "limit": 500, "codebook": "nf3",
+            "n": 500, "acc": 0.5, "acc_norm": 0.5}
+    assert zeroshot.row_key(zrow) != zeroshot.row_key({**zrow, "codebook": None})
+    assert "| 3 (nf3) |" in zeroshot.markdown([zrow, {**zrow, "codebook": None}])
