@@ -38,6 +38,7 @@ class CompileArgs:
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
     overrides: dict[str, int] = field(default_factory=dict)  # context_window_size, prefill_chunk_size
     decode_activations: str = "fp"  # int8: decode GEMVs on 8-bit activations (x86-64 AVX2)
+    prefill_activations: str = "fp"  # int8: prefill matmuls on 8-bit activations (x86-64 AVX2)
     kv_cache_dtype: str = ""  # float16 / float32 (CPU targets); "": the target's compute dtype
 
     def display(self) -> str:
@@ -47,8 +48,13 @@ class CompileArgs:
 
 def check_decode_activations(kind: str, target) -> None:
     """Refuse int8 decode activations where the AVX2 kernel cannot run."""
+    check_int8_activations("--decode-activations", kind, target)
+
+
+def check_int8_activations(option: str, kind: str, target) -> None:
+    """Refuse int8 activations (``option``) off x86-64 CPU targets with AVX2."""
     if kind == "int8" and not (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) in AVX2_MCPUS):
-        raise LowbitError(f"--decode-activations int8 needs an x86-64 CPU target with AVX2; "
+        raise LowbitError(f"{option} int8 needs an x86-64 CPU target with AVX2; "
                           f"this build's target is {target}")
 
 
@@ -59,23 +65,27 @@ def check_kv_cache_dtype(kv_cache_dtype: str, preset: Preset) -> None:
                           f"in its compute dtype ({preset.compute_dtype}); only CPU targets choose")
 
 
-def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv_cache_dtype: str = ""):
+def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv_cache_dtype: str = "",
+                 prefill: str = "fp"):
     """(relax IRModule with ``_metadata`` attached, its metadata) for the folder's model;
     ``activations``: the decode GEMVs' (``fp``, or ``int8`` where the scheme allows);
-    ``kv_cache_dtype``: the KV cache's storage (default: the compute dtype)."""
+    ``kv_cache_dtype``: the KV cache's storage (default: the compute dtype); ``prefill``: the
+    prefill matmuls' activations (recorded in the metadata's config, ``prefill_activations``)."""
     from tvm import relax
 
+    from lowbit.compiler.kernels.gemm_int8 import prefill_activations
     from lowbit.compiler.kernels.gemv_int8 import decode_activations
     from lowbit.compiler.models import create_model
     from lowbit.compiler.schemes import get_scheme
 
     check_decode_activations(activations, target)
+    check_int8_activations("--prefill-activations", prefill, target)
     check_kv_cache_dtype(kv_cache_dtype, preset)
     arch = get_architecture(chat, CHAT_CONFIG)
     model = create_model(arch, chat["model_config"], get_scheme(chat["quantization"]), target,
-                         preset.compute_dtype, kv_cache_dtype)
+                         preset.compute_dtype, kv_cache_dtype, prefill)
     # the fused kernels take the form the target's schedules expect
-    with target, decode_activations(activations):
+    with target, decode_activations(activations), prefill_activations(prefill):
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
         mod = model.finish_module(mod)
     metadata = LibraryMetadata(
@@ -120,13 +130,13 @@ def _memoize_pseudo_file_modules() -> None:
 
 
 def build(chat: dict, preset: Preset, options: BuildOptions | None = None, activations: str = "fp",
-          kv_cache_dtype: str = ""):
+          kv_cache_dtype: str = "", prefill: str = "fp"):
     """(executable, metadata): the folder's model compiled for ``preset``, not yet written."""
     from tvm import relax
 
     _memoize_pseudo_file_modules()
     target = preset.tvm_target(options or BuildOptions())
-    mod, metadata = export_model(chat, preset, target, activations, kv_cache_dtype)
+    mod, metadata = export_model(chat, preset, target, activations, kv_cache_dtype, prefill)
     with target:
         executable = relax.build(mod, target, relax_pipeline=preset.pipeline(target),
                                  system_lib=preset.system_lib)
@@ -157,7 +167,8 @@ def compile_model(args: CompileArgs, progress: bool = True) -> Path:
     check_kv_cache_dtype(args.kv_cache_dtype, preset)
     options = BuildOptions(cuda_archs=tuple(args.cuda_archs))
     steps = tqdm(total=2, desc=f"compile for {preset.name}", disable=not progress)
-    executable, metadata = build(chat, preset, options, args.decode_activations, args.kv_cache_dtype)
+    executable, metadata = build(chat, preset, options, args.decode_activations, args.kv_cache_dtype,
+                                 args.prefill_activations)
     steps.update()
     steps.set_postfix_str(f"write {fmt.what}")
     out = Path(args.out)

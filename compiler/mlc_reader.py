@@ -79,11 +79,24 @@ def int8_decode_modules(weights: MlcWeights) -> list[str]:
     lm_head goes with the embedding)."""
     from lowbit.compiler.kernels.gemv_int8 import supports
 
+    return _int8_modules(weights, lambda stored, p: supports(stored, p.k))
+
+
+def int8_prefill_modules(weights: MlcWeights) -> list[str]:
+    """HF names of the linears whose matmul over several tokens a ``--prefill-activations int8``
+    library runs on 8-bit activations (the lm_head too: ``prefill_all_logits`` runs it over every
+    position)."""
+    from lowbit.compiler.kernels.gemm_int8 import supports
+
+    return _int8_modules(weights, lambda stored, p: supports(stored, p.k, sum(p.rows)))
+
+
+def _int8_modules(weights: MlcWeights, kernel_supports) -> list[str]:
     arch = get_architecture(weights.chat_config, CHAT_CONFIG)
     names = []
     for p in arch.mlc_params(weights.hf_config):
         stored = param_scheme(weights.scheme, p.name, p.kind)
-        if p.kind == "plain" or not supports(stored, p.k):
+        if p.kind == "plain" or not kernel_supports(stored, p):
             continue
         if p.kind != "embedding":
             names += list(p.sources)
@@ -92,14 +105,16 @@ def int8_decode_modules(weights: MlcWeights) -> list[str]:
     return names
 
 
-def load_mlc_model(folder: Path, decode_activations: str = "fp") -> torch.nn.Module:
+def load_mlc_model(folder: Path, decode_activations: str = "fp", prefill_activations: str = "fp") -> torch.nn.Module:
     """The PyTorch model (fp32, eval mode) whose weights are the MLC folder's, dequantized.
 
     ``decode_activations="int8"``: the reference of such a library. The linears it runs on int8
     (:func:`int8_decode_modules`) fake-quantize their input
     (:func:`lowbit.quantizer.fake_quantize_blocks_int8`) when it is one token per sequence, as
     in incremental decoding with a KV cache or a prefill's lm_head over its last position
-    (``logits_to_keep=1``); linears over several tokens stay fp.
+    (``logits_to_keep=1``). ``prefill_activations="int8"``: those of
+    :func:`int8_prefill_modules` do when it is several tokens (a prefill; the compiled model's
+    prefill quantizes a one-token chunk too, which this reference takes for a decode step).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -112,13 +127,21 @@ def load_mlc_model(folder: Path, decode_activations: str = "fp") -> torch.nn.Mod
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise LowbitError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    modules = dict(model.named_modules())
     if decode_activations == "int8":
-        modules = dict(model.named_modules())
         for name in int8_decode_modules(weights):
             modules[name].register_forward_pre_hook(_int8_one_token)
+    if prefill_activations == "int8":
+        for name in int8_prefill_modules(weights):
+            modules[name].register_forward_pre_hook(_int8_several_tokens)
     return model.eval()
 
 
 def _int8_one_token(_module: torch.nn.Module, args: tuple) -> tuple:
     x = args[0]
     return (fake_quantize_blocks_int8(x) if x.shape[-2] == 1 else x, *args[1:])
+
+
+def _int8_several_tokens(_module: torch.nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    return (fake_quantize_blocks_int8(x) if x.shape[-2] > 1 else x, *args[1:])

@@ -270,18 +270,23 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
               help="MLC-style 'context_window_size=N;prefill_chunk_size=M' baked into the library")
 @click.option("--decode-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
               help="int8: decode's 4-bit matmuls quantize activations per 32 to 8 bits and use "
-                   "integer dot products (x86-64 AVX2; prefill stays fp)")
+                   "integer dot products (x86-64 AVX2)")
+@click.option("--prefill-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
+              help="int8: prefill's 4-, 3- and 2-bit matmuls likewise, as int8 GEMMs (x86-64 AVX2; "
+                   "AVX-512 VNNI where the host has it)")
 @click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,
               help="the KV cache's storage on CPU targets: float16 halves the bytes attention reads "
                    "per token (default: the target's compute dtype)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists")
 def compile_(mlc_dir: Path, target: str, out: Path, archs: str | None, overrides: dict,
-             decode_activations: str, kv_cache_dtype: str | None, overwrite: bool) -> None:
+             decode_activations: str, prefill_activations: str, kv_cache_dtype: str | None,
+             overwrite: bool) -> None:
     """Compile the model of MLC_DIR (lowbit convert's output) into one library for a target."""
     from lowbit.compiler.compile import CompileArgs, compile_model
 
     args = CompileArgs(mlc_dir, target, out, overwrite, overrides=overrides,
-                       decode_activations=decode_activations, kv_cache_dtype=kv_cache_dtype or "")
+                       decode_activations=decode_activations, prefill_activations=prefill_activations,
+                       kv_cache_dtype=kv_cache_dtype or "")
     if archs:
         args.cuda_archs = tuple(a.strip() for a in archs.split(",") if a.strip())
     click.echo(f"compile: {args.display()}", err=True)

@@ -14,10 +14,12 @@ from lowbit.compiler.schemes import Scheme
 
 def create_model(
     arch: Architecture, config: dict[str, Any], scheme: Scheme, target: Target, dtype: str = "float32",
-    kv_cache_dtype: str = "",
+    kv_cache_dtype: str = "", prefill_activations: str = "fp",
 ) -> nn.Module:
     """``arch``'s nn.Module with ``config`` (HF or MLC names) stored as ``scheme``, computing in
-    ``dtype`` with its KV cache in ``kv_cache_dtype`` (default: ``dtype``)."""
+    ``dtype`` with its KV cache in ``kv_cache_dtype`` (default: ``dtype``) and its prefill
+    matmuls on ``prefill_activations``."""
     cls = arch.model_class()
-    cfg = replace(cls.config_class.from_dict(config, **arch.model_options), kv_cache_dtype=kv_cache_dtype or dtype)
+    cfg = replace(cls.config_class.from_dict(config, **arch.model_options), kv_cache_dtype=kv_cache_dtype or dtype,
+                  prefill_activations=prefill_activations)
     return cls(cfg, scheme, target, dtype)

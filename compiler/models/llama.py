@@ -26,6 +26,7 @@ from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
+from lowbit.compiler.kernels.gemm_int8 import gemm_int8, int8_prefill_applies
 from lowbit.compiler.kernels.gemv_int8 import gemv_int8, int8_decode_applies
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
@@ -55,6 +56,7 @@ class LlamaConfig:
     rope_scaling: dict[str, Any] = field(default_factory=dict)
     sliding_window_size: int = -1  # a query sees the keys less than this many positions back; -1: all
     kv_cache_dtype: str = "float32"  # a build option (``lowbit compile --kv-cache-dtype``), not HF's
+    prefill_activations: str = "fp"  # a build option (``lowbit compile --prefill-activations``)
 
     @classmethod
     def from_dict(
@@ -127,6 +129,12 @@ def _one_token_per_row(x: Tensor) -> bool:
     return len(x.shape) == 3 and isinstance(x.shape[1], int) and x.shape[1] == 1 and x.dtype == "float32"
 
 
+def _prefill_rows(x: Tensor) -> bool:
+    """x [1, T, K] with T symbolic (a prefill chunk) in fp32: the int8 GEMM's input."""
+    return (len(x.shape) == 3 and isinstance(x.shape[0], int) and x.shape[0] == 1
+            and not isinstance(x.shape[1], int) and x.dtype == "float32")
+
+
 class QuantLinear(nn.Module):
     """``y = x·Wᵀ (+ b)`` as one fused dequantize→matmul kernel over the stored layout."""
 
@@ -146,6 +154,10 @@ class QuantLinear(nn.Module):
             out = Tensor.placeholder((*x.shape[:-1], self.out_features), "float32")
             func = gemv_int8(self.scheme, self.out_features, self.in_features)
             y = op.tensor_ir_op(func, "q_gemv_int8", [x, *self.params()], out)
+        elif _prefill_rows(x) and int8_prefill_applies(self.scheme, self.in_features, self.out_features):
+            out = Tensor.placeholder((*x.shape[:-1], self.out_features), "float32")
+            func = gemm_int8(self.scheme, self.out_features, self.in_features)
+            y = op.tensor_ir_op(func, "q_gemm_int8", [x, *self.params()], out)
         else:
             y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
         if self.bias is not None:

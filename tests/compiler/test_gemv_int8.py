@@ -8,12 +8,16 @@ fake-quantizes the same linears' inputs in incremental decoding.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
 
 from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.compiler.convert import ConvertArgs, convert
+from lowbit.compiler.kernels.gemm_int8 import gemm_int8
+from lowbit.compiler.kernels.gemm_int8 import supports as gemm_supports
 from lowbit.compiler.kernels.gemv_int8 import gemv_int8, supports
 from lowbit.compiler.mlc_reader import load_mlc_model
 from lowbit.compiler.schemes import HEAD_Q8, get_scheme
@@ -151,11 +155,80 @@ def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, tmp_path):
     np.testing.assert_allclose(rows[0], engine.decode(b, 5), atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("scheme", ["q4f16_1", "w3a16g64asym"])
+@needs_avx2
+def test_compiled_int8_prefill_matches_torch(int8_llama_dir, scheme, tmp_path):
+    """``--prefill-activations int8``: every position's prefill logits against the PyTorch
+    reference whose linears fake-quantize their several-token inputs; the fp reference differs."""
+    mlc = tmp_path / "mlc"
+    convert(ConvertArgs(str(int8_llama_dir), scheme, mlc, progress=False))
+    lib = compile_model(CompileArgs(mlc, "llvm", tmp_path / "m.so", prefill_activations="int8"), progress=False)
+    engine = Engine(mlc, lib, context_window=64)
+    assert engine.metadata.config["prefill_activations"] == "int8"
+    assert engine.metadata.decode_activations == "fp"
+    ids = np.random.default_rng(1).integers(0, 512, 21).tolist()
+    engine.add_sequence(0)
+    logits = engine.all_logits(0, ids)
+    with torch.no_grad():
+        want = load_mlc_model(mlc, prefill_activations="int8")(torch.tensor([ids])).logits[0].numpy()
+        fp = load_mlc_model(mlc)(torch.tensor([ids])).logits[0].numpy()
+    scale = np.abs(want).max()
+    assert np.abs(logits - want).max() <= 1e-4 * scale
+    assert np.abs(logits - fp).max() > 1e-3 * scale  # an fp prefill kernel would fail above
+
+
 def test_int8_refused_off_x86(tmp_path):
     from tvm.target import Target
 
-    from lowbit.compiler.compile import check_decode_activations
+    from lowbit.compiler.compile import check_decode_activations, check_int8_activations
 
     with pytest.raises(LowbitError, match="AVX2"):
         check_decode_activations("int8", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+    with pytest.raises(LowbitError, match="--prefill-activations int8 needs an x86-64"):
+        check_int8_activations("--prefill-activations", "int8", Target({"kind": "opencl"}))
     check_decode_activations("fp", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+
+
+@pytest.mark.parametrize("name,n,k,rows", [
+    ("q4f16_1", 16, 64, 1), ("q4f16_1", 32, 576, 9), ("q4f32_1", 16, 128, 4),
+    ("w4a16g32asym", 48, 192, 5), ("w4a16g128asym", 16, 576, 13),
+    ("w2a16g64asym", 32, 384, 3), ("w2a16g128asym", 16, 576, 8),
+    ("w3a16g128asym", 32, 576, 7), ("w3a16g32asym", 16, 384, 2), ("w3a16g128asym", 16, 1536, 4),
+])
+@pytest.mark.parametrize("isa", ["avx2", "avx512vnni"])
+def test_gemm_kernel_matches_numpy(isa, name, n, k, rows):
+    """Prefill's int8 GEMM (``gemm_int8``) against NumPy: row counts that fill the 4-row tiles and
+    ones that leave a partial tile, a zero activation block, a partial last weight group."""
+    import tvm
+
+    if not host_runs(isa):
+        pytest.skip(f"host cannot run {isa} code")
+    scheme = get_scheme(name)
+    rng = np.random.default_rng(zlib.crc32(repr((name, n, k, rows)).encode()))
+    groups = -(-k // scheme.group_size)
+    x = rng.standard_normal((1, rows, k)).astype("float32")
+    x[0, 0, :32] = 0
+    words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
+    scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
+    zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
+    target = tvm.target.Target(LLVM_ISA[isa])
+    with target:
+        func = gemm_int8(scheme, n, k).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    assert ("vpdpbusd" in lib.mod.inspect_source("asm")) == (isa == "avx512vnni")
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((1, rows, n), "float32"), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, words, scales] + ([zeros] if zeros is not None else [])], y)
+    deq = dequantized(scheme, words, scales, zeros, k).T.astype(np.float64)
+    want = blocks_int8(x[0]) @ deq
+    np.testing.assert_allclose(y.numpy()[0], want, rtol=0, atol=2e-6 * np.abs(want).max())
+    assert np.abs(x[0] @ deq - want).max() > 1e-4 * np.abs(want).max()  # int8 x differs from fp
+
+
+def test_gemm_supports():
+    assert gemm_supports(get_scheme("q4f16_1"), 576, 960)
+    assert gemm_supports(get_scheme("w3a16g128asym"), 576, 3072)
+    assert not gemm_supports(get_scheme("q4f16_1"), 576, 49160)  # N not whole 16-column panels
+    assert not gemm_supports(get_scheme("q3f16_1"), 576, 960)  # 10 codes per word
+    assert not gemm_supports(get_scheme("nf3a16g128"), 576, 960)  # non-uniform levels
+    assert not gemm_supports(get_scheme("w4a16g128asym"), 600, 960)  # K not whole 32-blocks

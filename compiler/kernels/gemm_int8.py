@@ -1,0 +1,212 @@
+"""Prefill GEMM with 8-bit activations on integer dot products, for 4-, 3- and 2-bit weights.
+
+``lowbit compile --prefill-activations int8`` swaps this kernel in for the fused fp32 GEMM of
+every linear it supports whose input is a prefill chunk (x [1, T, K], T tokens). Activations are
+quantized as the decode kernel's (:mod:`.gemv_int8`, :func:`lowbit.quantizer.fake_quantize_blocks_int8`):
+per block of 32 consecutive k, ``d = max|x| / 127``, codes ``c = round(x · 127 / max|x|)``.
+
+Layout. Each parallel task takes a *panel* of :data:`COLS` output features and first unpacks
+their codes from MLC's layout into bytes, k in natural order, four consecutive k per uint32:
+``panel[k // 4, col]`` (4-bit words spread nibble → byte, 2-bit crumb → byte, 3-bit runs their
+two low bits with the high plane's bit at bit 2). A step of 4 k is then one broadcast of the
+row's four activation codes (one int32) against two 8-column vectors of the panel:
+``vpdpbusd`` (AVX-512 VNNI: unsigned codes × signed activations, 4 products summed into each
+int32 lane) or, on AVX2, ``vpmaddubsw`` + ``vpmaddwd`` by ones (pairs at most 2·7·127, far from
+int16's limit). A tile of :data:`ROWS` rows × 16 columns keeps its int32 sums for one activation
+block (8 steps), then adds ``(Σ q·c − z·Σ c) · s_w · d`` to fp32 accumulators, the block's code
+sum ``Σ c`` precomputed per row; z is the group's zero point (``2^(b−1) − 1`` for symmetric
+codes). Weight groups are whole blocks (G a multiple of 32), so one scale and zero serve a block.
+Each panel is unpacked once for all T rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from tvm import tirx
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from lowbit.artifact import DECODE_ACTIVATIONS
+from lowbit.compiler.kernels.gemv_int8 import has_vnni
+from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
+
+BLOCK = 32  # k per activation scale
+STEPS = BLOCK // 4  # 4-k dot-product steps per block
+LANES = 8  # int32 / fp32 lanes of a 256-bit register
+COLS = 2 * LANES  # output features per panel: two vectors side by side
+ROWS = 4  # prefill rows per register tile
+ACTIVATIONS = DECODE_ACTIVATIONS  # the same choices: fp, int8
+
+_prefill_activations: ContextVar[str] = ContextVar("lowbit_prefill_activations", default="fp")
+
+
+@contextmanager
+def prefill_activations(kind: str) -> Iterator[None]:
+    """Export the model's prefill matmuls with ``kind`` activations (the linears read it)."""
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"prefill activations {kind!r}: expected one of {ACTIVATIONS}")
+    token = _prefill_activations.set(kind)
+    try:
+        yield
+    finally:
+        _prefill_activations.reset(token)
+
+
+def int8_prefill_applies(scheme: Scheme, in_features: int, out_features: int) -> bool:
+    """Whether a linear exported now runs its prefill matmul on this kernel."""
+    return _prefill_activations.get() == "int8" and supports(scheme, in_features, out_features)
+
+
+def supports(scheme: Scheme, in_features: int, out_features: int) -> bool:
+    """Whether the int8 GEMM covers a linear: 4-, 3- or 2-bit asymmetric or 4- or 2-bit
+    symmetric codes, K whole activation blocks, groups of whole blocks, N whole panels."""
+    bits = (2, 4) if isinstance(scheme, SymGroupQuant) else (2, 3, 4)
+    return (isinstance(scheme, (SymGroupQuant, AsymGroupQuant)) and scheme.bits in bits
+            and in_features % BLOCK == 0 and scheme.group_size % BLOCK == 0
+            and out_features % COLS == 0)
+
+
+def _spread4(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """uint32 whose byte i is nibble i of ``v``'s low 16 bits."""
+    v = (v | (v << T.uint32(8))) & T.uint32(0x00FF00FF)
+    return (v | (v << T.uint32(4))) & T.uint32(0x0F0F0F0F)
+
+
+def _spread2(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """uint32 whose byte i is 2-bit crumb i of ``v``'s low 8 bits."""
+    v = (v | (v << T.uint32(12))) & T.uint32(0x000F000F)
+    return (v | (v << T.uint32(6))) & T.uint32(0x03030303)
+
+
+def _spread1(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """uint32 whose byte i is bit i of ``v``'s low 4 bits."""
+    v = (v | (v << T.uint32(14))) & T.uint32(0x00030003)
+    return (v | (v << T.uint32(7))) & T.uint32(0x01010101)
+
+
+def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
+    """``y[0, t, n] = Σ_k x̂[0, t, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x.
+
+    Arguments: x [1, T, K] fp32, the scheme's parameters (packed words [N, W], scales [N, G],
+    zero points [N, G] for the asymmetric schemes), y [1, T, N] fp32; T is symbolic. Built for
+    ``Target.current()``: ``vpdpbusd`` where it has AVX-512 VNNI, AVX2's pair sums elsewhere.
+    """
+    assert supports(scheme, k_in, n_out), (scheme, k_in, n_out)
+    vnni = has_vnni(Target.current(allow_none=True))
+    asym = isinstance(scheme, AsymGroupQuant)
+    bits, group = scheme.bits, scheme.group_size
+    words, groups, steps = scheme.words_per_row(k_in), -(-k_in // group), k_in // 4
+    blocks = k_in // BLOCK
+    scale_dtype = scheme.model_dtype
+
+    def dot(acc, w4, x4):
+        """acc (int32x8) + per lane Σ of 4 code bytes (w4, uint) × activation bytes (x4, signed)."""
+        if vnni:
+            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc,
+                                           T.reinterpret("int8x32", w4), T.reinterpret("int8x32", x4))
+        pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                        T.reinterpret("int8x32", w4), T.reinterpret("int8x32", x4))
+        return acc + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.Broadcast(T.int16(1), 16))
+
+    def codes4(w, n, step):
+        """uint32: the codes of k = 4·step … 4·step + 3 of row n, one per byte."""
+        if bits == 4:
+            return _spread4((w[n, step // 2] >> T.uint32(16 * (step % 2))) & T.uint32(0xFFFF))
+        if bits == 2:
+            return _spread2((w[n, step // 4] >> T.uint32(8 * (step % 4))) & T.uint32(0xFF))
+        # 3-bit: per run of 32 elements, lows of 0–15, lows of 16–31, then the 32 high bits
+        run, j = step // 8, (step % 8) * 4
+        low = (w[n, run * 3 + j // 16] >> T.uint32(2 * (j % 16))) & T.uint32(0xFF)
+        high = (w[n, run * 3 + 2] >> T.uint32(j)) & T.uint32(0xF)
+        return _spread2(low) | (_spread1(high) << T.uint32(2))
+
+    def zero_of(z, n, g):
+        return T.cast(z[n, g], "int32") if asym else T.int32(scheme.max_int)
+
+    @T.macro
+    def quantize_x(x, xq, xd, xs, rows):
+        """xq [rows, K/4] (four codes per int32), xd/xs [rows, K/32]: scales and code sums."""
+        amax = T.decl_buffer((LANES,), "float32")
+        code = T.decl_buffer((BLOCK,), "int8")
+        for t, blk in T.grid(rows, blocks):
+            for lane in T.vectorized(LANES):
+                amax[lane] = T.abs(x[0, t, blk * BLOCK + lane])
+            for i, lane in T.grid(BLOCK // LANES - 1, LANES):
+                amax[lane] = T.max(amax[lane], T.abs(x[0, t, blk * BLOCK + (i + 1) * LANES + lane]))
+            for lane in T.serial(1, LANES):
+                amax[0] = T.max(amax[0], amax[lane])
+            inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+            xd[t, blk] = amax[0] / T.float32(127)
+            for i in T.vectorized(BLOCK):
+                code[i] = T.cast(T.round(x[0, t, blk * BLOCK + i] * inv), "int8")
+            xs[t, blk] = 0
+            for i in T.serial(BLOCK):
+                xs[t, blk] = xs[t, blk] + T.cast(code[i], "int32")
+            for i in T.serial(STEPS):
+                xq[t, blk * STEPS + i] = T.reinterpret("int32", code[T.ramp(4 * i, 1, 4)])
+
+    @T.macro
+    def body(x, w, s, z, y, rows):
+        xq = T.alloc_buffer((rows, steps), "int32")
+        xd = T.alloc_buffer((rows, blocks), "float32")
+        xs = T.alloc_buffer((rows, blocks), "int32")
+        quantize_x(x, xq, xd, xs, rows)
+        for p in T.parallel(n_out // COLS):
+            panel = T.decl_buffer((steps, COLS), "uint32")
+            scale = T.decl_buffer((groups, COLS), "float32")
+            zero = T.decl_buffer((groups, COLS), "int32")
+            acc = T.decl_buffer((ROWS * 2, LANES), "int32")
+            out = T.decl_buffer((ROWS * 2, LANES), "float32")
+            for c, i in T.grid(COLS, steps):
+                panel[i, c] = codes4(w, p * COLS + c, i)
+            for g, c in T.grid(groups, COLS):
+                scale[g, c] = T.cast(s[p * COLS + c, g], "float32")
+                zero[g, c] = zero_of(z, p * COLS + c, g)
+            for tile in T.serial((rows + ROWS - 1) // ROWS):
+                for r in T.unroll(ROWS * 2):
+                    out[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                for blk in T.serial(blocks):
+                    for r in T.unroll(ROWS * 2):
+                        acc[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+                    for i in T.unroll(STEPS):
+                        for r in T.unroll(ROWS):  # rows past T read row T − 1; not stored
+                            for v in T.unroll(2):
+                                acc[r * 2 + v, T.ramp(0, 1, LANES)] = dot(
+                                    acc[r * 2 + v, T.ramp(0, 1, LANES)],
+                                    panel[blk * STEPS + i, T.ramp(v * LANES, 1, LANES)],
+                                    T.Broadcast(xq[T.min(tile * ROWS + r, rows - 1), blk * STEPS + i], LANES))
+                    g: T.int32 = blk * BLOCK // group
+                    for r in T.unroll(ROWS):
+                        row: T.int32 = T.min(tile * ROWS + r, rows - 1)
+                        for v in T.unroll(2):
+                            out[r * 2 + v, T.ramp(0, 1, LANES)] = out[r * 2 + v, T.ramp(0, 1, LANES)] + T.cast(
+                                acc[r * 2 + v, T.ramp(0, 1, LANES)] - zero[g, T.ramp(v * LANES, 1, LANES)] * T.Broadcast(xs[row, blk], LANES),
+                                "float32x8") * scale[g, T.ramp(v * LANES, 1, LANES)] * T.Broadcast(xd[row, blk], LANES)
+                for r in T.serial(ROWS):
+                    if tile * ROWS + r < rows:
+                        for c in T.vectorized(COLS):
+                            y[0, tile * ROWS + r, p * COLS + c] = out[r * 2 + c // LANES, c % LANES]
+
+    if asym:
+        @T.prim_func
+        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
+                   s: T.Buffer((n_out, groups), scale_dtype), z: T.Buffer((n_out, groups), "uint8"),
+                   y_handle: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            rows = T.int64()
+            x = T.match_buffer(x_handle, (1, rows, k_in), "float32")
+            y = T.match_buffer(y_handle, (1, rows, n_out), "float32")
+            body(x, w, s, z, y, rows)
+    else:
+        @T.prim_func
+        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
+                   s: T.Buffer((n_out, groups), scale_dtype), y_handle: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            rows = T.int64()
+            x = T.match_buffer(x_handle, (1, rows, k_in), "float32")
+            y = T.match_buffer(y_handle, (1, rows, n_out), "float32")
+            body(x, w, s, None, y, rows)
+    return kernel.without_attr("global_symbol")  # relax names each call site's copy
