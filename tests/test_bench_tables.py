@@ -201,3 +201,22 @@ def test_long_context_sentences_follow_the_json(readme):
     read = (kv16["weight_bytes"] + kv16["kv_bytes"]) / 1e9
     assert (tok, ratio) == (round(kv16["decode_tok_s"]), round(kv16["decode_tok_s"] / q40["decode_tok_s"], 2))
     assert limit == round(kv16["decode_tok_s"] * read / kv16["read_gb_s"], 2)
+
+
+def test_bitdistiller_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+
+    def row(method: str) -> dict:
+        (found,) = [r for r in rows if r["method"] == method and r["w_bits"] == 2 and r["group_size"] == 128
+                    and r["a_bits"] == 16 and r["settings"] == {"preset": "small"} and not r.get("codebook")]
+        return found
+
+    bd, omni = row("bitdistiller"), row("omniquant")
+    ppl, ratio, omni_ppl, compiled, change = quoted(
+        readme, r"at W2 g128 scores ([\d.]+), ([\d.]+)× OmniQuant's ([\d.]+) \(aim ≤ 0\.8×: \*\*met\*\*\); "
+                r"converted to `w2a16g128asym` and compiled for this CPU it scores ([\d.]+) on the same windows "
+                r"\(\+([\d.]+) %")
+    assert (ppl, omni_ppl) == (round(bd["ppl"], 2), round(omni["ppl"], 2))
+    assert ratio == round(bd["ppl"] / omni["ppl"], 2) <= 0.8
+    assert compiled == round(bd["compiled"]["ppl"], 3)
+    assert change == round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2) < 0.5
