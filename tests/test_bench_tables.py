@@ -181,6 +181,14 @@ def test_cpu_decode_sentences_follow_the_json(readme):
     fp16 = quoted(readme, r"with the fp16 head, (\d+) / (\d+) / (\d+)")
     assert fp16 == tuple(tok(f"w{b}a16g128asym+int8") for b in (2, 3, 4))
 
+    pint8, fp_prefill = rows["lowbit-llvm", "q4f16_1+int8+pint8"], int8
+    shown = quoted(readme, r"`q4f16_1\+int8\+pint8` (\d+) tok/s, ([\d.]+)× llama.cpp Q4_0, against ([\d.]+)× with fp "
+                           r"prefill activations")
+    assert shown == (round(pint8["prefill_tok_s"]), round(pint8["prefill_tok_s"] / q40["prefill_tok_s"], 2),
+                     round(fp_prefill["prefill_tok_s"] / q40["prefill_tok_s"], 2))
+    (own,) = quoted(readme, r"llama.cpp Q4_0 is at (\d+)% of its own")
+    assert own == round(100 * q40["decode_tok_s"] * q40["weight_bytes"] / 1e9 / q40["read_gb_s"])
+
 
 def test_long_context_sentences_follow_the_json(readme):
     rows = {(r["engine"], r["scheme"], r["context"]): r
@@ -220,3 +228,26 @@ def test_bitdistiller_sentence_follows_the_json(readme):
     assert ratio == round(bd["ppl"] / omni["ppl"], 2) <= 0.8
     assert compiled == round(bd["compiled"]["ppl"], 3)
     assert change == round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2) < 0.5
+
+
+def test_int8_kernel_sentences_follow_the_json(readme):
+    rows = json.loads((RESULTS / "int8_kernels.json").read_text())
+
+    def span(values: list[float]) -> tuple[float, float]:
+        return round(min(values), 2), round(max(values), 2)
+
+    def gemv(bits: str) -> tuple[float, float]:
+        return span([r["int8-avx2_us"] / r["int8-avx512vnni_us"] for r in rows
+                     if r["kernel"] == "gemv" and r["scheme"].startswith(bits)])
+
+    shown = quoted(readme, r"on 2 threads, ([\d.]+)–([\d.]+)× as fast for `q4f16_1`, ([\d.]+)–([\d.]+)× at "
+                           r"2 bits, ([\d.]+)–([\d.]+)× at 3 bits")
+    assert shown == (*gemv("q4"), *gemv("w2"), *gemv("w3"))
+
+    def gemm(isa: str, m: int) -> tuple[float, float]:
+        return span([r["fp32_us"] / r[f"int8-{isa}_us"] for r in rows if r["kernel"] == "gemm" and r["rows"] == m])
+
+    shown = quoted(readme, r"([\d.]+)–([\d.]+)× as fast with 128 rows, ([\d.]+)–([\d.]+)× with 512 \(AVX2 code "
+                           r"on the same host: ([\d.]+)–([\d.]+)×\)")
+    avx2 = span([r["fp32_us"] / r["int8-avx2_us"] for r in rows if r["kernel"] == "gemm"])
+    assert shown == (*gemm("avx512vnni", 128), *gemm("avx512vnni", 512), *avx2)
