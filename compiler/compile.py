@@ -46,11 +46,6 @@ class CompileArgs:
         return "  ".join(f"{k}={v}" for k, v in shown.items())
 
 
-def check_decode_activations(kind: str, target) -> None:
-    """Refuse int8 decode activations where the AVX2 kernel cannot run."""
-    check_int8_activations("--decode-activations", kind, target)
-
-
 def check_int8_activations(option: str, kind: str, target) -> None:
     """Refuse int8 activations (``option``) off x86-64 CPU targets with AVX2."""
     if kind == "int8" and not (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) in AVX2_MCPUS):
@@ -78,7 +73,7 @@ def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv
     from lowbit.compiler.models import create_model
     from lowbit.compiler.schemes import get_scheme
 
-    check_decode_activations(activations, target)
+    check_int8_activations("--decode-activations", activations, target)
     check_int8_activations("--prefill-activations", prefill, target)
     check_kv_cache_dtype(kv_cache_dtype, preset)
     arch = get_architecture(chat, CHAT_CONFIG)

@@ -11,7 +11,7 @@ their codes from MLC's layout into bytes, k in natural order, four consecutive k
 two low bits with the high plane's bit at bit 2). A step of 4 k is then one broadcast of the
 row's four activation codes (one int32) against two 8-column vectors of the panel:
 ``vpdpbusd`` (AVX-512 VNNI: unsigned codes × signed activations, 4 products summed into each
-int32 lane) or, on AVX2, ``vpmaddubsw`` + ``vpmaddwd`` by ones (pairs at most 2·7·127, far from
+int32 lane) or, on AVX2, ``vpmaddubsw`` + ``vpmaddwd`` by ones (pairs at most 2·15·127, far from
 int16's limit). A tile of :data:`ROWS` rows × 16 columns keeps its int32 sums for one activation
 block (8 steps), then adds ``(Σ q·c − z·Σ c) · s_w · d`` to fp32 accumulators, the block's code
 sum ``Σ c`` precomputed per row; z is the group's zero point (``2^(b−1) − 1`` for symmetric

@@ -180,13 +180,13 @@ def test_compiled_int8_prefill_matches_torch(int8_llama_dir, scheme, tmp_path):
 def test_int8_refused_off_x86(tmp_path):
     from tvm.target import Target
 
-    from lowbit.compiler.compile import check_decode_activations, check_int8_activations
+    from lowbit.compiler.compile import check_int8_activations
 
     with pytest.raises(LowbitError, match="AVX2"):
-        check_decode_activations("int8", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+        check_int8_activations("--decode-activations", "int8", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
     with pytest.raises(LowbitError, match="--prefill-activations int8 needs an x86-64"):
         check_int8_activations("--prefill-activations", "int8", Target({"kind": "opencl"}))
-    check_decode_activations("fp", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+    check_int8_activations("--decode-activations", "fp", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
 
 
 @pytest.mark.parametrize("name,n,k,rows", [
