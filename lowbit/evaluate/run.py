@@ -49,6 +49,7 @@ def evaluate_compiled_perplexity(
         "kind": "compiled",
         "decode": decode,
         "decode_activations": engine.metadata.decode_activations if engine.metadata else "fp",
+        "prefill_activations": engine.metadata.config.get("prefill_activations", "fp") if engine.metadata else "fp",
         "corpus": str(data) if data else WIKI_NAME,
         "split": split,
         **result.to_dict(),

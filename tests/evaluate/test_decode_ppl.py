@@ -15,5 +15,6 @@ def test_decode_scoring_matches_prefill_scoring(tiny_chat, tmp_path):
     prefill = evaluate_compiled_perplexity(*args, progress=False)
     decode = evaluate_compiled_perplexity(*args, progress=False, decode=True)
     assert decode["decode"] and not prefill["decode"] and decode["decode_activations"] == "fp"
+    assert decode["prefill_activations"] == "fp"
     assert decode["tokens"] == prefill["tokens"] > 0
     assert math.isclose(decode["ppl"], prefill["ppl"], rel_tol=1e-5)
