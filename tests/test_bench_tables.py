@@ -251,3 +251,18 @@ def test_int8_kernel_sentences_follow_the_json(readme):
                            r"on the same host: ([\d.]+)–([\d.]+)×\)")
     avx2 = span([r["fp32_us"] / r["int8-avx2_us"] for r in rows if r["kernel"] == "gemm"])
     assert shown == (*gemm("avx512vnni", 128), *gemm("avx512vnni", 512), *avx2)
+
+
+def test_bitdistiller_nf3_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+    (nf3,) = [r for r in rows if r["method"] == "bitdistiller" and r.get("codebook") == "nf3" and r["group_size"] == 128]
+    (omni,) = [r for r in rows if r["method"] == "omniquant" and r["w_bits"] == 3 and r["group_size"] == 128
+               and r["settings"] == {"preset": "small"}]
+    (fp,) = [r for r in rows if r["method"] == "fp"]
+    ppl, ratio, omni_ppl, to_fp, compiled, change = quoted(
+        readme, r"NF3 levels \(`--nf3`, g128\) scores ([\d.]+), ([\d.]+)× OmniQuant's W3 g128 ([\d.]+) and ([\d.]+)× FP; "
+                r"compiled as `nf3a16g128`, ([\d.]+) \(−([\d.]+) %\)")
+    assert (ppl, omni_ppl, compiled) == (round(nf3["ppl"], 2), round(omni["ppl"], 2), round(nf3["compiled"]["ppl"], 3))
+    assert (ratio, to_fp) == (round(nf3["ppl"] / omni["ppl"], 2), round(nf3["ppl"] / fp["ppl"], 2))
+    assert nf3["compiled"]["ppl"] <= nf3["ppl"]  # the sentence's minus sign
+    assert change == abs(round(100 * (nf3["compiled"]["ppl"] / nf3["ppl"] - 1), 2)) < 0.5
