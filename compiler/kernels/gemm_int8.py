@@ -21,16 +21,14 @@ Each panel is unpacked once for all T rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from lowbit.artifact import DECODE_ACTIVATIONS
-from lowbit.compiler.kernels.gemv_int8 import has_vnni
+from lowbit.compiler.kernels.gemv_int8 import activations_during_export, has_vnni
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 
 BLOCK = 32  # k per activation scale
@@ -38,21 +36,13 @@ STEPS = BLOCK // 4  # 4-k dot-product steps per block
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
 COLS = 2 * LANES  # output features per panel: two vectors side by side
 ROWS = 4  # prefill rows per register tile
-ACTIVATIONS = DECODE_ACTIVATIONS  # the same choices: fp, int8
 
 _prefill_activations: ContextVar[str] = ContextVar("lowbit_prefill_activations", default="fp")
 
 
-@contextmanager
-def prefill_activations(kind: str) -> Iterator[None]:
-    """Export the model's prefill matmuls with ``kind`` activations (the linears read it)."""
-    if kind not in ACTIVATIONS:
-        raise ValueError(f"prefill activations {kind!r}: expected one of {ACTIVATIONS}")
-    token = _prefill_activations.set(kind)
-    try:
-        yield
-    finally:
-        _prefill_activations.reset(token)
+def prefill_activations(kind: str) -> AbstractContextManager[None]:
+    """Export the model's prefill matmuls with ``kind`` activations."""
+    return activations_during_export(_prefill_activations, "prefill", kind)
 
 
 def int8_prefill_applies(scheme: Scheme, in_features: int, out_features: int) -> bool:

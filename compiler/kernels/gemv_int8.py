@@ -45,7 +45,7 @@ as llama.cpp's Q8_0 dot product does; the zero point is then already subtracted.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 from tvm import tirx
@@ -66,15 +66,21 @@ _decode_activations: ContextVar[str] = ContextVar("lowbit_decode_activations", d
 
 
 @contextmanager
-def decode_activations(kind: str) -> Iterator[None]:
-    """Export the model's decode GEMVs with ``kind`` activations (the linears read it)."""
+def activations_during_export(var: ContextVar[str], what: str, kind: str) -> Iterator[None]:
+    """Within the block, ``var`` (which the linears read at export) says ``what`` matmuls run on
+    ``kind`` activations."""
     if kind not in DECODE_ACTIVATIONS:
-        raise ValueError(f"decode activations {kind!r}: expected one of {DECODE_ACTIVATIONS}")
-    token = _decode_activations.set(kind)
+        raise ValueError(f"{what} activations {kind!r}: expected one of {DECODE_ACTIVATIONS}")
+    token = var.set(kind)
     try:
         yield
     finally:
-        _decode_activations.reset(token)
+        var.reset(token)
+
+
+def decode_activations(kind: str) -> AbstractContextManager[None]:
+    """Export the model's decode GEMVs with ``kind`` activations."""
+    return activations_during_export(_decode_activations, "decode", kind)
 
 
 def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:

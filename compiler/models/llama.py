@@ -14,6 +14,7 @@ kernels that read them, and logits always come out in fp32.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -149,15 +150,20 @@ class QuantLinear(nn.Module):
     def params(self) -> list[nn.Parameter]:
         return [getattr(self, name) for name in self.param_names]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _int8_kernel(self, x: Tensor) -> tuple[str, Callable] | None:
+        """(name, kernel) of the int8-activation kernel that runs on ``x``, if one does."""
         if _one_token_per_row(x) and int8_decode_applies(self.scheme, self.in_features):
+            return "q_gemv_int8", gemv_int8
+        if _prefill_rows(x) and int8_prefill_applies(self.scheme, self.in_features, self.out_features):
+            return "q_gemm_int8", gemm_int8
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if int8 := self._int8_kernel(x):
+            name, kernel = int8
             out = Tensor.placeholder((*x.shape[:-1], self.out_features), "float32")
-            func = gemv_int8(self.scheme, self.out_features, self.in_features)
-            y = op.tensor_ir_op(func, "q_gemv_int8", [x, *self.params()], out)
-        elif _prefill_rows(x) and int8_prefill_applies(self.scheme, self.in_features, self.out_features):
-            out = Tensor.placeholder((*x.shape[:-1], self.out_features), "float32")
-            func = gemm_int8(self.scheme, self.out_features, self.in_features)
-            y = op.tensor_ir_op(func, "q_gemm_int8", [x, *self.params()], out)
+            func = kernel(self.scheme, self.out_features, self.in_features)
+            y = op.tensor_ir_op(func, name, [x, *self.params()], out)
         else:
             y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
         if self.bias is not None:

@@ -53,6 +53,30 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
     return (codes * amax / 127).reshape(x.shape)
 
 
+def scales_and_zeros(scheme, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    groups = -(-k // scheme.group_size)
+    scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
+    zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in scheme.name else None
+    return scales, zeros
+
+
+def run_kernel(kernel, isa: str, scheme, x: np.ndarray, words: np.ndarray, scales: np.ndarray,
+               zeros: np.ndarray | None, n: int) -> np.ndarray:
+    """``kernel(scheme, n, K)`` built for ``isa`` (``vpdpbusd`` in its code exactly when VNNI),
+    run on x [B, T, K]: y [B, T, n]."""
+    import tvm
+
+    target = tvm.target.Target(LLVM_ISA[isa])
+    with target:  # the kernel picks its dot product from the target
+        func = kernel(scheme, n, x.shape[-1]).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    assert ("vpdpbusd" in lib.mod.inspect_source("asm")) == (isa == "avx512vnni")
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((*x.shape[:-1], n), "float32"), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, words, scales] + ([zeros] if zeros is not None else [])], y)
+    return y.numpy()
+
+
 @pytest.mark.parametrize("name,n,k,batch", [
     ("q4f16_1", 7, 64, 1), ("q4f16_1", 20, 576, 9), ("q4f32_1", 9, 128, 2),
     ("w4a16g32asym", 12, 192, 2), ("w4a16g64asym", 5, 128, 1), ("w4a16g128asym", 4, 576, 3),
@@ -63,13 +87,10 @@ def blocks_int8(x: np.ndarray) -> np.ndarray:
 ])
 @pytest.mark.parametrize("isa", ["avx2", "avx512vnni"])
 def test_kernel_matches_numpy(isa, name, n, k, batch):
-    import tvm
-
     if not host_runs(isa):
         pytest.skip(f"host cannot run {isa} code")
     scheme = HEAD_Q8 if name == HEAD_Q8.name else get_scheme(name)
     rng = np.random.default_rng(n * 1000 + k)
-    groups = -(-k // scheme.group_size)
     x = rng.standard_normal((batch, 1, k)).astype("float32")
     x[0, 0, :32] = 0  # an all-zero block
     if scheme.bits == 8:  # symmetric codes 0 … 254, both ends present
@@ -78,19 +99,10 @@ def test_kernel_matches_numpy(isa, name, n, k, batch):
         words = codes.view(np.uint32)
     else:
         words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
-    scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
-    zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
-    target = tvm.target.Target(LLVM_ISA[isa])
-    with target:  # the kernel picks its dot product from the target
-        func = gemv_int8(scheme, n, k).with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    assert ("vpdpbusd" in lib.mod.inspect_source("asm")) == (isa == "avx512vnni")
-    f = lib["main"]
-    dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros((batch, 1, n), "float32"), dev)
-    f(*[tvm.runtime.tensor(a, dev) for a in [x, words, scales] + ([zeros] if zeros is not None else [])], y)
+    scales, zeros = scales_and_zeros(scheme, n, k, rng)
+    y = run_kernel(gemv_int8, isa, scheme, x, words, scales, zeros, n)
     want = blocks_int8(x[:, 0]) @ dequantized(scheme, words, scales, zeros, k).T.astype(np.float64)
-    np.testing.assert_allclose(y.numpy()[:, 0], want, rtol=0, atol=2e-6 * np.abs(want).max())
+    np.testing.assert_allclose(y[:, 0], want, rtol=0, atol=2e-6 * np.abs(want).max())
     assert np.abs(x[:, 0] @ dequantized(scheme, words, scales, zeros, k).T - want).max() > 1e-4 * np.abs(want).max()
 
 
@@ -199,29 +211,18 @@ def test_int8_refused_off_x86(tmp_path):
 def test_gemm_kernel_matches_numpy(isa, name, n, k, rows):
     """Prefill's int8 GEMM (``gemm_int8``) against NumPy: row counts that fill the 4-row tiles and
     ones that leave a partial tile, a zero activation block, a partial last weight group."""
-    import tvm
-
     if not host_runs(isa):
         pytest.skip(f"host cannot run {isa} code")
     scheme = get_scheme(name)
     rng = np.random.default_rng(zlib.crc32(repr((name, n, k, rows)).encode()))
-    groups = -(-k // scheme.group_size)
     x = rng.standard_normal((1, rows, k)).astype("float32")
     x[0, 0, :32] = 0
     words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
-    scales = (rng.random((n, groups)) * 0.02).astype(scheme.model_dtype)
-    zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype("uint8") if "asym" in name else None
-    target = tvm.target.Target(LLVM_ISA[isa])
-    with target:
-        func = gemm_int8(scheme, n, k).with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    assert ("vpdpbusd" in lib.mod.inspect_source("asm")) == (isa == "avx512vnni")
-    dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros((1, rows, n), "float32"), dev)
-    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, words, scales] + ([zeros] if zeros is not None else [])], y)
+    scales, zeros = scales_and_zeros(scheme, n, k, rng)
+    y = run_kernel(gemm_int8, isa, scheme, x, words, scales, zeros, n)
     deq = dequantized(scheme, words, scales, zeros, k).T.astype(np.float64)
     want = blocks_int8(x[0]) @ deq
-    np.testing.assert_allclose(y.numpy()[0], want, rtol=0, atol=2e-6 * np.abs(want).max())
+    np.testing.assert_allclose(y[0], want, rtol=0, atol=2e-6 * np.abs(want).max())
     assert np.abs(x[0] @ deq - want).max() > 1e-4 * np.abs(want).max()  # int8 x differs from fp
 
 
