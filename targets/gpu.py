@@ -1,16 +1,14 @@
-"""The GPU backends' relax pipeline: TVM's stock GPU phases with dlight's GPU schedule rules.
+"""The GPU backends' relax pipeline: TVM's stock GPU phases, lowbit's fused-matmul schedules,
+dlight's GPU rules for everything else.
 
-Used by ``cuda``, ``metal``, ``iphone``, ``opencl``, ``android`` and ``webgpu``. The rules are
-the stock list of ``relax.backend.gpu_generic`` (Matmul, GEMV, Reduction, GeneralReduction,
-Fallback) with two changes the fused dequantize→matmul kernels need:
+Used by ``cuda``, ``metal``, ``iphone``, ``opencl``, ``android``, ``webgpu``. Every fused
+dequantize→matmul kernel is scheduled by :class:`QuantMatmulGPU` (vectorised word loads and a
+cross-thread reduction for decode, shared-memory tiles for prefill). The other kernels take the
+stock list of ``relax.backend.gpu_generic`` (Matmul, GEMV, Reduction, GeneralReduction, Fallback)
+with two changes:
 
-* a rule that raises on a kernel counts as "does not apply" and the next rule is tried: on CUDA,
-  Matmul's tensor-core path raises a ``ScheduleError`` on the prefill kernels (their dequantized
-  weight panel is a block of its own), which then fall to GEMV/Fallback;
-* Metal leaves Matmul out: its simdgroup tensorization crashes the process on those kernels.
-
-These are generic schedules; lowbit's own fused GPU kernels replace them for the quantized
-matmuls (the "GPU kernels" issue).
+* a rule that raises on a kernel counts as "does not apply" and the next rule is tried;
+* Metal leaves Matmul out: its simdgroup tensorization crashes the process (TVM-NOTES).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight
 
+from lowbit.compiler.kernels.gpu_schedule import QuantMatmulGPU
 from lowbit.targets.phases import phased_pipeline
 
 logger = logging.getLogger(__name__)
@@ -46,11 +45,12 @@ class FallThrough(dlight.ScheduleRule):
 
 
 def schedule_rules(target: tvm.target.Target) -> list[dlight.ScheduleRule]:
-    """dlight's GPU rules for ``target``, in the order they are tried."""
+    """The GPU rules for ``target``, in the order they are tried: ours for the fused quantized
+    matmuls, then dlight's."""
     rules = [dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
     if target.kind.name != "metal":
         rules.insert(0, dlight.gpu.Matmul())
-    return [FallThrough(r) for r in rules]
+    return [QuantMatmulGPU(), *(FallThrough(r) for r in rules)]
 
 
 def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

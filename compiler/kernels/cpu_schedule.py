@@ -43,32 +43,7 @@ from lowbit.compiler.kernels.quant_matmul import (
     MATMUL_BLOCK,
     PAD_BLOCK,
 )
-
-
-def _find(sch: s_tir.Schedule, name: str) -> s_tir.schedule.SBlockRV | None:
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    found = [b for b in blocks if sch.get(b).name_hint == name]
-    return found[0] if len(found) == 1 else None
-
-
-def _split_others(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, keep: tuple = ()) -> list:
-    """Inline every block that can be (casts, reshapes, the bias cast); return the rest, the
-    epilogues that write the outputs (bias add, residual add), in order.
-
-    Epilogues cannot be inlined into a reduction block; the schedules place them right after
-    each output tile instead.
-    """
-    skip = {sch.get(main).name_hint, *keep}
-    epilogues = []
-    for b in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(b).name_hint in skip:
-            continue
-        try:
-            sch.compute_inline(b)
-        except s_tir.schedule.ScheduleError:
-            epilogues.append(b)
-    return epilogues
-
+from lowbit.compiler.kernels.schedule_blocks import find_block, inline_all_but
 
 # GEMM register tile (rows of x, output features) by llvm ``mcpu``: AVX-512's 32 zmm registers
 # hold 8 × 32 fp32 accumulators (16 registers); AVX2's 16 ymm registers hold 4 × 16 (8). Each was
@@ -110,12 +85,12 @@ class QuantMatmulCPU(dlight.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
-        main = _find(sch, MATMUL_BLOCK)
+        main = find_block(sch, MATMUL_BLOCK)
         if main is None:
             return None
         form = str(sch.get(main).annotations.get(FORM_ATTR, ""))
-        deq = _find(sch, DEQUANT_BLOCK)
-        epilogues = _split_others(sch, main, keep=(DEQUANT_BLOCK, PAD_BLOCK))
+        deq = find_block(sch, DEQUANT_BLOCK)
+        epilogues = inline_all_but(sch, main, keep=(DEQUANT_BLOCK, PAD_BLOCK))
         if form == GEMM:
             self._gemm(sch, main, deq, epilogues, *gemm_tile(target))
         elif form == BATCH:

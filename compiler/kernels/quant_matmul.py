@@ -42,7 +42,10 @@ DEQUANT_BLOCK = "q_dequant"  # GEMM / batch: the weight panel the schedule dequa
 PAD_BLOCK = "q_pad_rows"  # GEMM / batch: x with its rows padded to a multiple of the row tile
 LANES_ATTR = "lowbit.vector_lanes"  # block annotation: how many k to vectorize together
 GROUP_ATTR = "lowbit.group_size"  # block annotation (padded forms): k per scale
-FORM_ATTR = "lowbit.form"  # block annotation: the CPU schedule the form is for
+FORM_ATTR = "lowbit.form"  # block annotation: the schedule the form is for
+WORD_ATTR = "lowbit.word_elems"  # block annotation (GPU): elements one thread takes from one word
+CHUNK_ATTR = "lowbit.gpu_chunk"  # block annotation (GPU GEMV): elements per thread per step
+GPU_ACC = "float32"  # GPU kernels accumulate (and dequantize) in fp32, whatever x's dtype
 GEMV, GEMM, BATCH = "gemv", "gemm", "batch"
 RUN = 32  # 3-bit (asymmetric, NF3): elements per run of three bit-plane words
 GEMM_ROWS = 8  # rows of x per GEMM tile: prefill row counts are padded to a multiple of this
@@ -118,10 +121,27 @@ def dequant_fn(
         offset = tirx.const(scheme.max_int, dtype)
         return lambda n, k: (code_expr(w, n, k, scheme).astype(dtype) - offset) * s[n, k // g].astype(dtype)
     z = params[2]
+    groups = s.shape[1]
     return lambda n, k: (
-        (code_expr(w, n, k, scheme).astype(dtype) - z[n, k // g].astype(dtype))
+        (code_expr(w, n, k, scheme).astype(dtype) - zero_point(z, n, k // g, groups).astype(dtype))
         * s[n, k // g].astype(dtype)
     )
+
+
+def zero_point(z: te.Tensor, n, group, groups) -> tirx.PrimExpr:
+    """Zero point of (n, group): z uint8 [N, G], or the same bytes viewed as uint32 words [N·G/4]
+    (:func:`zero_points_as_words`), byte i of the row-major bytes at bits 8·(i % 4) of word i // 4."""
+    if z.dtype == "uint8":
+        return z[n, group]
+    i = n * groups + group
+    return _bits(z[i // 4], (i % 4) * 8, 8)
+
+
+def zero_points_as_words() -> bool:
+    """Whether the target in scope reads the uint8 zero points as words: WGSL has no 8-bit
+    storage buffers."""
+    target = Target.current(allow_none=True)
+    return target is not None and target.kind.name == "webgpu"
 
 
 def vector_lanes(scheme: Scheme, k: int) -> int:
@@ -134,6 +154,62 @@ def vector_lanes(scheme: Scheme, k: int) -> int:
     else:
         lanes = STORAGE_BITS // scheme.bits
     return math.gcd(lanes, k)
+
+
+def word_elems(scheme: Scheme) -> int:
+    """Elements whose codes sit in one word (a 2-bit plane word for the 3-bit bit-plane layouts;
+    4 floats unquantized): what one GPU thread dequantizes from one load."""
+    if isinstance(scheme, NoQuant):
+        return 4
+    if not isinstance(scheme, SymGroupQuant) and scheme.bits == 3:
+        return 16
+    return STORAGE_BITS // scheme.bits
+
+
+def packed_k(scheme: Scheme, k: int) -> int:
+    """Elements the stored row covers: K rounded up to whole groups (codes past K are 0)."""
+    if isinstance(scheme, NoQuant):
+        return k
+    return scheme.num_groups(k) * scheme.group_size
+
+
+def gpu_chunk(scheme: Scheme, k: int) -> int:
+    """GPU GEMV: elements one thread reduces per step, read as whole words (a vector load).
+
+    4 words for the plain packings (32 codes at 4 bits, 64 at 2); up to 4 runs of 32 for the bit
+    planes (12 words: 3 vector loads); 8 floats unquantized. The chunk divides the packed row, so
+    the last chunk that starts before K never reads past the stored words.
+    """
+    padded = packed_k(scheme, k)
+    if isinstance(scheme, NoQuant):
+        units, unit = (8, 4, 2, 1), 1
+    elif not isinstance(scheme, SymGroupQuant) and scheme.bits == 3:
+        units, unit = (4, 2, 1), RUN
+    else:
+        units, unit = (4, 2, 1), STORAGE_BITS // scheme.bits
+    return next(unit * u for u in units if padded % (unit * u) == 0)
+
+
+def _gpu_matmul(x: te.Tensor, params: Sequence[te.Tensor], scheme: Scheme, k_dim: int, symbolic: bool) -> te.Tensor:
+    """The GPU forms (:mod:`.gpu_schedule`), accumulated in :data:`GPU_ACC`.
+
+    Decode (no symbolic axis): :data:`GEMV`, the dequantization inline in the reduction. Prefill
+    and batch decode: :data:`GEMM`, the weight in its own ``q_dequant`` block, which the schedule
+    computes one tile at a time into shared memory.
+    """
+    deq = dequant_fn(scheme, params, GPU_ACC)
+    *lead, _ = x.shape
+    n_dim = params[0].shape[0]
+    k = te.reduce_axis((0, k_dim), name="k")
+    attrs = {FORM_ATTR: GEMM if symbolic else GEMV, WORD_ATTR: word_elems(scheme),
+             CHUNK_ATTR: gpu_chunk(scheme, k_dim)}
+    w = te.compute((n_dim, k_dim), deq, name=DEQUANT_BLOCK) if symbolic else None
+    weight = (lambda n, kk: w[n, kk]) if symbolic else deq
+    y = te.compute((*lead, n_dim), lambda *i: te.sum(x[(*i[:-1], k)].astype(GPU_ACC) * weight(i[-1], k), axis=k),
+                   name=MATMUL_BLOCK, attrs=attrs)
+    if x.dtype == GPU_ACC:
+        return y
+    return te.compute(y.shape, lambda *i: y[i].astype(x.dtype), name="q_matmul_cast")
 
 
 def _cpu_schedule() -> bool:
@@ -155,9 +231,8 @@ def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
     In the padded forms x is copied with zero rows appended, the weight gets its own
     ``q_dequant`` block (which the schedule computes one N tile at a time, for all rows) and a
     copy block keeps the real rows, so the scheduled row tiles need no bounds predicate. Exported
-    under a GPU target (``with target:``) every kernel keeps the inline form that dlight's GPU
-    rules schedule: they would otherwise stage a whole output row of the padded block in shared
-    memory.
+    under a GPU target (``with target:``) the kernels take the GPU forms instead
+    (:func:`_gpu_matmul`).
     """
 
     def f(x: te.Tensor, *params: te.Tensor) -> te.Tensor:
@@ -169,7 +244,9 @@ def q_matmul_te(scheme: Scheme, in_features: int) -> Callable[..., te.Tensor]:
         k = te.reduce_axis((0, in_features), name="k")
         lanes = vector_lanes(scheme, in_features)
         symbolic = [a for a, d in enumerate(lead) if not isinstance(d, (int, tirx.IntImm))]
-        if not symbolic or not _cpu_schedule():
+        if not _cpu_schedule():
+            return _gpu_matmul(x, params, scheme, in_features, bool(symbolic))
+        if not symbolic:
             return te.compute(
                 (*lead, n_dim), lambda *i: te.sum(x[(*i[:-1], k)] * deq(i[-1], k), axis=k),
                 name=MATMUL_BLOCK, attrs={LANES_ATTR: lanes, FORM_ATTR: GEMV},

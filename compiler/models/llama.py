@@ -29,7 +29,7 @@ from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.gemm_int8 import gemm_int8, int8_prefill_applies
 from lowbit.compiler.kernels.gemv_int8 import gemv_int8, int8_decode_applies
-from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te
+from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te, zero_points_as_words
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
 
@@ -136,6 +136,15 @@ def _prefill_rows(x: Tensor) -> bool:
             and not isinstance(x.shape[1], int) and x.dtype == "float32")
 
 
+def _as_words(z: nn.Parameter) -> Tensor:
+    """The uint8 [N, G] zero points as uint32 [N·G/4] words: a view, no copy."""
+    n, g = (int(d) for d in z.shape)
+    if n * g % 4:
+        raise LowbitError(f"zero points [{n}, {g}] are not whole 32-bit words; WGSL cannot read them")
+    view = rx.op.memory.view(z._expr, rx.ShapeExpr([n * g // 4]), "uint32")
+    return op.wrap_nested(view, name="q_zero_words")
+
+
 class QuantLinear(nn.Module):
     """``y = x·Wᵀ (+ b)`` as one fused dequantize→matmul kernel over the stored layout."""
 
@@ -149,6 +158,13 @@ class QuantLinear(nn.Module):
 
     def params(self) -> list[nn.Parameter]:
         return [getattr(self, name) for name in self.param_names]
+
+    def _kernel_params(self, x: Tensor) -> list:
+        """x and the stored parameters, the zero points viewed as words where the target needs."""
+        params: list = self.params()
+        if "q_zero" in self.param_names and zero_points_as_words():
+            params[self.param_names.index("q_zero")] = _as_words(self.q_zero)
+        return [x, *params]
 
     def _int8_kernel(self, x: Tensor) -> tuple[str, Callable] | None:
         """(name, kernel) of the int8-activation kernel that runs on ``x``, if one does."""
@@ -165,7 +181,7 @@ class QuantLinear(nn.Module):
             func = kernel(self.scheme, self.out_features, self.in_features)
             y = op.tensor_ir_op(func, name, [x, *self.params()], out)
         else:
-            y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", [x, *self.params()])
+            y = op.tensor_expr_op(q_matmul_te(self.scheme, self.in_features), "q_matmul", self._kernel_params(x))
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import pytest
 import tvm
+from quant_reference import quantized_case, scheme_named
 from tvm import s_tir, te
 
 from lowbit.compiler.kernels.cpu_schedule import BATCH_TILES, GEMM_TILES, QuantMatmulCPU
@@ -27,67 +28,10 @@ from lowbit.compiler.kernels.quant_matmul import (
     q_embed_te,
     q_matmul_te,
 )
-from lowbit.compiler.schemes import HEAD_Q8, AsymGroupQuant, NF3GroupQuant, NoQuant, get_scheme
-from lowbit.quantizer import NF3_LEVELS
+from lowbit.compiler.schemes import HEAD_Q8, NoQuant, get_scheme
 from lowbit.targets.presets import LLVM_ISA, host_runs
 
 TARGET = tvm.target.Target({"kind": "llvm"})
-
-
-def pack_np(codes: np.ndarray, scheme) -> np.ndarray:
-    """Codes [N, K] → uint32 words, K padded with zero codes to whole groups."""
-    n, k = codes.shape
-    g = scheme.group_size
-    padded = np.zeros((n, -(-k // g) * g), np.uint64)
-    padded[:, :k] = codes
-    if isinstance(scheme, AsymGroupQuant | NF3GroupQuant) and scheme.bits == 3:
-        words = []
-        for run in range(padded.shape[1] // 32):
-            c = padded[:, run * 32:(run + 1) * 32]
-            lo0 = sum((c[:, j] & 3) << (2 * j) for j in range(16))
-            lo1 = sum((c[:, 16 + j] & 3) << (2 * j) for j in range(16))
-            hi = sum(((c[:, j] >> 2) & 1) << j for j in range(32))
-            words += [lo0, lo1, hi]
-        return np.stack(words, axis=1).astype(np.uint32)
-    per = 32 // scheme.bits
-    lanes = padded.reshape(n, -1, per)
-    return sum(lanes[:, :, j] << (scheme.bits * j) for j in range(per)).astype(np.uint32)
-
-
-def dequant_np(codes, scales, zeros, scheme) -> np.ndarray:
-    k = codes.shape[1]
-    s = np.repeat(scales.astype(np.float32), scheme.group_size, axis=1)[:, :k]
-    z = np.repeat(zeros.astype(np.float32), scheme.group_size, axis=1)[:, :k]
-    return (codes.astype(np.float32) - z) * s
-
-
-def dequant_nf3_np(codes, scales, group: int) -> np.ndarray:
-    """``level[q]·s₊`` for q > 3, else ``level[q]·s₋``; scales [N, G, 2]."""
-    k = codes.shape[1]
-    per_k = np.repeat(scales.astype(np.float32), group, axis=1)[:, :k]
-    s = np.where(codes > 3, per_k[..., 0], per_k[..., 1])
-    return np.asarray(NF3_LEVELS, np.float32)[codes] * s
-
-
-def _scheme(name: str):
-    """A registered scheme, or the 8-bit head scheme of the ``…_q8head`` schemes."""
-    return HEAD_Q8 if name == HEAD_Q8.name else get_scheme(name)
-
-
-def _quantized_case(scheme, n: int, k: int, rng):
-    codes = rng.integers(0, 1 << scheme.bits, (n, k)).astype(np.uint8)
-    groups = -(-k // scheme.group_size)
-    if isinstance(scheme, NF3GroupQuant):
-        scales = (rng.random((n, groups, 2)) * 0.1 + 0.01).astype(np.float16)
-        return [pack_np(codes, scheme), scales], dequant_nf3_np(codes, scales, scheme.group_size)
-    scales = (rng.random((n, groups)) * 0.1 + 0.01).astype(np.float16)
-    if isinstance(scheme, AsymGroupQuant):
-        zeros = rng.integers(0, 1 << scheme.bits, (n, groups)).astype(np.uint8)
-        params = [pack_np(codes, scheme), scales, zeros]
-    else:
-        zeros = np.full((n, groups), scheme.max_int, np.uint8)
-        params = [pack_np(codes, scheme), scales]
-    return params, dequant_np(codes, scales, zeros, scheme)
 
 
 def _build(f, inputs: list[np.ndarray], symbolic: int | None, target=TARGET):
@@ -126,9 +70,9 @@ SCHEMES = ["q4f16_1", "q3f16_1", "q4f32_1", "w4a16g128asym", "w3a16g64asym", "w2
 @pytest.mark.parametrize("m", [1, 5, 8])  # decode GEMV; prefill GEMM with a partial / whole row tiles
 def test_fused_matmul_matches_numpy(name, m):
     rng = np.random.default_rng(zlib.crc32(repr((name, m)).encode()))
-    scheme = _scheme(name)
+    scheme = scheme_named(name)
     n, k = 37, 200  # odd N, K not a multiple of 32/40/64/128
-    params, w = _quantized_case(scheme, n, k, rng)
+    params, w = quantized_case(scheme, n, k, rng)
     x = rng.standard_normal((1, m, k)).astype(np.float32)
     got, sch = _run(q_matmul_te(scheme, k), [x, *params], (1, m, n), m_symbolic=m > 1)
     assert sch is not None, "the CPU schedule did not apply"
@@ -146,8 +90,8 @@ def test_gemm_register_tiles(isa, name, n, m):
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa != "avx512" or str(target.attrs["mcpu"]) in GEMM_TILES
     rng = np.random.default_rng(zlib.crc32(repr((isa, name, n, m)).encode()))
-    scheme = _scheme(name)
-    params, w = _quantized_case(scheme, n, 136, rng)
+    scheme = scheme_named(name)
+    params, w = quantized_case(scheme, n, 136, rng)
     x = rng.standard_normal((1, m, 136)).astype(np.float32)
     got, _ = _run(q_matmul_te(scheme, 136), [x, *params], (1, m, n), True, target)
     np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
@@ -164,12 +108,12 @@ def test_batch_decode_matmul_matches_numpy(name, n, k):
     a partial 3-bit run), K = 320 is whole groups of each scheme (64 of the 128-groups, as K = 576
     is at g128), the path that loads each scale once per group."""
     rng = np.random.default_rng(zlib.crc32(repr((name, n, k)).encode()))
-    scheme = _scheme(name)
+    scheme = scheme_named(name)
     if isinstance(scheme, NoQuant):
         params = [rng.standard_normal((n, k)).astype(scheme.model_dtype)]
         w = params[0].astype(np.float32)
     else:
-        params, w = _quantized_case(scheme, n, k, rng)
+        params, w = quantized_case(scheme, n, k, rng)
     xs = {b: rng.standard_normal((b, 1, k)).astype(np.float32) for b in BATCHES}
     lib, sch, form = _build(q_matmul_te(scheme, k), [xs[1], *params], symbolic=0)
     assert form == BATCH and sch is not None
@@ -188,8 +132,8 @@ def test_batch_register_tiles(isa, name):
     target = tvm.target.Target(LLVM_ISA[isa])
     assert isa == "generic" or str(target.attrs["mcpu"]) in BATCH_TILES
     rng = np.random.default_rng(zlib.crc32(repr((isa, name)).encode()))
-    scheme = _scheme(name)
-    params, w = _quantized_case(scheme, 48, 576, rng)
+    scheme = scheme_named(name)
+    params, w = quantized_case(scheme, 48, 576, rng)
     xs = [rng.standard_normal((b, 1, 576)).astype(np.float32) for b in (4, 5)]
     lib, _, _ = _build(q_matmul_te(scheme, 576), [xs[0], *params], 0, target)
     for x in xs:
@@ -202,7 +146,7 @@ def test_form_follows_the_symbolic_axis(symbolic, form):
     """decode [1, 1, K] keeps the GEMV; prefill [1, tokens, K] the GEMM; batch decode
     [sequences, 1, K] the batch form."""
     scheme = get_scheme("q4f16_1")
-    params, _ = _quantized_case(scheme, 8, 64, np.random.default_rng(4))
+    params, _ = quantized_case(scheme, 8, 64, np.random.default_rng(4))
     x = np.zeros((1, 1, 64), np.float32)
     assert _build(q_matmul_te(scheme, 64), [x, *params], symbolic)[2] == form
 
@@ -211,7 +155,7 @@ def test_fused_matmul_padding_codes_not_read():
     """Garbage in the padding codes past K (here 100 of a 128-group) must not change the result."""
     rng = np.random.default_rng(1)
     scheme = get_scheme("w4a16g128asym")
-    params, w = _quantized_case(scheme, 8, 100, rng)
+    params, w = quantized_case(scheme, 8, 100, rng)
     params[0][:, 12] |= np.uint32(0xFFFF0000)  # codes 100–103
     params[0][:, 13:] = np.uint32(0xFFFFFFFF)  # codes 104–127
     x = rng.standard_normal((1, 1, 100)).astype(np.float32)
@@ -231,8 +175,8 @@ def test_unquantized_matmul(m):
 @pytest.mark.parametrize("name", ["q4f16_1", "q3f16_1", HEAD_Q8.name])
 def test_quantized_embedding_rows(name):
     rng = np.random.default_rng(3)
-    scheme = _scheme(name)
-    params, w = _quantized_case(scheme, 50, 72, rng)
+    scheme = scheme_named(name)
+    params, w = quantized_case(scheme, 50, 72, rng)
     ids = np.array([3, 49, 0, 3, 17], np.int32)
     x = te.placeholder((5,), "int32", name="ids")
     ps = [te.placeholder(a.shape, str(a.dtype)) for a in params]

@@ -19,11 +19,15 @@ def device_module(executable, kind: str):
 def kernel_sources(executable, kind: str) -> dict[str, str]:
     """Kernel name → its own source: TVM joins one program per kernel, each after a
     ``// Function: NAME`` header."""
-    text = device_module(executable, kind).inspect_source("")
+    return split_kernels(device_module(executable, kind).inspect_source(""))
+
+
+def split_kernels(text: str) -> dict[str, str]:
+    """Kernel name → source, from a device module's source text."""
     parts = re.split(r"^// Function: (\S+)\n(?://-+\n)?", text, flags=re.M)
     sources: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if body.strip():
             sources[name] = body
-    assert sources, f"no {kind} kernels found"
+    assert sources, "no kernels found"
     return sources

@@ -72,6 +72,19 @@ def test_opencl_kernels_build_on_pocl(opencl_build):
         program = cl.Program(ctx, src).build()
         assert name in [k.function_name for k in program.all_kernels()]
     assert len(kernels) > 20
+    assert_fused_matmuls_are_ours(kernels)
+
+
+def assert_fused_matmuls_are_ours(kernels: dict[str, str]) -> None:
+    """Every fused quantized matmul runs lowbit's GPU schedule, not dlight's: the decode GEMV
+    keeps per-thread partial sums (``q_matmul…_rf_local``), the prefill GEMM dequantizes its
+    weight panel into shared memory (``q_dequant…_shared``)."""
+    fused = [name for name in kernels if "q_matmul" in name]
+    assert len(fused) >= 7  # qkv, o, gate_up, down, lm_head: decode and prefill forms
+    for name in fused:
+        # the kernel's definition, up to the next one (OpenCL programs hold several kernels)
+        body = re.search(rf"\b{name}\([^;{{]*\)\s*\{{(.*?)(?=\n__kernel |\n@compute|\Z)", kernels[name], re.S)[1]
+        assert re.search(r"q_matmul\w*_rf_local", body) or re.search(r"q_dequant\w*_shared", body), name
 
 
 def test_android_archive_is_aarch64_elf_with_fp16_opencl(tiny_mlc, tmp_path):
@@ -178,10 +191,13 @@ def test_metal_objects_and_dylib(tiny_mlc, tmp_path):
     assert "platform macos" in headers or "platform 1" in headers
 
 
-def test_webgpu_wasm_objects_and_wgsl_compiles(tiny_mlc, tmp_path):
+@pytest.mark.parametrize("scheme", ["q4f16_1", "w3a16g128asym"])
+def test_webgpu_wasm_objects_and_wgsl_compiles(scheme, tiny_mlc, tmp_path):
+    """MLC's scheme, and an asymmetric one: its uint8 zero points are read as words (WGSL has no
+    8-bit storage)."""
     wgpu = require_module("wgpu", "compiles WGSL on lavapipe")
     tar = tmp_path / "model.tar"
-    executable, meta = build_library(tiny_mlc("q4f16_1"), "webgpu", tar)
+    executable, meta = build_library(tiny_mlc(scheme), "webgpu", tar)
     assert meta.device == "webgpu"
     import tarfile
 
@@ -204,6 +220,7 @@ def test_webgpu_wasm_objects_and_wgsl_compiles(tiny_mlc, tmp_path):
         except Exception as e:  # wgpu raises its own validation error types
             pytest.fail(f"{name}: {e}")
     assert len(kernels) > 20
+    assert_fused_matmuls_are_ours(kernels)
 
 
 def test_wrong_suffix_and_missing_tool_are_one_line_errors(tiny_mlc, tmp_path, monkeypatch):
