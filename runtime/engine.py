@@ -26,7 +26,7 @@ from lowbit.artifact import (
 )
 from lowbit.errors import LowbitError
 from lowbit.runtime.grammar import Grammars
-from lowbit.runtime.library_check import check_library
+from lowbit.runtime.library_check import check_library, load_device_runtime
 from lowbit.runtime.logprobs import LogprobTrack, TokenLogprob
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
@@ -464,6 +464,7 @@ def _load_library(path: Path):
     import tvm
 
     check_library(path)  # a damaged library would crash the loader (SIGBUS), not raise
+    load_device_runtime(path)
     try:
         return tvm.runtime.load_module(str(path))
     except Exception as e:  # TVM raises its own error types

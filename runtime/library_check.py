@@ -79,12 +79,22 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def load_device_runtime(path: Path) -> None:
+    """Load the device runtime the library's kernels need before TVM loads the library: lowbit's
+    WebGPU runtime for WGSL kernels (the TVM wheel has none)."""
+    from lowbit.runtime.webgpu_runtime import library_uses_webgpu, load_runtime
+
+    if library_uses_webgpu(path):
+        load_runtime()
+
+
 def _child(path: str) -> int:
     """Load the library and read its metadata as the engine does; an error is one stderr line."""
     try:
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
+        load_device_runtime(Path(path))
         vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
         try:
             metadata = vm[METADATA_FUNC]

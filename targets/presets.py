@@ -191,6 +191,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         host=host_llvm, formats=(_SHARED,),
     ),
     Preset(
+        # WGSL, not SPIR-V: MLC's Vulkan runtime cannot load it; lowbit's WebGPU runtime
+        # (runtime/wgpu) runs it on wgpu-native, over Vulkan here (Metal, D3D12 elsewhere).
+        name="vulkan", summary="Vulkan through wgpu-native: WGSL kernels, x86-64 host, shared library "
+                               "(runs with lowbit's WebGPU runtime, not MLC's Vulkan runtime)",
+        device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
+        host=host_llvm, formats=(_SHARED,),
+    ),
+    Preset(
         name="webgpu", summary="WebGPU: WGSL kernels, wasm32 host objects (link with emcc + TVM's web runtime)",
         device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
         host=_fixed({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}), system_lib=True,
