@@ -5,7 +5,10 @@ this machine's CPU drivers and match NumPy, for every packing at the bundled mod
   ``q4f16_1`` runs as ``q4f32_1`` does);
 * WGSL on lavapipe through wgpu, in fp16 (activations, scales, output; fp32 accumulation) and fp32.
   WGSL has no 8-bit storage: the asymmetric schemes' uint8 zero points go in as words, as the
-  model passes them on ``webgpu``.
+  model passes them on ``webgpu``;
+* the same WGSL through lowbit's own WebGPU runtime (``runtime/wgpu``, over wgpu-native) in fp16:
+  compiled with an x86-64 host into a shared library, loaded and called by the TVM runtime on the
+  ``webgpu`` device, as a ``vulkan``-target model library is.
 
 Forms: the decode GEMV (x [1, 1, K]), the prefill GEMM (x [1, T, K], T symbolic, here 37: not a
 whole tile) and batch decode (x [B, 1, K], B symbolic, here 5).
@@ -37,6 +40,9 @@ CASES = [
     ("webgpu", "float16", "batch", 576, 1536, 5),
     ("webgpu", "float32", "gemv", 960, 576, 1),
     ("webgpu", "float32", "batch", 576, 1536, 5),
+    ("vulkan", "float16", "gemv", 960, 576, 1),
+    ("vulkan", "float16", "gemm", 576, 1536, 37),
+    ("vulkan", "float16", "batch", 960, 576, 5),
 ]
 TOLERANCE = {"float32": 2e-5, "float16": 3e-3}  # max |error| / max |y|
 
@@ -58,6 +64,32 @@ def wgsl_device():
     return wgpu, adapter.request_device_sync(required_features=["shader-f16"])
 
 
+@pytest.fixture(scope="module")
+def webgpu_runtime():
+    """lowbit's WebGPU runtime, loaded into this process (built into the cache on first use)."""
+    require_module("wgpu", "ships wgpu-native")
+    from lowbit.errors import LowbitError
+    from lowbit.runtime.webgpu_runtime import load_runtime
+
+    try:
+        return load_runtime()
+    except LowbitError as e:
+        require("mesa-vulkan-drivers-missing", str(e))
+
+
+def run_native(mod: tvm.IRModule, target, arrays: dict[str, np.ndarray], out: str, _adapter, tmp_path) -> None:
+    """Export the kernel with its x86-64 host, load it and run it on the ``webgpu`` device."""
+    with target:
+        library = tvm.compile(mod, target=target)
+    path = tmp_path / "kernel.so"
+    library.export_library(str(path))
+    dev = tvm.runtime.device("webgpu", 0)
+    names = ["x", *(n for n in "wsz" if n in arrays), out]
+    tensors = [tvm.runtime.tensor(arrays[n], dev) for n in names]
+    tvm.runtime.load_module(str(path))["main"](*tensors)
+    arrays[out] = tensors[-1].numpy()
+
+
 def _case(scheme_name: str, form: str, n: int, k: int, rows: int, kind: str, dtype: str):
     """(scheduled module, arrays by buffer name, output name, expected y, symbolic sizes)."""
     scheme = scheme_named(scheme_name)
@@ -68,11 +100,11 @@ def _case(scheme_name: str, form: str, n: int, k: int, rows: int, kind: str, dty
     else:
         params, w = quantized_case(scheme, n, k, rng)
         params[1] = params[1].astype(dtype)  # PoCL and the fp32 WGSL kernels take fp32 scales
-        if len(params) == 3 and kind == "webgpu":
+        if len(params) == 3 and kind != "opencl":
             params[2] = params[2].reshape(-1).view(np.uint32)  # zero points as words
     shape = {"gemv": (1, 1, k), "gemm": (1, rows, k), "batch": (rows, 1, k)}[form]
     x = rng.standard_normal(shape).astype(dtype)
-    target = tvm.target.Target({"kind": kind}, host="llvm")
+    target = tvm.target.Target({"kind": "webgpu" if kind == "vulkan" else kind}, host="llvm")
     sizes = {"t": rows} if form != "gemv" else {}
     x_shape = {"gemv": shape, "gemm": (1, te.var("t", "int64"), k), "batch": (te.var("t", "int64"), 1, k)}[form]
     with target:
@@ -93,8 +125,14 @@ def _error(got: np.ndarray, expected: np.ndarray) -> float:
 
 @pytest.mark.parametrize("kind,dtype,form,n,k,rows", CASES, ids=["-".join(map(str, c[:5])) for c in CASES])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_gpu_kernel_matches_numpy(scheme, kind, dtype, form, n, k, rows, request):
+def test_gpu_kernel_matches_numpy(scheme, kind, dtype, form, n, k, rows, request, tmp_path):
     mod, target, arrays, out, expected, sizes = _case(scheme, form, n, k, rows, kind, dtype)
+    if kind == "vulkan":
+        run_native(mod, target, arrays, out, request.getfixturevalue("webgpu_runtime"), tmp_path)
+        err = _error(arrays[out], expected)
+        print(f"\nGPU-KERNEL {scheme} {form} {n}x{k} {kind} {dtype} {err:.2e}")
+        assert err < TOLERANCE[dtype]
+        return
     kernels = lower(mod, target, sizes)
     if kind == "opencl":
         run_opencl(kernels, arrays, sizes, request.getfixturevalue("opencl"))

@@ -1,0 +1,87 @@
+"""The ``vulkan`` target end to end: the model's WGSL kernels run on lowbit's WebGPU runtime
+(``runtime/wgpu`` over wgpu-native; here on Mesa's lavapipe, a CPU Vulkan driver) and give the
+llvm build's logits within fp16 tolerance.
+
+Teacher-forced: the llvm build (fp32) generates greedily; the vulkan build (fp16 compute and KV
+cache) is fed the same tokens and its logits are compared at every step. Its top-1 token must
+agree wherever the llvm build's top-2 gap exceeds the tolerance (below it fp16 rounding may
+swap them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from required_tools import require, require_module
+
+from lowbit.compiler.compile import CompileArgs, compile_model
+from lowbit.errors import LowbitError
+from lowbit.runtime.engine import Engine
+from lowbit.runtime.tokenizer import Tokenizer
+
+README_PROMPT = "The capital of France is"
+LOGIT_TOLERANCE = 0.01  # of the step's largest |logit|
+
+
+@pytest.fixture(scope="module")
+def webgpu_runtime():
+    require_module("wgpu", "ships wgpu-native")
+    from lowbit.runtime.webgpu_runtime import load_runtime
+
+    try:
+        return load_runtime()
+    except LowbitError as e:
+        require("mesa-vulkan-drivers-missing", str(e))
+
+
+def teacher_forced(mlc, llvm_lib, vulkan_lib, prompt_ids: list[int], steps: int):
+    """Logits [steps, vocab] of both builds: the prompt's last position, then one per greedy token
+    of the llvm build."""
+    runs = {}
+    tokens: list[int] = []
+    for name, lib in (("llvm", llvm_lib), ("vulkan", vulkan_lib)):
+        engine = Engine(mlc, lib, check_md5=False)
+        seq = engine.add_sequence()
+        logits = [engine.prefill(seq, prompt_ids)]
+        for i in range(steps - 1):
+            if name == "llvm":
+                tokens.append(int(np.argmax(logits[-1])))
+            logits.append(engine.decode(seq, tokens[i]))
+        runs[name] = np.stack(logits).astype(np.float64)
+        if name == "vulkan":
+            assert engine.device.dlpack_device_type() == 15  # kDLWebGPU
+    return runs["llvm"], runs["vulkan"]
+
+
+def assert_close(reference: np.ndarray, got: np.ndarray) -> None:
+    for step, (ref, out) in enumerate(zip(reference, got, strict=True)):
+        tol = LOGIT_TOLERANCE * np.abs(ref).max()
+        assert np.abs(out - ref).max() <= tol, (step, np.abs(out - ref).max(), tol)
+        top2 = np.sort(ref)[-2:]
+        if top2[1] - top2[0] > tol:
+            assert np.argmax(out) == np.argmax(ref), step
+
+
+@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym"])
+def test_tiny_model_matches_llvm(scheme, tiny_mlc, tmp_path, webgpu_runtime):
+    mlc = tiny_mlc(scheme)
+    libs = [compile_model(CompileArgs(mlc, t, tmp_path / f"{t}.so"), progress=False) for t in ("llvm", "vulkan")]
+    reference, got = teacher_forced(mlc, *libs, list(range(1, 40)), steps=6)
+    assert_close(reference, got)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["w4a16g128asym", "q4f16_1"])
+def test_bundled_model_matches_llvm(scheme, bundled_w4, bundled_dir, tmp_path, webgpu_runtime):
+    """The README prompt, 32 greedy tokens of the llvm build, on the bundled SmolLM2-135M."""
+    from lowbit.compiler.convert import ConvertArgs, convert
+
+    if scheme == "w4a16g128asym":  # the session's CPU build of it
+        mlc, llvm = bundled_w4.mlc_dir, bundled_w4.lib
+    else:
+        mlc = convert(ConvertArgs(str(bundled_dir), scheme, tmp_path / "mlc", progress=False)).out
+        llvm = compile_model(CompileArgs(mlc, "llvm", tmp_path / "llvm.so"), progress=False)
+    vulkan = compile_model(CompileArgs(mlc, "vulkan", tmp_path / "vulkan.so"), progress=False)
+    prompt = Tokenizer(mlc).encode(README_PROMPT)
+    reference, got = teacher_forced(mlc, llvm, vulkan, prompt, steps=32)
+    assert_close(reference, got)
