@@ -82,10 +82,9 @@ def _signal_name(number: int) -> str:
 def load_device_runtime(path: Path) -> None:
     """Load the device runtime the library's kernels need before TVM loads the library: lowbit's
     WebGPU runtime for WGSL kernels (the TVM wheel has none)."""
-    from lowbit.runtime.webgpu_runtime import library_uses_webgpu, load_runtime
+    from lowbit.runtime.webgpu_runtime import load_for_library
 
-    if library_uses_webgpu(path):
-        load_runtime()
+    load_for_library(path)
 
 
 def _child(path: str) -> int:

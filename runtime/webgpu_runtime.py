@@ -29,12 +29,21 @@ LIBRARY = "liblowbit_wgpu.so"
 WGPU_NATIVE = "libwgpu_native-release.so"
 # how TVM's library format names a WebGPU device module: its kind as a length-prefixed string
 WEBGPU_MODULE_KIND = len(b"webgpu").to_bytes(8, "little") + b"webgpu"
+FP16_SHADERS = b"enable f16;"
 
 
-def library_uses_webgpu(path: Path) -> bool:
-    """Whether a compiled library holds WebGPU kernels (so needs this runtime to load)."""
-    with open(path, "rb") as f:
-        return WEBGPU_MODULE_KIND in f.read()
+def load_for_library(path: Path) -> None:
+    """Load the runtime if the library holds WebGPU kernels (TVM cannot load it otherwise); a
+    one-line error where this machine's adapter cannot run them."""
+    data = Path(path).read_bytes()
+    if WEBGPU_MODULE_KIND not in data:
+        return
+    adapter = load_runtime()
+    import tvm
+
+    if FP16_SHADERS in data and not tvm.get_global_func("lowbit.wgpu.has_f16")():
+        raise LowbitError(f"{Path(path).name} computes in fp16, which the WebGPU adapter {adapter} "
+                          "cannot (no shader-f16)")
 
 
 def _package_dir(name: str) -> Path:

@@ -11,7 +11,8 @@
 //     ``paramWriteAccess`` tag marks them written), then one uniform with the scalar arguments
 //     (32 bits each) and the x grid size (``packGridDimX``); grids wider than 65535 workgroups
 //     in x are folded into z, which the WGSL unfolds;
-//   * ``lowbit.wgpu.adapter``: the adapter's description, or an empty string when there is none.
+//   * ``lowbit.wgpu.adapter``: the adapter's description, or an empty string when there is none;
+//     ``lowbit.wgpu.has_f16``: whether it runs fp16 shaders (WGSL ``enable f16``).
 
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
@@ -67,6 +68,7 @@ class Context {
   WGPUQueue queue() const { return queue_; }
   const WGPULimits& limits() const { return limits_; }
   const std::string& description() const { return description_; }
+  bool has_f16() const { return has_f16_; }
 
   // Raise the first validation error the device reported since the last check.
   void CheckError() {
@@ -85,7 +87,13 @@ class Context {
 
  private:
   Context() {
-    instance_ = wgpuCreateInstance(nullptr);
+    // Vulkan, Metal, D3D12: not wgpu's OpenGL fallback, which has no fp16 shaders
+    WGPUInstanceExtras extras{};
+    extras.chain.sType = static_cast<WGPUSType>(WGPUSType_InstanceExtras);
+    extras.backends = WGPUInstanceBackend_Primary;
+    WGPUInstanceDescriptor instance_desc = WGPU_INSTANCE_DESCRIPTOR_INIT;
+    instance_desc.nextInChain = &extras.chain;
+    instance_ = wgpuCreateInstance(&instance_desc);
     if (instance_ == nullptr) {
       why_ = "wgpu-native could not create an instance";
       return;
@@ -119,7 +127,8 @@ class Context {
     wgpuAdapterGetLimits(adapter_, &limits_);
 
     std::vector<WGPUFeatureName> features;
-    if (wgpuAdapterHasFeature(adapter_, WGPUFeatureName_ShaderF16)) features.push_back(WGPUFeatureName_ShaderF16);
+    has_f16_ = wgpuAdapterHasFeature(adapter_, WGPUFeatureName_ShaderF16);
+    if (has_f16_) features.push_back(WGPUFeatureName_ShaderF16);
     WGPUDeviceDescriptor desc = WGPU_DEVICE_DESCRIPTOR_INIT;
     desc.requiredFeatureCount = features.size();
     desc.requiredFeatures = features.data();
@@ -156,7 +165,7 @@ class Context {
   WGPUQueue queue_ = nullptr;
   WGPULimits limits_{};
   std::string description_, why_;
-  bool answered_ = false;
+  bool answered_ = false, has_f16_ = false;
   std::mutex mutex_;
   std::string error_;
 };
@@ -531,6 +540,10 @@ TVM_FFI_STATIC_INIT_BLOCK() {
       .def("lowbit.wgpu.adapter", []() -> ffi::String {
         const Context* ctx = Context::Probe();
         return ctx == nullptr ? "" : ctx->description();
+      })
+      .def("lowbit.wgpu.has_f16", []() {
+        const Context* ctx = Context::Probe();
+        return ctx != nullptr && ctx->has_f16();
       });
 }
 

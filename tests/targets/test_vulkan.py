@@ -10,6 +10,11 @@ swap them).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from required_tools import require, require_module
@@ -63,12 +68,37 @@ def assert_close(reference: np.ndarray, got: np.ndarray) -> None:
             assert np.argmax(out) == np.argmax(ref), step
 
 
+@pytest.fixture(scope="module")
+def tiny_builds(tiny_mlc, tmp_path_factory):
+    """scheme → (MLC folder, llvm library, vulkan library) of the one-layer model, built once."""
+    built = {}
+
+    def get(scheme: str):
+        if scheme not in built:
+            mlc, root = tiny_mlc(scheme), tmp_path_factory.mktemp(f"vulkan-{scheme}")
+            built[scheme] = (mlc, *(compile_model(CompileArgs(mlc, t, root / f"{t}.so"), progress=False)
+                                    for t in ("llvm", "vulkan")))
+        return built[scheme]
+
+    return get
+
+
 @pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym"])
-def test_tiny_model_matches_llvm(scheme, tiny_mlc, tmp_path, webgpu_runtime):
-    mlc = tiny_mlc(scheme)
-    libs = [compile_model(CompileArgs(mlc, t, tmp_path / f"{t}.so"), progress=False) for t in ("llvm", "vulkan")]
-    reference, got = teacher_forced(mlc, *libs, list(range(1, 40)), steps=6)
+def test_tiny_model_matches_llvm(scheme, tiny_builds, webgpu_runtime):
+    mlc, llvm, vulkan = tiny_builds(scheme)
+    reference, got = teacher_forced(mlc, llvm, vulkan, list(range(1, 40)), steps=6)
     assert_close(reference, got)
+
+
+def test_no_adapter_is_one_line(tiny_builds, webgpu_runtime):
+    """Without a Vulkan driver (none found here) run says so in one line, naming the driver."""
+    mlc, _, vulkan = tiny_builds("q4f16_1")
+    env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent/icd.json"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "lowbit"), "run", str(mlc), "--model-lib", str(vulkan),
+                           "--prompt", "hi", "--max-new-tokens", "1"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "no WebGPU adapter on this machine: install a Vulkan driver" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
