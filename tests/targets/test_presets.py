@@ -34,8 +34,8 @@ def test_cpu_flags_parses_cpuinfo(tmp_path):
 
 
 def test_unknown_target_is_one_line_error():
-    with pytest.raises(LowbitError, match="unknown target 'vulkan'.*llvm"):
-        get_preset("vulkan")
+    with pytest.raises(LowbitError, match="unknown target 'rocm'.*llvm"):
+        get_preset("rocm")
 
 
 def test_llvm_preset_builds_a_tvm_target():
