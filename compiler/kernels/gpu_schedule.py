@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import DataType, s_tir, tirx
+from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
 
@@ -38,25 +38,16 @@ GEMV_THREADS = 128  # threads per workgroup (rows × threads along K)
 TILE_M, TILE_N = 32, 64  # GEMM output tile per workgroup
 THREADS_M, THREADS_N = 8, 16  # GEMM threads per workgroup: a 4 × 4 register tile each
 MIN_BK = 32  # GEMM: K per shared-memory stage, at least (a whole number of words)
-VECTOR_BYTES = 16  # widest vector load
-MAX_LANES = 4  # and most lanes (WGSL has vectors of 2 to 4)
+MAX_LANES = 4  # widest vector load (WGSL has vectors of 2 to 4): 16 bytes of words or fp32
+# the matmul block's reads: x first, then the weight (its packed words, or unquantized values)
+X_READ, WEIGHT_READ = 0, 1
 
 
-def _read_index(sch: s_tir.Schedule, block, which: str) -> int:
-    """Index in the block's reads of x (``"x"``, always the first) or the weight (the first
-    read after it: the packed words, or the unquantized weight)."""
-    return 0 if which == "x" else 1
-
-
-def _dtype_bytes(sch: s_tir.Schedule, block, index: int) -> int:
-    return DataType(str(sch.get(block).reads[index].source.dtype)).bits // 8
-
-
-def _vectorize_innermost(sch: s_tir.Schedule, block, elem_bytes: int) -> None:
+def _vectorize_innermost(sch: s_tir.Schedule, block) -> None:
     """Vectorize a cache block's innermost copy loop with the widest load that divides it."""
     loop = sch.get_loops(block)[-1]
     extent = int(sch.get(loop).extent)
-    vec = next(v for v in (min(VECTOR_BYTES // elem_bytes, MAX_LANES), 2, 1) if extent % v == 0)
+    vec = next(v for v in (MAX_LANES, 2, 1) if extent % v == 0)
     if vec > 1:
         _, inner = sch.split(loop, [None, vec])
         sch.vectorize(inner)
@@ -89,7 +80,7 @@ class QuantMatmulGPU(dlight.ScheduleRule):
         deq = find_block(sch, DEQUANT_BLOCK)
         epilogues = inline_all_but(sch, main, keep=(DEQUANT_BLOCK,))
         if str(sch.get(main).annotations.get(FORM_ATTR, "")) == GEMM:
-            self._gemm(sch, main, deq, epilogues)
+            self._gemm(sch, main, deq)  # its epilogues are inlined into the write-back
         else:
             self._gemv(sch, main, epilogues)
         return sch
@@ -112,12 +103,10 @@ class QuantMatmulGPU(dlight.ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         # one vector load per chunk: the packed words always (the chunk is whole words inside the
         # stored row), x where the chunk divides K (else its last chunk would read past x)
-        caches = [_read_index(sch, rf, "w")] + ([_read_index(sch, rf, "x")] if k_extent % chunk == 0 else [])
-        for index in caches:
-            elem_bytes = _dtype_bytes(sch, rf, index)
+        for index in [WEIGHT_READ] + ([X_READ] if k_extent % chunk == 0 else []):
             cache = sch.cache_read(rf, index, "local")
             sch.compute_at(cache, ko)
-            _vectorize_innermost(sch, cache, elem_bytes)
+            _vectorize_innermost(sch, cache)
         sch.unroll(ki)
         sch.set_scope(rf, 0, "local")
         sch.decompose_reduction(rf, ko)
@@ -133,7 +122,7 @@ class QuantMatmulGPU(dlight.ScheduleRule):
             loops = sch.get_loops(ep)[1:]
             sch.bind(sch.fuse(*loops) if len(loops) > 1 else loops[0], "threadIdx.y")
 
-    def _gemm(self, sch: s_tir.Schedule, block, deq, epilogues: list) -> None:
+    def _gemm(self, sch: s_tir.Schedule, block, deq) -> None:
         word = int(sch.get(block).annotations[WORD_ATTR])
         bk = -(-MIN_BK // word) * word
         *lead, n, k = sch.get_loops(block)
@@ -165,31 +154,30 @@ class QuantMatmulGPU(dlight.ScheduleRule):
             sch.reverse_compute_inline(consumers[0])
             consumers = sch.get_consumers(acc)
         outer = len(lead) - 1 + 5  # the unit lead loops, mo, no, my, nx, ko
-        x_tile = sch.cache_read(block, 0, "shared")
+        x_tile = sch.cache_read(block, X_READ, "shared")
         sch.compute_at(x_tile, ko)
         sch.compute_inline(x_pad)
-        self._cooperative(sch, x_tile, min(VECTOR_BYTES // _dtype_bytes(sch, x_tile, 0), MAX_LANES), outer, vectorize=False)
+        # unrolled, not vectorized: a vector copy trips TVM's WGSL storage rewrite
+        self._cooperative(sch, x_tile, MAX_LANES, outer)
         # the weight panel, dequantized into shared memory: each thread takes whole words
         sch.set_scope(panel, 0, "shared")
         sch.compute_at(panel, ko)
-        self._cooperative(sch, panel, word, outer, vectorize=False)
+        self._cooperative(sch, panel, word, outer)
         sch.unroll(ki)
         sch.unroll(mi)
         sch.unroll(ni)
         sch.decompose_reduction(block, ko)
 
     @staticmethod
-    def _cooperative(sch: s_tir.Schedule, cache, inner: int, outer: int, vectorize: bool = True) -> None:
+    def _cooperative(sch: s_tir.Schedule, cache, inner: int, outer: int) -> None:
         """Spread a shared-memory stage's copy (its loops below the ``outer`` enclosing ones) over
-        the workgroup, ``inner`` consecutive elements a thread."""
+        the workgroup, ``inner`` consecutive elements a thread (unrolled)."""
         loops = sch.get_loops(cache)[outer:]
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = int(sch.get(fused).extent)
-        inner = next(v for v in (inner, 4, 2, 1) if v >= 1 and extent % v == 0)
+        inner = next(v for v in (inner, 4, 2, 1) if extent % v == 0)
         _, ty, tx, vec = sch.split(fused, [None, THREADS_M, THREADS_N, inner])
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
-        if vectorize and inner > 1:
-            sch.vectorize(vec)
-        elif inner > 1:
+        if inner > 1:
             sch.unroll(vec)
