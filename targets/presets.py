@@ -199,6 +199,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         host=host_llvm, formats=(_SHARED,),
     ),
     Preset(
+        name="vulkan-aarch64", summary="Vulkan on aarch64 Linux through wgpu-native: WGSL kernels, aarch64 host, "
+                                       "cross-linked shared library (lowbit's WebGPU runtime built there)",
+        device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
+        host=_fixed({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}),
+        formats=(LibraryFormat(".so", "aarch64 shared library", export.aarch64_shared_library, (AARCH64_CXX,)),),
+    ),
+    Preset(
         name="webgpu", summary="WebGPU: WGSL kernels, wasm32 host objects (link with emcc + TVM's web runtime)",
         device="webgpu", compute_dtype="float16", backend="gpu", target=_fixed({"kind": "webgpu"}),
         host=_fixed({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}), system_lib=True,

@@ -11,6 +11,7 @@ swap them).
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from lowbit.runtime.engine import Engine
 from lowbit.runtime.tokenizer import Tokenizer
 
 README_PROMPT = "The capital of France is"
+ELF_AARCH64 = 183
 LOGIT_TOLERANCE = 0.01  # of the step's largest |logit|
 PPL_SEQLEN, PPL_WINDOWS = 64, 4
 
@@ -88,6 +90,18 @@ def test_tiny_model_matches_llvm(scheme, tiny_builds, webgpu_runtime):
     mlc, llvm, vulkan = tiny_builds(scheme)
     reference, got = teacher_forced(mlc, llvm, vulkan, list(range(1, 40)), steps=6)
     assert_close(reference, got)
+
+
+def test_aarch64_host_library_holds_the_wgsl(tiny_mlc, tmp_path):
+    """``vulkan-aarch64``: the same WGSL kernels with aarch64 host code (cross-linked; it cannot
+    run on this x86-64 machine)."""
+    from lowbit.runtime.webgpu_runtime import WEBGPU_MODULE_KIND
+
+    require("aarch64-linux-gnu-g++", "cross-links aarch64 libraries")
+    lib = compile_model(CompileArgs(tiny_mlc("q4f16_1"), "vulkan-aarch64", tmp_path / "model.so"), progress=False)
+    data = lib.read_bytes()
+    assert data[:4] == b"\x7fELF" and struct.unpack("<H", data[18:20])[0] == ELF_AARCH64
+    assert WEBGPU_MODULE_KIND in data and b"enable f16;" in data
 
 
 def test_no_adapter_is_one_line(tiny_builds, webgpu_runtime):
