@@ -70,14 +70,14 @@ class Context {
   const std::string& description() const { return description_; }
   bool has_f16() const { return has_f16_; }
 
-  // Raise the first validation error the device reported since the last check.
-  void CheckError() {
+  // Raise the first validation error the device reported since the last check, after ``what``.
+  void CheckError(const std::string& what = "") {
     std::string error;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       error.swap(error_);
     }
-    if (!error.empty()) TVM_FFI_THROW(RuntimeError) << "WebGPU: " << error;
+    if (!error.empty()) TVM_FFI_THROW(RuntimeError) << "WebGPU: " << (what.empty() ? "" : what + ": ") << error;
   }
 
   void Wait() {
@@ -432,7 +432,7 @@ class Kernel {
     Submit(encoder);
     wgpuBindGroupRelease(group);
     wgpuBufferRelease(uniform);
-    ctx->CheckError();
+    ctx->CheckError("kernel " + name_);
   }
 
  private:
@@ -467,7 +467,7 @@ class Kernel {
     pipeline_ = wgpuDeviceCreateComputePipeline(ctx->device(), &desc);
     wgpuPipelineLayoutRelease(pipeline_layout);
     wgpuShaderModuleRelease(module);
-    ctx->CheckError();  // a WGSL or layout error surfaces here, naming the kernel
+    ctx->CheckError("building kernel " + name_);  // a WGSL or layout error surfaces here
   }
 
   std::string name_;

@@ -85,9 +85,9 @@ def tiny_builds(tiny_mlc, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("scheme", ["q4f16_1", "w4a16g128asym"])
-def test_tiny_model_matches_llvm(scheme, tiny_builds, webgpu_runtime):
-    mlc, llvm, vulkan = tiny_builds(scheme)
+def test_tiny_model_matches_llvm(tiny_builds, webgpu_runtime):
+    """The fast check (the bundled model's, below, covers w4a16g128asym too)."""
+    mlc, llvm, vulkan = tiny_builds("q4f16_1")
     reference, got = teacher_forced(mlc, llvm, vulkan, list(range(1, 40)), steps=6)
     assert_close(reference, got)
 
