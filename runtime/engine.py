@@ -26,10 +26,11 @@ from lowbit.artifact import (
 )
 from lowbit.errors import LowbitError
 from lowbit.runtime.grammar import Grammars
-from lowbit.runtime.library_check import check_library, load_device_runtime
+from lowbit.runtime.library_check import check_library
 from lowbit.runtime.logprobs import LogprobTrack, TokenLogprob
 from lowbit.runtime.sampler import Sampler, SamplingParams
 from lowbit.runtime.tokenizer import StreamDecoder, Tokenizer, load_chat_template
+from lowbit.runtime.webgpu_runtime import load_for_library
 from lowbit.runtime.weights import load_params
 
 PAGE_SIZE = 16
@@ -464,7 +465,7 @@ def _load_library(path: Path):
     import tvm
 
     check_library(path)  # a damaged library would crash the loader (SIGBUS), not raise
-    load_device_runtime(path)
+    load_for_library(path)  # WGSL kernels need lowbit's WebGPU runtime
     try:
         return tvm.runtime.load_module(str(path))
     except Exception as e:  # TVM raises its own error types

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lowbit.artifact import METADATA_FUNC, library_checksum_path, sha256_file, verify_library
 from lowbit.errors import LowbitError
+from lowbit.runtime.webgpu_runtime import load_for_library
 
 SHARED_LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")  # what tvm.runtime.load_module dlopens
 CHILD_TIMEOUT_S = 600  # a large GPU library takes seconds to load; a hang takes forever
@@ -79,21 +80,13 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def load_device_runtime(path: Path) -> None:
-    """Load the device runtime the library's kernels need before TVM loads the library: lowbit's
-    WebGPU runtime for WGSL kernels (the TVM wheel has none)."""
-    from lowbit.runtime.webgpu_runtime import load_for_library
-
-    load_for_library(path)
-
-
 def _child(path: str) -> int:
     """Load the library and read its metadata as the engine does; an error is one stderr line."""
     try:
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
-        load_device_runtime(Path(path))
+        load_for_library(Path(path))  # WGSL kernels need lowbit's WebGPU runtime
         vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
         try:
             metadata = vm[METADATA_FUNC]

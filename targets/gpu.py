@@ -1,11 +1,11 @@
 """The GPU backends' relax pipeline: TVM's stock GPU phases, lowbit's fused-matmul schedules,
 dlight's GPU rules for everything else.
 
-Used by ``cuda``, ``metal``, ``iphone``, ``opencl``, ``android``, ``webgpu``. Every fused
-dequantize→matmul kernel is scheduled by :class:`QuantMatmulGPU` (vectorised word loads and a
-cross-thread reduction for decode, shared-memory tiles for prefill). The other kernels take the
-stock list of ``relax.backend.gpu_generic`` (Matmul, GEMV, Reduction, GeneralReduction, Fallback)
-with two changes:
+Used by ``cuda``, ``metal``, ``iphone``, ``opencl``, ``android``, ``vulkan``, ``vulkan-aarch64``
+and ``webgpu``. Every fused dequantize→matmul kernel is scheduled by :class:`QuantMatmulGPU`
+(vectorised word loads and a cross-thread reduction for decode, shared-memory tiles for prefill).
+The other kernels take the stock list of ``relax.backend.gpu_generic`` (Matmul, GEMV, Reduction,
+GeneralReduction, Fallback) with two changes:
 
 * a rule that raises on a kernel counts as "does not apply" and the next rule is tried;
 * Metal leaves Matmul out: its simdgroup tensorization crashes the process (TVM-NOTES).
