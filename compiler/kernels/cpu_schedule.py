@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
 
@@ -35,15 +35,13 @@ from lowbit.compiler.kernels.quant_matmul import (
     BATCH,
     BATCH_ROWS,
     DEQUANT_BLOCK,
-    FORM_ATTR,
     GEMM,
     GEMM_ROWS,
     GROUP_ATTR,
     LANES_ATTR,
-    MATMUL_BLOCK,
     PAD_BLOCK,
 )
-from lowbit.compiler.kernels.schedule_blocks import find_block, inline_all_but
+from lowbit.compiler.kernels.schedule_blocks import open_fused_matmul
 
 # GEMM register tile (rows of x, output features) by llvm ``mcpu``: AVX-512's 32 zmm registers
 # hold 8 × 32 fp32 accumulators (16 registers); AVX2's 16 ymm registers hold 4 × 16 (8). Each was
@@ -82,15 +80,10 @@ class QuantMatmulCPU(dlight.ScheduleRule):
     rows: int = 4  # GEMV: output rows per parallel chunk
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
+        fused = open_fused_matmul(func, keep=(DEQUANT_BLOCK, PAD_BLOCK))
+        if fused is None:
             return None
-        sch = s_tir.Schedule(func)
-        main = find_block(sch, MATMUL_BLOCK)
-        if main is None:
-            return None
-        form = str(sch.get(main).annotations.get(FORM_ATTR, ""))
-        deq = find_block(sch, DEQUANT_BLOCK)
-        epilogues = inline_all_but(sch, main, keep=(DEQUANT_BLOCK, PAD_BLOCK))
+        sch, main, deq, epilogues, form = fused.sch, fused.main, fused.deq, fused.epilogues, fused.form
         if form == GEMM:
             self._gemm(sch, main, deq, epilogues, *gemm_tile(target))
         elif form == BATCH:

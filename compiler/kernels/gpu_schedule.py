@@ -27,12 +27,10 @@ from tvm.target import Target
 from lowbit.compiler.kernels.quant_matmul import (
     CHUNK_ATTR,
     DEQUANT_BLOCK,
-    FORM_ATTR,
     GEMM,
-    MATMUL_BLOCK,
     WORD_ATTR,
 )
-from lowbit.compiler.kernels.schedule_blocks import find_block, inline_all_but
+from lowbit.compiler.kernels.schedule_blocks import open_fused_matmul
 
 GEMV_THREADS = 128  # threads per workgroup (rows × threads along K)
 TILE_M, TILE_N = 32, 64  # GEMM output tile per workgroup
@@ -71,19 +69,14 @@ class QuantMatmulGPU(dlight.ScheduleRule):
     """dlight rule scheduling every PrimFunc whose reduction block is ``q_matmul`` (GPU forms)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
+        fused = open_fused_matmul(func, keep=(DEQUANT_BLOCK,))
+        if fused is None:
             return None
-        sch = s_tir.Schedule(func)
-        main = find_block(sch, MATMUL_BLOCK)
-        if main is None:
-            return None
-        deq = find_block(sch, DEQUANT_BLOCK)
-        epilogues = inline_all_but(sch, main, keep=(DEQUANT_BLOCK,))
-        if str(sch.get(main).annotations.get(FORM_ATTR, "")) == GEMM:
-            self._gemm(sch, main, deq)  # its epilogues are inlined into the write-back
+        if fused.form == GEMM:
+            self._gemm(fused.sch, fused.main, fused.deq)  # its epilogues are inlined into the write-back
         else:
-            self._gemv(sch, main, epilogues)
-        return sch
+            self._gemv(fused.sch, fused.main, fused.epilogues)
+        return fused.sch
 
     def _gemv(self, sch: s_tir.Schedule, block, epilogues: list) -> None:
         annotations = sch.get(block).annotations

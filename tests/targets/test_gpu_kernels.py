@@ -64,20 +64,7 @@ def wgsl_device():
     return wgpu, adapter.request_device_sync(required_features=["shader-f16"])
 
 
-@pytest.fixture(scope="module")
-def webgpu_runtime():
-    """lowbit's WebGPU runtime, loaded into this process (built into the cache on first use)."""
-    require_module("wgpu", "ships wgpu-native")
-    from lowbit.errors import LowbitError
-    from lowbit.runtime.webgpu_runtime import load_runtime
-
-    try:
-        return load_runtime()
-    except LowbitError as e:
-        require("mesa-vulkan-drivers-missing", str(e))
-
-
-def run_native(mod: tvm.IRModule, target, arrays: dict[str, np.ndarray], out: str, _adapter, tmp_path) -> None:
+def run_native(mod: tvm.IRModule, target, arrays: dict[str, np.ndarray], out: str, tmp_path) -> None:
     """Export the kernel with its x86-64 host, load it and run it on the ``webgpu`` device."""
     with target:
         library = tvm.compile(mod, target=target)
@@ -128,17 +115,13 @@ def _error(got: np.ndarray, expected: np.ndarray) -> float:
 def test_gpu_kernel_matches_numpy(scheme, kind, dtype, form, n, k, rows, request, tmp_path):
     mod, target, arrays, out, expected, sizes = _case(scheme, form, n, k, rows, kind, dtype)
     if kind == "vulkan":
-        run_native(mod, target, arrays, out, request.getfixturevalue("webgpu_runtime"), tmp_path)
-        err = _error(arrays[out], expected)
-        print(f"\nGPU-KERNEL {scheme} {form} {n}x{k} {kind} {dtype} {err:.2e}")
-        assert err < TOLERANCE[dtype]
-        return
-    kernels = lower(mod, target, sizes)
-    if kind == "opencl":
-        run_opencl(kernels, arrays, sizes, request.getfixturevalue("opencl"))
+        request.getfixturevalue("webgpu_runtime")
+        run_native(mod, target, arrays, out, tmp_path)
+    elif kind == "opencl":
+        run_opencl(lower(mod, target, sizes), arrays, sizes, request.getfixturevalue("opencl"))
     else:
         wgpu, device = request.getfixturevalue("wgsl_device")
-        run_wgsl(kernels, arrays, sizes, device, wgpu)
+        run_wgsl(lower(mod, target, sizes), arrays, sizes, device, wgpu)
     err = _error(arrays[out], expected)
     print(f"\nGPU-KERNEL {scheme} {form} {n}x{k} {kind} {dtype} {err:.2e}")
     assert err < TOLERANCE[dtype]

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from required_tools import require, require_module
+from required_tools import require
 
 from lowbit.compiler.compile import CompileArgs, compile_model
-from lowbit.errors import LowbitError
 from lowbit.runtime.engine import Engine
 from lowbit.runtime.tokenizer import Tokenizer
 
@@ -29,17 +28,6 @@ README_PROMPT = "The capital of France is"
 ELF_AARCH64 = 183
 LOGIT_TOLERANCE = 0.01  # of the step's largest |logit|
 PPL_SEQLEN, PPL_WINDOWS = 64, 4
-
-
-@pytest.fixture(scope="module")
-def webgpu_runtime():
-    require_module("wgpu", "ships wgpu-native")
-    from lowbit.runtime.webgpu_runtime import load_runtime
-
-    try:
-        return load_runtime()
-    except LowbitError as e:
-        require("mesa-vulkan-drivers-missing", str(e))
 
 
 def teacher_forced(mlc, llvm_lib, vulkan_lib, prompt_ids: list[int], steps: int):
