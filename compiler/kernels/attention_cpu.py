@@ -6,13 +6,15 @@ query rows of one sequence) is one parallel task (decode: each (KV head, chunk o
 sequence), the chunks' results merged by their lse afterwards, so a long context spreads over
 every core), and the query heads that share a key head (GQA) go together:
 
-* prefill first copies the keys transposed, in fp32 (keys along the vector lanes), once per call;
-  a task then takes a tile's 16 scores per head dimension for blocks of query vectors in
-  broadcast multiply-adds, so each key load serves every query and no sum needs a lane
-  reduction, and shares each value row between query vectors where the target's registers
-  allow (:data:`VALUE_BLOCKS`);
-* decode takes each q·k in vector lanes over the head dimension, two keys and every query
-  vector of the group interleaved;
+* the cache's pages hold their keys transposed (:mod:`.kv_pages_cpu`: per head dimension, a
+  page's 16 keys side by side), so a task takes a tile's 16 scores per head dimension for blocks
+  of query vectors in broadcast multiply-adds: each key load serves every query and no sum needs
+  a lane reduction. Tiles start on page boundaries and read the pages directly; where a sliding
+  window moves keys off them, the keys in window order are copied first (prefill: once per
+  call; decode: per 64-key chunk). The chunk's own keys (prefill within a chunk) are copied
+  transposed, in fp32, once per call;
+* prefill shares each value row between query vectors where the target's registers allow
+  (:data:`VALUE_BLOCKS`);
 * the online softmax is updated once per tile of 16 keys, its exponentials vectorised
   (:func:`_exp2`) and its running sums kept per lane.
 
@@ -32,14 +34,13 @@ from tvm import IRModule, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from lowbit.compiler.kernels.kv_pages_cpu import LOWBIT_KERNEL, PAGE_SIZE, key_at, page_kernels
 from lowbit.errors import LowbitError
 
 LOG2E = math.log2(math.e)
-PAGE_SIZE = 16  # TVM's CPU attention kernels' page size, which the runtime allocates
-LOWBIT_KERNEL = "lowbit.kernel"  # attribute marking the kernels below
 
 TILE = 16  # key rows per online-softmax update
-LANES = 8  # fp32 lanes of the q·k partial sums
+LANES = 8  # fp32 lanes of a vector register: head_dim must be whole vectors
 MASKED = -5e4  # TVM's initial running maximum (log2 units): a query that sees no key keeps it
 ROW_TILE = 4  # prefill query rows (of one sequence) per task: each key row read once for all
 CHUNK_PAGES = 4  # decode: keys per parallel task (split-K), in pages
@@ -50,6 +51,11 @@ QB_MAX = 6  # prefill: query vectors per block of the score product (≤ 6 × 16
 # with AVX2 one vector's 8 ymm already do and two spill. At the bundled model's shapes (2,048
 # keys): 66 vs 60 GFLOP/s on AVX-512, 48 vs 58 with AVX2 code.
 VALUE_BLOCKS = {"x86-64-v4": 2}
+# decode: fp32 accumulators that query vectors sharing each value row may keep in registers, by
+# ``mcpu`` (AVX-512: 24 of the 32 zmm). Sharing a row between all three query heads of the
+# bundled model's group took a 4,096-key decode from 350 to 312 µs (head_dim 64) and 465 to
+# 431 µs (128) with AVX-512; AVX2 code lost (276 → 287, 544 → 691 µs): its 16 ymm spill.
+DECODE_VALUE_FLOATS = {"x86-64-v4": 24 * 16}
 
 
 # 2^f on [-0.5, 0.5] (Cephes' exp2f minimax polynomial, highest degree first): relative error ~2e-7
@@ -61,6 +67,12 @@ def _query_block(nq: int) -> int:
     """Query vectors per block of the transposed score product: the largest divisor of ``nq`` up
     to :data:`QB_MAX`, so no block is padding."""
     return max(b for b in range(1, QB_MAX + 1) if nq % b == 0)
+
+
+def _decode_value_block(group: int, d: int, floats: int) -> int:
+    """Query vectors of a decode group sharing each value row: the largest divisor of ``group``
+    whose accumulators (``pv · d`` floats) fit in ``floats``, at least 1."""
+    return max(pv for pv in range(1, group + 1) if group % pv == 0 and (pv == 1 or pv * d <= floats))
 
 
 def _value_block(nq: int, pv: int) -> int:
@@ -82,16 +94,15 @@ def _exp2(x):
 
 @T.macro
 def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
-                 group, d, cap, qt, qb, pv, transposed):
+                 group, d, cap, qt, qb, pv):
     """Attention of the query heads ``hk·group …`` of the ``n`` (≤ ``qt``) rows ``t0 …`` of
     one sequence, row ``i`` over key positions [lo_of(i), hi_of(i)): each key row is read once
     for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key and ``value(l0, l1, j)`` reads its
     value. Writes rows ``o0 …`` of ``output`` and ``lse`` (log2 units, TVM's).
 
     Query vector ``h`` is head ``h % group`` of row ``h // group`` (``qt · group`` of them, past
-    ``n`` rows padding that sees no key). Without ``transposed`` (decode), ``key(l0, l1, j)``
-    reads a key and each score is a q·k over ``d`` in vector lanes; with it (prefill),
-    ``key(j, pos)`` reads the keys transposed (a copy the kernel made, keys along the lanes), so
+    ``n`` rows padding that sees no key). ``key(j, base, r)`` reads dimension ``j`` of key
+    ``base + r`` from keys stored transposed (``r`` a vector lane of the tile from ``base``), so
     each block of ``qb`` (:func:`_query_block`) query vectors takes 16 scores per head dimension
     in broadcast multiply-adds: the key loads serve every query and the sums need no lane
     reduction. Blocks of ``pv`` query vectors (:data:`VALUE_BLOCKS`) share each value row."""
@@ -130,33 +141,14 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
         for r in T.serial(TILE):
             loc[r, 0] = loc0(base + T.min(r, rows - 1))  # past the last key: the last one, masked
             loc[r, 1] = loc1(base + T.min(r, rows - 1))
-        if not transposed:  # two keys × every query vector at a time: their chains interleave
-            part = T.decl_buffer((2 * qt * group, LANES), "float32")
-            for r2 in T.serial(TILE // 2):
-                for i in T.serial(2 * qt * group):
-                    for lane in T.vectorized(LANES):
-                        part[i, lane] = T.float32(0)
-                for c in T.serial(d // LANES):
-                    for rr in T.unroll(2):
-                        for h in T.unroll(qt * group):
-                            for lane in T.vectorized(LANES):
-                                part[rr * qt * group + h, lane] = part[rr * qt * group + h, lane] + q[h, c * LANES + lane] * T.cast(
-                                    key(loc[r2 * 2 + rr, 0], loc[r2 * 2 + rr, 1], c * LANES + lane), "float32")
-                for i in T.serial(2 * qt * group):  # each sum: a tree over the lanes
-                    for lane in T.vectorized(LANES // 2):
-                        part[i, lane] = part[i, lane] + part[i, lane + LANES // 2]
-                    for lane in T.vectorized(LANES // 4):
-                        part[i, lane] = part[i, lane] + part[i, lane + LANES // 4]
-                    sc[i % (qt * group), r2 * 2 + i // (qt * group)] = part[i, 0] + part[i, 1]
-        else:
-            for blk in T.serial(qt * group // qb):
+        for blk in T.serial(qt * group // qb):
+            for i in T.unroll(qb):
+                for r in T.vectorized(TILE):
+                    sc[blk * qb + i, r] = T.float32(0)
+            for j in T.serial(d):
                 for i in T.unroll(qb):
                     for r in T.vectorized(TILE):
-                        sc[blk * qb + i, r] = T.float32(0)
-                for j in T.serial(d):
-                    for i in T.unroll(qb):
-                        for r in T.vectorized(TILE):
-                            sc[blk * qb + i, r] = sc[blk * qb + i, r] + q[blk * qb + i, j] * key(j, base + r)
+                        sc[blk * qb + i, r] = sc[blk * qb + i, r] + q[blk * qb + i, j] * T.cast(key(j, base, r), "float32")
         for h in T.serial(qt * group):
             for r in T.vectorized(TILE):  # outside the row's mask (or past the tile's keys): weight 0
                 sc[h, r] = T.Select(base + r >= span[h, 0] and base + r < span[h, 1],
@@ -261,13 +253,16 @@ def _check_dims(d: int) -> None:
         raise LowbitError(f"lowbit's CPU attention needs head_dim divisible by {LANES}, got {d}")
 
 
-def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softcap: float = 0.0) -> tirx.PrimFunc:
+def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softcap: float = 0.0,
+                  pv: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_decode_paged_kv_cpu`` (``sliding``: ``…_sliding_window``, whose
     ``length_info`` is [3, B]: last page length, window start, sink length), with its arguments,
     outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores) and an
-    empty sequence's result (zeros, lse -5e4); scores capped at ``softcap`` when it is set."""
+    empty sequence's result (zeros, lse -5e4); scores capped at ``softcap`` when it is set;
+    ``pv`` query vectors of a group share each value row (:data:`DECODE_VALUE_FLOATS`)."""
     _check_dims(d)
     group, cap = h_q // h_kv, softcap * LOG2E
+    qb, pv = _query_block(group), _value_block(group, pv)
 
     @T.prim_func
     def kernel(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle,
@@ -290,6 +285,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
         length_info = T.match_buffer(length_info_handle, (3, B) if sliding else (B,), "int32", elem_offset=li_off)
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
+        flat = T.decl_buffer((max_num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         # chunk c of sequence b is task row chunk0[b] + c; a sequence of p pages has at most
         # ceil(p / CHUNK_PAGES) chunks, so nnz_pages / CHUNK_PAGES + B rows hold them all
@@ -310,13 +306,28 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                     sink: T.int32 = length_info[2, b] if sliding else 0
                     kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
                     lo: T.int32 = (row - chunk0[b]) * CHUNK
-                    _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo,
-                                 lambda i: T.min(kv_len, lo + CHUNK), hk,
-                                 lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
-                                 lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                                 lambda page, off, j: pages[page, 0, hk, off, j],
-                                 lambda page, off, j: pages[page, 1, hk, off, j],
-                                 sm_scale, group, d, cap, 1, 1, 1, False)
+                    hi: T.int32 = T.min(kv_len, lo + CHUNK)
+                    if sliding:  # the window moves keys off page boundaries: the chunk's keys, copied
+                        staged = T.decl_buffer((d, CHUNK), dtype)
+                        for pos in T.serial(lo, hi):
+                            at: T.int32 = _seq_pos(pos, window_start, sink)
+                            for j in T.serial(d):
+                                staged[j, pos - lo] = flat[key_at(page_values[first + at // PAGE_SIZE], hk,
+                                                                  at % PAGE_SIZE, j, h_kv, d)]
+                        _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo, lambda i: hi, hk,
+                                     lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
+                                     lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
+                                     lambda j, base, r: staged[j, base - lo + r],
+                                     lambda page, off, j: pages[page, 1, hk, off, j],
+                                     sm_scale, group, d, cap, 1, qb, pv)
+                    else:  # tiles start on page boundaries (chunks are whole pages)
+                        _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo, lambda i: hi, hk,
+                                     lambda pos: page_values[first + pos // PAGE_SIZE],
+                                     lambda pos: pos % PAGE_SIZE,
+                                     lambda j, base, r: flat[key_at(page_values[first + base // PAGE_SIZE], hk,
+                                                                    r, j, h_kv, d)],
+                                     lambda page, off, j: pages[page, 1, hk, off, j],
+                                     sm_scale, group, d, cap, 1, qb, pv)
         for bh in T.parallel(B * h_q):
             _merge_chunks(part_out, part_lse, chunk0[bh // h_q], chunk0[bh // h_q + 1] - chunk0[bh // h_q],
                           output, lse, bh // h_q, bh % h_q, d)
@@ -358,25 +369,26 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                                      "int32", elem_offset=li_off)
         output = T.match_buffer(output_handle, (total_len, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (total_len, h_q), "float32")
+        flat = T.decl_buffer((max_num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
-        # the keys transposed, in fp32, each sequence's in key order from column page_indptr[b] · 16
-        # (a tile past the last key reads up to TILE - 1 columns on: padding, masked)
-        key_t = T.alloc_buffer((h_kv, d, nnz_pages * PAGE_SIZE + TILE), "float32")
-        for task in T.parallel(nnz_pages * h_kv):
-            hk: T.int32 = task % h_kv
-            slot: T.int32 = task // h_kv
-            for b in T.serial(batch_size):
-                if slot >= page_indptr[b] and slot < page_indptr[b + 1]:
-                    window_start: T.int32 = length_info[1, b] if sliding else 0
-                    sink: T.int32 = length_info[2, b] if sliding else 0
-                    kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
-                    for i in T.serial(PAGE_SIZE):
-                        pos: T.int32 = (slot - page_indptr[b]) * PAGE_SIZE + i
-                        if pos < kv_len:
-                            at: T.int32 = _seq_pos(pos, window_start, sink)
-                            for j in T.serial(d):
-                                key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = T.cast(
-                                    pages[page_values[page_indptr[b] + at // PAGE_SIZE], 0, hk, at % PAGE_SIZE, j], "float32")
+        if sliding:
+            # the window moves keys off page boundaries: the keys in key order, each sequence's from
+            # column page_indptr[b] · 16 (a tile past the last key reads up to TILE - 1 columns on:
+            # padding, masked)
+            key_t = T.alloc_buffer((h_kv, d, nnz_pages * PAGE_SIZE + TILE), dtype)
+            for task in T.parallel(nnz_pages * h_kv):
+                hk: T.int32 = task % h_kv
+                slot: T.int32 = task // h_kv
+                for b in T.serial(batch_size):
+                    if slot >= page_indptr[b] and slot < page_indptr[b + 1]:
+                        kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
+                        for i in T.serial(PAGE_SIZE):
+                            pos: T.int32 = (slot - page_indptr[b]) * PAGE_SIZE + i
+                            if pos < kv_len:
+                                at: T.int32 = _seq_pos(pos, length_info[1, b], length_info[2, b])
+                                for j in T.serial(d):
+                                    key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = flat[key_at(
+                                        page_values[page_indptr[b] + at // PAGE_SIZE], hk, at % PAGE_SIZE, j, h_kv, d)]
         for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
@@ -398,9 +410,11 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                              hk,
                              lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
                              lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
-                             lambda j, pos: key_t[hk, j, first * PAGE_SIZE + pos],
+                             # without a window, tiles start on page boundaries (the first at key 0)
+                             (lambda j, base, r: key_t[hk, j, first * PAGE_SIZE + base + r]) if sliding else
+                             (lambda j, base, r: flat[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, h_kv, d)]),
                              lambda page, off, j: pages[page, 1, hk, off, j],
-                             sm_scale, group, d, cap, ROW_TILE, qb, pv, True)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv)
     return kernel
 
 
@@ -456,17 +470,19 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                              hk,
                              lambda pos: kv_indptr[b] + pos,
                              lambda pos: 0,
-                             lambda j, pos: key_t[hk, j, kv_indptr[b] + pos],
+                             lambda j, base, r: key_t[hk, j, kv_indptr[b] + base + r],
                              lambda i, _, j: v[i, hk, j],
-                             sm_scale, group, d, cap, ROW_TILE, qb, pv, True)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv)
     return kernel
 
 
-def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float, pv: int) -> dict:
+def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float, pv: int,
+                 decode_pv: int) -> dict:
     """TVM's CPU attention kernels, by global symbol, and lowbit's kernel for each."""
     return {
-        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap),
-        "batch_decode_paged_kv_cpu_sliding_window": lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap),
+        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap, decode_pv),
+        "batch_decode_paged_kv_cpu_sliding_window":
+            lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap, decode_pv),
         "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap, pv),
         "batch_prefill_paged_kv_cpu_sliding_window":
             lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap, pv),
@@ -475,14 +491,17 @@ def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: 
 
 
 def use_lowbit_attention(mod: IRModule, target: Target, h_kv: int, h_q: int, d: int, dtype: str, window: int,
-                         softcap: float = 0.0) -> IRModule:
-    """``mod`` (an exported model with a paged KV cache whose sliding layers see ``window`` keys)
-    with TVM's CPU decode and prefill attention kernels replaced by lowbit's for ``target``
-    (unchanged when ``d`` is not a multiple of :data:`LANES`)."""
+                         layers: int, softcap: float = 0.0) -> IRModule:
+    """``mod`` (an exported model with a paged KV cache of ``layers`` layers, whose sliding layers
+    see ``window`` keys) with TVM's CPU attention kernels replaced by lowbit's for ``target``, and the pages' keys
+    stored transposed (:mod:`.kv_pages_cpu`, whose kernels replace TVM's page kernels); unchanged
+    when ``d`` is not a multiple of :data:`LANES`."""
     if d % LANES:
         return mod
-    pv = VALUE_BLOCKS.get(str(target.attrs.get("mcpu", "")), 1)
-    ours = _tvm_kernels(h_kv, h_q, d, dtype, window, softcap, pv)
+    mcpu = str(target.attrs.get("mcpu", ""))
+    pv, decode_pv = VALUE_BLOCKS.get(mcpu, 1), _decode_value_block(h_q // h_kv, d, DECODE_VALUE_FLOATS.get(mcpu, 0))
+    ours = {**_tvm_kernels(h_kv, h_q, d, dtype, window, softcap, pv, decode_pv),
+            **page_kernels(layers, h_kv, d, dtype)}
     found = {gv: f.attrs["global_symbol"] for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in ours}
     if len(found) != len(ours):

@@ -118,25 +118,27 @@ def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
 
     @T.macro
     def quantize_x(x, xq, xd, xs, rows):
-        """xq [rows, K/4] (four codes per int32), xd/xs [rows, K/32]: scales and code sums."""
-        amax = T.decl_buffer((LANES,), "float32")
-        code = T.decl_buffer((BLOCK,), "int8")
-        for t, blk in T.grid(rows, blocks):
-            for lane in T.vectorized(LANES):
-                amax[lane] = T.abs(x[0, t, blk * BLOCK + lane])
-            for i, lane in T.grid(BLOCK // LANES - 1, LANES):
-                amax[lane] = T.max(amax[lane], T.abs(x[0, t, blk * BLOCK + (i + 1) * LANES + lane]))
-            for lane in T.serial(1, LANES):
-                amax[0] = T.max(amax[0], amax[lane])
-            inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-            xd[t, blk] = amax[0] / T.float32(127)
-            for i in T.vectorized(BLOCK):
-                code[i] = T.cast(T.round(x[0, t, blk * BLOCK + i] * inv), "int8")
-            xs[t, blk] = 0
-            for i in T.serial(BLOCK):
-                xs[t, blk] = xs[t, blk] + T.cast(code[i], "int32")
-            for i in T.serial(STEPS):
-                xq[t, blk * STEPS + i] = T.reinterpret("int32", code[T.ramp(4 * i, 1, 4)])
+        """xq [rows, K/4] (four codes per int32), xd/xs [rows, K/32]: scales and code sums; one
+        parallel task per row."""
+        for t in T.parallel(rows):
+            amax = T.decl_buffer((LANES,), "float32")
+            code = T.decl_buffer((BLOCK,), "int8")
+            for blk in T.serial(blocks):
+                for lane in T.vectorized(LANES):
+                    amax[lane] = T.abs(x[0, t, blk * BLOCK + lane])
+                for i, lane in T.grid(BLOCK // LANES - 1, LANES):
+                    amax[lane] = T.max(amax[lane], T.abs(x[0, t, blk * BLOCK + (i + 1) * LANES + lane]))
+                for lane in T.serial(1, LANES):
+                    amax[0] = T.max(amax[0], amax[lane])
+                inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+                xd[t, blk] = amax[0] / T.float32(127)
+                for i in T.vectorized(BLOCK):
+                    code[i] = T.cast(T.round(x[0, t, blk * BLOCK + i] * inv), "int8")
+                xs[t, blk] = 0
+                for i in T.serial(BLOCK):
+                    xs[t, blk] = xs[t, blk] + T.cast(code[i], "int32")
+                for i in T.serial(STEPS):
+                    xq[t, blk * STEPS + i] = T.reinterpret("int32", code[T.ramp(4 * i, 1, 4)])
 
     @T.macro
     def body(x, w, s, z, y, rows):

@@ -340,6 +340,12 @@ class LlamaForCausalLM(nn.Module):
         kind = "mha_sliding" if self.cfg.sliding_window_size > 0 else "mha"
         return [kind] * self.cfg.num_hidden_layers
 
+    def cache_kinds(self) -> list[str]:
+        """The KV cache's layers: :meth:`attention_kinds`, and one unused ``mha`` layer where none
+        is (TVM allocates fused-qkv attention's buffers only for ``mha``)."""
+        kinds = self.attention_kinds()
+        return kinds if "mha" in kinds else [*kinds, "mha"]
+
     def attention_softcap(self) -> float:
         """The cap of the attention scores' soft-capping, ``cap · tanh(s / cap)``; 0: none."""
         return 0.0
@@ -350,7 +356,8 @@ class LlamaForCausalLM(nn.Module):
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
             mod = use_lowbit_attention(mod, self.target, c.num_key_value_heads, c.num_attention_heads,
-                                       c.head_dim, c.kv_cache_dtype, c.sliding_window_size, cap)
+                                       c.head_dim, c.kv_cache_dtype, c.sliding_window_size,
+                                       len(self.cache_kinds()), cap)
         return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(
@@ -362,11 +369,9 @@ class LlamaForCausalLM(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         c = self.cfg
-        kinds, window_args = self.attention_kinds(), {}
+        kinds, window_args = self.cache_kinds(), {}
         if "mha_sliding" in kinds:
             window_args = {"layer_sliding_window_size": c.sliding_window_size}
-        if "mha" not in kinds:
-            kinds.append("mha")  # TVM allocates fused-qkv attention's buffers only for "mha": one more, unused
         return TIRPagedKVCache(
             attn_kind=kinds,
             max_batch_size=max_batch_size,

@@ -1,7 +1,8 @@
 """lowbit's CPU attention kernels against NumPy: paged keys in shuffled pages, GQA, sequences of 0 to
 300 keys (decode: one and several 64-key chunks, merged; prefill: whole and partial 16-key tiles),
 the sliding-window variant's key addressing (window start and sink), soft-capped scores, fp16
-caches, and both value-row blocks; outputs and TVM's log2-unit ``lse``."""
+caches, and both value-row blocks; keys stored transposed in their pages (``kv_pages_cpu``);
+outputs and TVM's log2-unit ``lse``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ H_KV, H_Q, D = 2, 6, 32
 SM_SCALE = D**-0.5
 
 
+def _key(pages: np.ndarray, page: int, head: int, slot: int) -> np.ndarray:
+    """The key in ``slot`` of ``page``: the page's key half for ``head`` is [D][PAGE_SIZE]."""
+    return pages[page, 0, head].reshape(-1)[slot::PAGE_SIZE]
+
+
 def _reference(q, keys, values, cap):
     """Attention of one query head over its keys [L, D], and lse in log2 units."""
     if not len(keys):
@@ -33,11 +39,12 @@ def _reference(q, keys, values, cap):
 
 
 # float16: ``--kv-cache-dtype float16`` (q, pages and output in fp16, the arithmetic in fp32)
-@pytest.mark.parametrize("sliding,cap,dtype", [(False, 0.0, "float32"), (True, 0.0, "float32"),
-                                               (False, 2.0, "float32"), (False, 0.0, "float16")])
-def test_decode_kernel_matches_numpy(sliding, cap, dtype):
+# pv: query vectors of the group sharing each value row (the whole group of 3 on AVX-512 targets)
+@pytest.mark.parametrize("sliding,cap,dtype,pv", [(False, 0.0, "float32", 1), (True, 0.0, "float32", 3),
+                                                  (False, 2.0, "float32", 1), (False, 0.0, "float16", 3)])
+def test_decode_kernel_matches_numpy(sliding, cap, dtype, pv):
     target = get_preset("llvm").tvm_target(BuildOptions())
-    kernel = decode_kernel(H_KV, H_Q, D, dtype, sliding, cap)
+    kernel = decode_kernel(H_KV, H_Q, D, dtype, sliding, cap, pv)
     run = tvm.compile(tvm.IRModule({"main": kernel}), target=target)["lowbit_attention_decode_cpu"]
     rng = np.random.default_rng(7)
     lens = [0, 1, 16, 17, 64, 65, 300]  # stored keys per sequence; 64 per parallel chunk
@@ -63,7 +70,7 @@ def test_decode_kernel_matches_numpy(sliding, cap, dtype):
         kept = [p for p in range(n) if p < sinks[b] or p >= starts[b]] if n else []
         rows = [(values[indptr[b] + p // PAGE_SIZE], p % PAGE_SIZE) for p in kept]
         for h in range(H_Q):
-            keys = np.array([pages[pg, 0, h // 3, off] for pg, off in rows]).reshape(-1, D)
+            keys = np.array([_key(pages, pg, h // 3, off) for pg, off in rows]).reshape(-1, D)
             vals = np.array([pages[pg, 1, h // 3, off] for pg, off in rows]).reshape(-1, D)
             want, want_lse = _reference(q[b, h], keys, vals, cap)
             np.testing.assert_allclose(got[b, h], want, atol=atol, err_msg=f"sequence {b} head {h}")
@@ -118,7 +125,7 @@ def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap, pv, dtype):
         for r in range(qo[b]):
             seen = [rows[c] for c in _visible(r, qo[b], len(kept), causal, window if sliding else 0)]
             for h in range(H_Q):
-                keys = np.array([pages[pg, 0, h // 3, off] for pg, off in seen]).reshape(-1, D)
+                keys = np.array([_key(pages, pg, h // 3, off) for pg, off in seen]).reshape(-1, D)
                 vals = np.array([pages[pg, 1, h // 3, off] for pg, off in seen]).reshape(-1, D)
                 want, want_lse = _reference(q[q_indptr[b] + r, h], keys, vals, cap)
                 t = q_indptr[b] + r
@@ -153,11 +160,21 @@ def test_prefill_ragged_kernel_matches_numpy(causal, pv):
                 assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
 
 
+def test_decode_value_block_fits_the_accumulators():
+    from lowbit.compiler.kernels.attention_cpu import _decode_value_block
+
+    assert _decode_value_block(3, 64, 384) == 3  # 192 floats: 12 zmm
+    assert _decode_value_block(3, 128, 384) == 3
+    assert _decode_value_block(4, 128, 384) == 2  # 512 floats do not fit; 2 · 128 do
+    assert _decode_value_block(7, 64, 384) == 1  # no divisor of 7 but 1 and 7 (448 floats)
+    assert _decode_value_block(3, 64, 0) == 1  # AVX2: none shared
+
+
 def test_head_dim_off_the_lanes_keeps_tvms_kernels():
     from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
     from lowbit.errors import LowbitError
 
     empty, target = tvm.IRModule({}), get_preset("llvm").tvm_target(BuildOptions())
-    assert use_lowbit_attention(empty, target, 2, 4, 20, "float32", 0) is empty
+    assert use_lowbit_attention(empty, target, 2, 4, 20, "float32", 0, 2) is empty
     with pytest.raises(LowbitError, match="lacks TVM's CPU attention kernels"):
-        use_lowbit_attention(empty, target, 2, 4, 24, "float32", 0)
+        use_lowbit_attention(empty, target, 2, 4, 24, "float32", 0, 2)
