@@ -28,7 +28,12 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from lowbit.compiler.kernels.gemv_int8 import activations_during_export, has_vnni
+from lowbit.compiler.kernels.gemv_int8 import (
+    activations_during_export,
+    gemv_body,
+    has_vnni,
+    linear_kernel,
+)
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 
 BLOCK = 32  # k per activation scale
@@ -36,6 +41,11 @@ STEPS = BLOCK // 4  # 4-k dot-product steps per block
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
 COLS = 2 * LANES  # output features per panel: two vectors side by side
 ROWS = 4  # prefill rows per register tile
+RUN_STEPS = {4: 2, 2: 4, 3: 8}  # 4-k steps per packed word (3-bit: per run of three words)
+# batch decode: sequences from which the GEMM beats the GEMV's loop. Kernel alone, 2 threads, the
+# bundled model's qkv / gate_up / down shapes, q4f16_1 and w2a16g128asym: even at 8 (0.9–1.1×),
+# 1.3–1.6× at 16, 1.7–2.1× at 32 (the GEMV faster below 8).
+GEMM_MIN_ROWS = 8
 
 _prefill_activations: ContextVar[str] = ContextVar("lowbit_prefill_activations", default="fp")
 
@@ -78,19 +88,38 @@ def _spread1(v: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
-    """``y[0, t, n] = Σ_k x̂[0, t, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x.
+    """``y[0, t, n] = Σ_k x̂[0, t, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x:
+    x [1, T, K] (:func:`~.gemv_int8.linear_kernel`). Built for ``Target.current()``:
+    ``vpdpbusd`` where it has AVX-512 VNNI, AVX2's pair sums elsewhere."""
+    return linear_kernel(scheme, n_out, k_in, gemm_body(scheme, n_out, k_in), one_token_rows=False)
 
-    Arguments: x [1, T, K] fp32, the scheme's parameters (packed words [N, W], scales [N, G],
-    zero points [N, G] for the asymmetric schemes), y [1, T, N] fp32; T is symbolic. Built for
-    ``Target.current()``: ``vpdpbusd`` where it has AVX-512 VNNI, AVX2's pair sums elsewhere.
-    """
+
+def batch_decode_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
+    """Batch decode's int8 linear, x [B, 1, K]: :func:`~.gemv_int8.gemv_int8`'s loop below
+    :data:`GEMM_MIN_ROWS` sequences, this module's GEMM from there on (the same activation
+    quantization, so the same result up to fp32 summation order)."""
+    gemv, gemm = gemv_body(scheme, n_out, k_in), gemm_body(scheme, n_out, k_in)
+
+    @T.macro
+    def body(x, w, s, z, y, rows):
+        if rows < GEMM_MIN_ROWS:
+            gemv(x, w, s, z, y, rows)
+        else:  # [B, 1, K] is [1, B, K]: the GEMM's rows
+            x_rows = T.decl_buffer((1, rows, k_in), "float32", data=x.data)
+            y_rows = T.decl_buffer((1, rows, n_out), "float32", data=y.data)
+            gemm(x_rows, w, s, z, y_rows, rows)
+
+    return linear_kernel(scheme, n_out, k_in, body, one_token_rows=True)
+
+
+def gemm_body(scheme: Scheme, n_out: int, k_in: int):
+    """The GEMM's body macro, ``body(x, w, s, z, y, T)`` over x [1, T, K]."""
     assert supports(scheme, k_in, n_out), (scheme, k_in, n_out)
     vnni = has_vnni(Target.current(allow_none=True))
     asym = isinstance(scheme, AsymGroupQuant)
     bits, group = scheme.bits, scheme.group_size
-    words, groups, steps = scheme.words_per_row(k_in), -(-k_in // group), k_in // 4
+    groups, steps = -(-k_in // group), k_in // 4
     blocks = k_in // BLOCK
-    scale_dtype = scheme.model_dtype
 
     def dot(acc, w4, x4):
         """acc (int32x8) + per lane Σ of 4 code bytes (w4, uint) × activation bytes (x4, signed)."""
@@ -152,8 +181,12 @@ def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
             zero = T.decl_buffer((groups, COLS), "int32")
             acc = T.decl_buffer((ROWS * 2, LANES), "int32")
             out = T.decl_buffer((ROWS * 2, LANES), "float32")
-            for c, i in T.grid(COLS, steps):
-                panel[i, c] = codes4(w, p * COLS + c, i)
+            # the panel's 16 columns side by side in vector lanes, the steps that share a word
+            # (or a 3-bit run's three) unrolled together, so each word is loaded once
+            for run in T.serial(steps // RUN_STEPS[bits]):
+                for i in T.unroll(RUN_STEPS[bits]):
+                    for c in T.vectorized(COLS):
+                        panel[run * RUN_STEPS[bits] + i, c] = codes4(w, p * COLS + c, run * RUN_STEPS[bits] + i)
             for g, c in T.grid(groups, COLS):
                 scale[g, c] = T.cast(s[p * COLS + c, g], "float32")
                 zero[g, c] = zero_of(z, p * COLS + c, g)
@@ -182,23 +215,4 @@ def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
                         for c in T.vectorized(COLS):
                             y[0, tile * ROWS + r, p * COLS + c] = out[r * 2 + c // LANES, c % LANES]
 
-    if asym:
-        @T.prim_func
-        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
-                   s: T.Buffer((n_out, groups), scale_dtype), z: T.Buffer((n_out, groups), "uint8"),
-                   y_handle: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            rows = T.int64()
-            x = T.match_buffer(x_handle, (1, rows, k_in), "float32")
-            y = T.match_buffer(y_handle, (1, rows, n_out), "float32")
-            body(x, w, s, z, y, rows)
-    else:
-        @T.prim_func
-        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
-                   s: T.Buffer((n_out, groups), scale_dtype), y_handle: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            rows = T.int64()
-            x = T.match_buffer(x_handle, (1, rows, k_in), "float32")
-            y = T.match_buffer(y_handle, (1, rows, n_out), "float32")
-            body(x, w, s, None, y, rows)
-    return kernel.without_attr("global_symbol")  # relax names each call site's copy
+    return body

@@ -122,12 +122,45 @@ def _per_lane(values: tirx.PrimExpr, count: int, run: int, group: int) -> tirx.P
     return T.Shuffle([values] * (LANES // count), [(lane * (run // LANES)) // group for lane in range(LANES)])
 
 
-def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
-    """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x.
+def linear_kernel(scheme: Scheme, n_out: int, k_in: int, body, one_token_rows: bool) -> tirx.PrimFunc:
+    """The PrimFunc of an int8-activation linear: arguments x fp32, the scheme's parameters
+    (packed words [N, W], scales [N, G], zero points [N, G] for the asymmetric schemes), y fp32;
+    x [B, 1, K] and y [B, 1, N] (``one_token_rows``: decode) or x [1, T, K] and y [1, T, N]
+    (prefill), the rows symbolic. Its body is ``body(x, w, s, z, y, rows)`` (z None when
+    symmetric)."""
+    words, groups, scale_dtype = scheme.words_per_row(k_in), scheme.num_groups(k_in), scheme.model_dtype
 
-    Arguments: x [B, 1, K] fp32, the scheme's parameters (packed words [N, W], scales [N, G],
-    zero points [N, G] for the asymmetric schemes), y [B, 1, N] fp32; B is symbolic.
-    """
+    if isinstance(scheme, AsymGroupQuant):
+        @T.prim_func
+        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
+                   s: T.Buffer((n_out, groups), scale_dtype), z: T.Buffer((n_out, groups), "uint8"),
+                   y_handle: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            rows = T.int64()
+            x = T.match_buffer(x_handle, (rows, 1, k_in) if one_token_rows else (1, rows, k_in), "float32")
+            y = T.match_buffer(y_handle, (rows, 1, n_out) if one_token_rows else (1, rows, n_out), "float32")
+            body(x, w, s, z, y, rows)
+    else:
+        @T.prim_func
+        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
+                   s: T.Buffer((n_out, groups), scale_dtype), y_handle: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            rows = T.int64()
+            x = T.match_buffer(x_handle, (rows, 1, k_in) if one_token_rows else (1, rows, k_in), "float32")
+            y = T.match_buffer(y_handle, (rows, 1, n_out) if one_token_rows else (1, rows, n_out), "float32")
+            body(x, w, s, None, y, rows)
+    return kernel.without_attr("global_symbol")  # relax names each call site's copy
+
+
+def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
+    """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x:
+    x [B, 1, K] (:func:`linear_kernel`)."""
+    return linear_kernel(scheme, n_out, k_in, gemv_body(scheme, n_out, k_in), one_token_rows=True)
+
+
+def gemv_body(scheme: Scheme, n_out: int, k_in: int):
+    """The GEMV's body macro, ``body(x, w, s, z, y, B)`` over x [B, 1, K] (:func:`linear_kernel`);
+    built for ``Target.current()``."""
     assert supports(scheme, k_in), (scheme, k_in)
     vnni = has_vnni(Target.current(allow_none=True))
     asym = isinstance(scheme, AsymGroupQuant)
@@ -136,11 +169,8 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     run, step_words = _step(bits)  # elements and packed words per step
     planes = run // RUN_BYTES
     low_bits = 2 if bits == 3 else bits  # bits per code in the plain-packed register
-    words = scheme.words_per_row(k_in)
     runs = -(-k_in // run)  # a partial last run reads padding codes, against zero activations
     blocks_per_run = run // BLOCK
-    groups = (k_in + group - 1) // group
-    scale_dtype = scheme.model_dtype
     mask = T.Broadcast(T.uint32(int.from_bytes(bytes([(1 << low_bits) - 1]) * 4, "little")), 8)
     per_run = run // group  # groups in a run (0: a group spans runs)
 
@@ -270,23 +300,4 @@ def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
                     for b in T.serial(B // SEQS * SEQS, B):
                         dot_rows(xq, xd, xs, w, s, z, y, acc, b, n, 1)
 
-    if asym:
-        @T.prim_func
-        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
-                   s: T.Buffer((n_out, groups), scale_dtype), z: T.Buffer((n_out, groups), "uint8"),
-                   y_handle: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            B = T.int64()
-            x = T.match_buffer(x_handle, (B, 1, k_in), "float32")
-            y = T.match_buffer(y_handle, (B, 1, n_out), "float32")
-            body(x, w, s, z, y, B)
-    else:
-        @T.prim_func
-        def kernel(x_handle: T.handle, w: T.Buffer((n_out, words), "uint32"),
-                   s: T.Buffer((n_out, groups), scale_dtype), y_handle: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            B = T.int64()
-            x = T.match_buffer(x_handle, (B, 1, k_in), "float32")
-            y = T.match_buffer(y_handle, (B, 1, n_out), "float32")
-            body(x, w, s, None, y, B)
-    return kernel.without_attr("global_symbol")  # relax names each call site's copy
+    return body

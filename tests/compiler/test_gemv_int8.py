@@ -16,7 +16,7 @@ import torch
 
 from lowbit.compiler.compile import CompileArgs, compile_model
 from lowbit.compiler.convert import ConvertArgs, convert
-from lowbit.compiler.kernels.gemm_int8 import gemm_int8
+from lowbit.compiler.kernels.gemm_int8 import GEMM_MIN_ROWS, batch_decode_int8, gemm_int8
 from lowbit.compiler.kernels.gemm_int8 import supports as gemm_supports
 from lowbit.compiler.kernels.gemv_int8 import gemv_int8, supports
 from lowbit.compiler.mlc_reader import load_mlc_model
@@ -139,7 +139,7 @@ def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, tmp_path):
     mlc = tmp_path / "mlc"
     convert(ConvertArgs(str(int8_llama_dir), scheme, mlc, progress=False))
     lib = compile_model(CompileArgs(mlc, "llvm", tmp_path / "m.so", decode_activations="int8"), progress=False)
-    engine = Engine(mlc, lib, max_batch_size=3, context_window=64)
+    engine = Engine(mlc, lib, max_batch_size=GEMM_MIN_ROWS + 4, context_window=64)
     assert engine.metadata.decode_activations == "int8"
     ref, fp_ref = load_mlc_model(mlc, "int8"), load_mlc_model(mlc)
     ids = np.random.default_rng(0).integers(0, 512, 12).tolist()
@@ -161,10 +161,15 @@ def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, tmp_path):
             assert np.abs(logits - out.logits[0, -1].numpy()).max() <= 1e-4 * scale, f"decode step {step}"
             gap = max(gap, np.abs(logits - fp_out.logits[0, -1].numpy()).max())
     assert gap > 1e-3 * scale  # the int8 activations are visible: an fp kernel would fail above
-    # batch_decode runs the same kernel: each row ≡ decode of its twin alone
+    # batch_decode quantizes activations the same way, with the GEMV for one sequence and the
+    # GEMM from GEMM_MIN_ROWS: each row ≡ decode of its twin alone
     a, b = engine.fork_sequence(0), engine.fork_sequence(0)
     rows = engine.decode_batch([a], [5])
     np.testing.assert_allclose(rows[0], engine.decode(b, 5), atol=1e-5 * scale)
+    many = [engine.fork_sequence(0) for _ in range(GEMM_MIN_ROWS)]
+    rows = engine.decode_batch(many, list(range(GEMM_MIN_ROWS)))
+    twin = engine.fork_sequence(0)
+    np.testing.assert_allclose(rows[3], engine.decode(twin, 3), atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("scheme", ["q4f16_1", "w3a16g64asym"])
@@ -224,6 +229,26 @@ def test_gemm_kernel_matches_numpy(isa, name, n, k, rows):
     want = blocks_int8(x[0]) @ deq
     np.testing.assert_allclose(y[0], want, rtol=0, atol=2e-6 * np.abs(want).max())
     assert np.abs(x[0] @ deq - want).max() > 1e-4 * np.abs(want).max()  # int8 x differs from fp
+
+
+@pytest.mark.parametrize("name,n,k,batch", [
+    ("q4f16_1", 32, 576, 3), ("q4f16_1", 16, 576, GEMM_MIN_ROWS), ("w3a16g128asym", 32, 576, 13),
+    ("w2a16g64asym", 16, 384, 9),
+])
+@pytest.mark.parametrize("isa", ["avx2", "avx512vnni"])
+def test_batch_decode_kernel_matches_numpy(isa, name, n, k, batch):
+    """Batch decode's int8 linear, x [B, 1, K]: the GEMV below GEMM_MIN_ROWS sequences, the GEMM
+    on the same memory from there."""
+    if not host_runs(isa):
+        pytest.skip(f"host cannot run {isa} code")
+    scheme = get_scheme(name)
+    rng = np.random.default_rng(zlib.crc32(repr((name, n, k, batch)).encode()))
+    x = rng.standard_normal((batch, 1, k)).astype("float32")
+    words = rng.integers(0, 2**32, (n, scheme.words_per_row(k)), dtype=np.uint64).astype(np.uint32)
+    scales, zeros = scales_and_zeros(scheme, n, k, rng)
+    y = run_kernel(batch_decode_int8, isa, scheme, x, words, scales, zeros, n)
+    want = blocks_int8(x[:, 0]) @ dequantized(scheme, words, scales, zeros, k).T.astype(np.float64)
+    np.testing.assert_allclose(y[:, 0], want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 def test_gemm_supports():
