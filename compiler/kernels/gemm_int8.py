@@ -44,8 +44,9 @@ ROWS = 4  # prefill rows per register tile
 RUN_STEPS = {4: 2, 2: 4, 3: 8}  # 4-k steps per packed word (3-bit: per run of three words)
 # batch decode: sequences from which the GEMM beats the GEMV's loop. Kernel alone, 2 threads, the
 # bundled model's qkv / gate_up / down shapes, q4f16_1 and w2a16g128asym: even at 8 (0.9–1.1×),
-# 1.3–1.6× at 16, 1.7–2.1× at 32 (the GEMV faster below 8).
-GEMM_MIN_ROWS = 8
+# 1.3–1.6× at 16, 1.7–2.1× at 32. The whole model's batch_decode (q4f16_1, int8 decode): 0.73×
+# at 8, 1.06× at 16, 1.45× at 32 (403 vs 279 tok/s, with another job on the cores).
+GEMM_MIN_ROWS = 16
 
 _prefill_activations: ContextVar[str] = ContextVar("lowbit_prefill_activations", default="fp")
 
