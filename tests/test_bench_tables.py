@@ -266,3 +266,22 @@ def test_bitdistiller_nf3_sentence_follows_the_json(readme):
     assert (ratio, to_fp) == (round(nf3["ppl"] / omni["ppl"], 2), round(nf3["ppl"] / fp["ppl"], 2))
     assert nf3["compiled"]["ppl"] <= nf3["ppl"]  # the sentence's minus sign
     assert change == abs(round(100 * (nf3["compiled"]["ppl"] / nf3["ppl"] - 1), 2)) < 0.5
+
+
+def test_bitdistiller_w2g64_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+
+    def row(method: str) -> dict:
+        (found,) = [r for r in rows if r["method"] == method and r["w_bits"] == 2 and r["group_size"] == 64
+                    and r["a_bits"] == 16 and r["settings"] == {"preset": "small"} and not r.get("codebook")]
+        return found
+
+    bd, omni = row("bitdistiller"), row("omniquant")
+    ppl, ratio, omni_ppl, compiled, change = quoted(
+        readme, r"At W2 g64 BitDistiller scores ([\d.]+), ([\d.]+)× OmniQuant's ([\d.]+); compiled as "
+                r"`w2a16g64asym`, ([\d.]+) \(−([\d.]+) %\)")
+    assert (ppl, omni_ppl, compiled) == (round(bd["ppl"], 2), round(omni["ppl"], 2), round(bd["compiled"]["ppl"], 3))
+    assert ratio == round(bd["ppl"] / omni["ppl"], 2)
+    assert bd["compiled"]["ppl"] <= bd["ppl"]  # the sentence's minus sign
+    assert change == abs(round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2)) < 0.5
+    assert f"its {round(bd['seconds']):,} s of calibration" in " ".join(readme.split())
