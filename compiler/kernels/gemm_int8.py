@@ -16,7 +16,11 @@ int16's limit). A tile of :data:`ROWS` rows × 16 columns keeps its int32 sums f
 block (8 steps), then adds ``(Σ q·c − z·Σ c) · s_w · d`` to fp32 accumulators, the block's code
 sum ``Σ c`` precomputed per row; z is the group's zero point (``2^(b−1) − 1`` for symmetric
 codes). Weight groups are whole blocks (G a multiple of 32), so one scale and zero serve a block.
-Each panel is unpacked once for all T rows.
+Each panel is unpacked once for all T rows, its 16 columns side by side in vector lanes.
+
+``--decode-activations int8`` also runs this GEMM for ``batch_decode`` from :data:`GEMM_MIN_ROWS`
+sequences on (:func:`batch_decode_int8`: x [B, 1, K] is the same memory as [1, B, K]); fewer
+sequences keep the GEMV, whose activation quantization is the same.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ with the lane sums of c precomputed (``xs``); the float result is ``(Σ q·c −
 per lane, accumulated in eight fp32 lanes and summed once per output row.
 
 Work is split over :data:`TASKS` parallel tasks by output rows. One sequence runs its rows one
-after the other; several (``batch_decode``) take each row in turn for all of them, four at a time
-with their accumulators side by side, so each run of codes is loaded and unpacked once per four
-sequences and the row stays in L1 for the rest.
+after the other; several (``batch_decode``, below :data:`.gemm_int8.GEMM_MIN_ROWS` sequences,
+where the int8 GEMM takes over) take each row in turn for all of them, four at a time with their
+accumulators side by side, so each run of codes is loaded and unpacked once per four sequences
+and the row stays in L1 for the rest.
 
 3-bit weights (``w3a16g*asym``) store each run of 32 elements as two words of 2-bit lows
 (elements 0–15, 16–31) and one word of high bits. The low words of four such runs, in order, are
