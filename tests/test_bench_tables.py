@@ -285,3 +285,15 @@ def test_bitdistiller_w2g64_sentence_follows_the_json(readme):
     assert bd["compiled"]["ppl"] <= bd["ppl"]  # the sentence's minus sign
     assert change == abs(round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2)) < 0.5
     assert f"its {round(bd['seconds']):,} s of calibration" in " ".join(readme.split())
+
+def test_bitdistiller_loss_ablation_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+
+    def row(settings: dict) -> dict:
+        (found,) = [r for r in rows if r["method"] == "bitdistiller" and r["w_bits"] == 2 and r["group_size"] == 128
+                    and r["a_bits"] == 16 and r["settings"] == settings and not r.get("codebook")]
+        return found
+
+    cakld, fkl = row({"preset": "small"}), row({"preset": "small", "loss": "fkl"})
+    shown = quoted(readme, r"loss ablation at W2 g128: CAKLD ([\d.]+), forward KL ([\d.]+) \(([\d.]+)× CAKLD;")
+    assert shown == (round(cakld["ppl"], 2), round(fkl["ppl"], 2), round(fkl["ppl"] / cakld["ppl"], 2))
