@@ -285,7 +285,6 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
         length_info = T.match_buffer(length_info_handle, (3, B) if sliding else (B,), "int32", elem_offset=li_off)
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
-        flat = T.decl_buffer((max_num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         # chunk c of sequence b is task row chunk0[b] + c; a sequence of p pages has at most
         # ceil(p / CHUNK_PAGES) chunks, so nnz_pages / CHUNK_PAGES + B rows hold them all
@@ -312,8 +311,8 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                         for pos in T.serial(lo, hi):
                             at: T.int32 = _seq_pos(pos, window_start, sink)
                             for j in T.serial(d):
-                                staged[j, pos - lo] = flat[key_at(page_values[first + at // PAGE_SIZE], hk,
-                                                                  at % PAGE_SIZE, j, h_kv, d)]
+                                staged[j, pos - lo] = pages[key_at(page_values[first + at // PAGE_SIZE], hk,
+                                                                   at % PAGE_SIZE, j, d)]
                         _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo, lambda i: hi, hk,
                                      lambda pos: page_values[first + _seq_pos(pos, window_start, sink) // PAGE_SIZE],
                                      lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
@@ -324,8 +323,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                         _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo, lambda i: hi, hk,
                                      lambda pos: page_values[first + pos // PAGE_SIZE],
                                      lambda pos: pos % PAGE_SIZE,
-                                     lambda j, base, r: flat[key_at(page_values[first + base // PAGE_SIZE], hk,
-                                                                    r, j, h_kv, d)],
+                                     lambda j, base, r: pages[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, d)],
                                      lambda page, off, j: pages[page, 1, hk, off, j],
                                      sm_scale, group, d, cap, 1, qb, pv)
         for bh in T.parallel(B * h_q):
@@ -369,7 +367,6 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                                      "int32", elem_offset=li_off)
         output = T.match_buffer(output_handle, (total_len, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (total_len, h_q), "float32")
-        flat = T.decl_buffer((max_num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         if sliding:
             # the window moves keys off page boundaries: the keys in key order, each sequence's from
@@ -387,8 +384,8 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                             if pos < kv_len:
                                 at: T.int32 = _seq_pos(pos, length_info[1, b], length_info[2, b])
                                 for j in T.serial(d):
-                                    key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = flat[key_at(
-                                        page_values[page_indptr[b] + at // PAGE_SIZE], hk, at % PAGE_SIZE, j, h_kv, d)]
+                                    key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = pages[key_at(
+                                        page_values[page_indptr[b] + at // PAGE_SIZE], hk, at % PAGE_SIZE, j, d)]
         for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.int32 = task % h_kv
@@ -412,7 +409,7 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                              lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
                              # without a window, tiles start on page boundaries (the first at key 0)
                              (lambda j, base, r: key_t[hk, j, first * PAGE_SIZE + base + r]) if sliding else
-                             (lambda j, base, r: flat[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, h_kv, d)]),
+                             (lambda j, base, r: pages[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, d)]),
                              lambda page, off, j: pages[page, 1, hk, off, j],
                              sm_scale, group, d, cap, ROW_TILE, qb, pv)
     return kernel

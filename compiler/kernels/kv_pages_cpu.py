@@ -13,9 +13,10 @@ reductions and no transposing copy.
 
 The kernels here replace TVM's where it reads or writes keys in the pages: the append of new
 tokens (``tir_kv_cache_transpose_append``), the page copy of a fork (``copy_single_page_cpu``),
-the compaction after a pop (``compact_kv_copy_cpu``) and ``tir_kv_cache_debug_get_kv``. Their
-arguments are TVM's. TVM's tree attention over the pages (speculative decoding's token trees,
-``tree_attn_paged_kv_cpu``) is replaced by a kernel that refuses in one line.
+the compaction that moves tokens within the pages (``compact_kv_copy_cpu``) and the debug read
+(``tir_kv_cache_debug_get_kv``). Their arguments are TVM's. TVM's tree attention over the pages
+(speculative decoding's token trees, ``tree_attn_paged_kv_cpu``) is replaced by a kernel that
+refuses in one line.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ PAGE_SIZE = 16  # TVM's CPU attention kernels' page size, which the runtime allo
 LOWBIT_KERNEL = "lowbit.kernel"  # attribute marking lowbit's kernels
 
 
-def key_at(page, head, slot, j, h_kv: int, d: int):
-    """Element index (from the pages' start) of dimension ``j`` of the key in ``slot`` of
-    ``page`` for ``head``."""
-    return (page * (2 * h_kv) + head) * (PAGE_SIZE * d) + j * PAGE_SIZE + slot
+def key_at(page, head, slot, j, d: int) -> tuple:
+    """Index into the ``[pages, 2, h_kv, PAGE_SIZE, d]`` buffer of dimension ``j`` of the key in
+    ``slot`` of ``page`` for ``head``: element ``j · 16 + slot`` of the page's key block. Where
+    16 divides ``d`` a run of 16 slots stays in one row, so the slots are one vector."""
+    if d % PAGE_SIZE == 0:
+        runs = d // PAGE_SIZE  # runs of 16 slots per row of the block
+        return page, 0, head, j // runs, j % runs * PAGE_SIZE + slot
+    at = j * PAGE_SIZE + slot
+    return page, 0, head, at // d, at % d
 
 
 def _attrs(symbol: str) -> dict:
@@ -52,14 +58,12 @@ def append_kernel(h_kv: int, d: int, dtype: str) -> tirx.PrimFunc:
         k = T.match_buffer(k_handle, (ntoken, h_kv, d), dtype)
         v = T.match_buffer(v_handle, (ntoken, h_kv, d), dtype)
         position_map = T.match_buffer(position_map_handle, (ntoken,), "int32", elem_offset=pm_off)
-        flat = T.decl_buffer((num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data,
-                             elem_offset=pages.elem_offset)
         for t in T.serial(ntoken):
             pos: T.int32 = position_map[t]
             if pos != -1:
                 for h in T.serial(h_kv):
                     for j in T.serial(d):
-                        flat[key_at(pos // PAGE_SIZE, h, pos % PAGE_SIZE, j, h_kv, d)] = k[t, h, j]
+                        pages[key_at(pos // PAGE_SIZE, h, pos % PAGE_SIZE, j, d)] = k[t, h, j]
                     for j in T.vectorized(d):
                         pages[pos // PAGE_SIZE, 1, h, pos % PAGE_SIZE, j] = v[t, h, j]
 
@@ -75,11 +79,9 @@ def copy_page_kernel(h_kv: int, d: int, dtype: str) -> tirx.PrimFunc:
         T.func_attr(_attrs("copy_single_page_cpu"))
         num_pages = T.int32()
         pages = T.match_buffer(pages_handle, (num_pages, 2, h_kv, PAGE_SIZE, d), dtype)
-        flat = T.decl_buffer((num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         for h, o in T.grid(h_kv, copy_length):
             for j in T.serial(d):
-                flat[key_at(T.cast(tgt, "int32"), h, T.cast(o, "int32"), j, h_kv, d)] = flat[
-                    key_at(T.cast(src, "int32"), h, T.cast(o, "int32"), j, h_kv, d)]
+                pages[key_at(tgt, h, o, j, d)] = pages[key_at(src, h, o, j, d)]
             for j in T.vectorized(d):
                 pages[tgt, 1, h, o, j] = pages[src, 1, h, o, j]
 
@@ -100,15 +102,14 @@ def compact_kernel(h_kv: int, d: int, dtype: str) -> tirx.PrimFunc:
         pages = T.match_buffer(pages_handle, (num_pages, 2, h_kv, PAGE_SIZE, d), dtype)
         indptr = T.match_buffer(indptr_handle, (batch_size + 1,), "int32", elem_offset=indptr_off)
         src_dst = T.match_buffer(src_dst_handle, (2, total), "int32", elem_offset=src_dst_off)
-        flat = T.decl_buffer((num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data)
         for b in T.serial(batch_size):
             for i in T.serial(indptr[b + 1] - indptr[b]):
                 src: T.int32 = src_dst[0, indptr[b] + i]
                 dst: T.int32 = src_dst[1, indptr[b] + i]
                 for h in T.serial(h_kv):
                     for j in T.serial(d):
-                        flat[key_at(dst // PAGE_SIZE, h, dst % PAGE_SIZE, j, h_kv, d)] = flat[
-                            key_at(src // PAGE_SIZE, h, src % PAGE_SIZE, j, h_kv, d)]
+                        pages[key_at(dst // PAGE_SIZE, h, dst % PAGE_SIZE, j, d)] = pages[
+                            key_at(src // PAGE_SIZE, h, src % PAGE_SIZE, j, d)]
                     for j in T.vectorized(d):
                         pages[dst // PAGE_SIZE, 1, h, dst % PAGE_SIZE, j] = pages[src // PAGE_SIZE, 1, h, src % PAGE_SIZE, j]
 
@@ -131,12 +132,10 @@ def debug_get_kv_kernel(layers: int, h_kv: int, d: int, dtype: str) -> tirx.Prim
         position_map = T.match_buffer(position_map_handle, (seqlen,), "int32", elem_offset=pm_off)
         k = T.match_buffer(k_handle, (layers, seqlen, h_kv, d), dtype)
         v = T.match_buffer(v_handle, (layers, seqlen, h_kv, d), dtype)
-        flat = T.decl_buffer((num_pages * (2 * h_kv * PAGE_SIZE * d),), dtype, data=pages.data,
-                             elem_offset=pages.elem_offset)
         for t, h in T.grid(seqlen, h_kv):
             pos: T.int32 = position_map[t]
             for j in T.serial(d):
-                k[layer_id, t, h, j] = flat[key_at(pos // PAGE_SIZE, h, pos % PAGE_SIZE, j, h_kv, d)]
+                k[layer_id, t, h, j] = pages[key_at(pos // PAGE_SIZE, h, pos % PAGE_SIZE, j, d)]
                 v[layer_id, t, h, j] = pages[pos // PAGE_SIZE, 1, h, pos % PAGE_SIZE, j]
 
     return kernel
