@@ -211,15 +211,18 @@ def test_long_context_sentences_follow_the_json(readme):
     assert limit == round(kv16["decode_tok_s"] * read / kv16["read_gb_s"], 2)
 
 
+def w2_row(rows: list[dict], method: str, group: int, settings: dict | None = None) -> dict:
+    """The one W2 A16 integer-grid row of ``method`` at ``group`` with ``settings`` (default:
+    the small preset alone)."""
+    settings = settings or {"preset": "small"}
+    (found,) = [r for r in rows if r["method"] == method and r["w_bits"] == 2 and r["group_size"] == group
+                and r["a_bits"] == 16 and r["settings"] == settings and not r.get("codebook")]
+    return found
+
+
 def test_bitdistiller_sentence_follows_the_json(readme):
     rows = json.loads((RESULTS / "quality.json").read_text())
-
-    def row(method: str) -> dict:
-        (found,) = [r for r in rows if r["method"] == method and r["w_bits"] == 2 and r["group_size"] == 128
-                    and r["a_bits"] == 16 and r["settings"] == {"preset": "small"} and not r.get("codebook")]
-        return found
-
-    bd, omni = row("bitdistiller"), row("omniquant")
+    bd, omni = w2_row(rows, "bitdistiller", 128), w2_row(rows, "omniquant", 128)
     ppl, ratio, omni_ppl, compiled, change = quoted(
         readme, r"at W2 g128 scores ([\d.]+), ([\d.]+)× OmniQuant's ([\d.]+) \(aim ≤ 0\.8×: \*\*met\*\*\); "
                 r"converted to `w2a16g128asym` and compiled for this CPU it scores ([\d.]+) on the same windows "
@@ -270,13 +273,7 @@ def test_bitdistiller_nf3_sentence_follows_the_json(readme):
 
 def test_bitdistiller_w2g64_sentence_follows_the_json(readme):
     rows = json.loads((RESULTS / "quality.json").read_text())
-
-    def row(method: str) -> dict:
-        (found,) = [r for r in rows if r["method"] == method and r["w_bits"] == 2 and r["group_size"] == 64
-                    and r["a_bits"] == 16 and r["settings"] == {"preset": "small"} and not r.get("codebook")]
-        return found
-
-    bd, omni = row("bitdistiller"), row("omniquant")
+    bd, omni = w2_row(rows, "bitdistiller", 64), w2_row(rows, "omniquant", 64)
     ppl, ratio, omni_ppl, compiled, change = quoted(
         readme, r"At W2 g64 BitDistiller scores ([\d.]+), ([\d.]+)× OmniQuant's ([\d.]+); compiled as "
                 r"`w2a16g64asym`, ([\d.]+) \(−([\d.]+) %\)")
@@ -286,14 +283,10 @@ def test_bitdistiller_w2g64_sentence_follows_the_json(readme):
     assert change == abs(round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2)) < 0.5
     assert f"its {round(bd['seconds']):,} s of calibration" in " ".join(readme.split())
 
+
 def test_bitdistiller_loss_ablation_follows_the_json(readme):
     rows = json.loads((RESULTS / "quality.json").read_text())
-
-    def row(settings: dict) -> dict:
-        (found,) = [r for r in rows if r["method"] == "bitdistiller" and r["w_bits"] == 2 and r["group_size"] == 128
-                    and r["a_bits"] == 16 and r["settings"] == settings and not r.get("codebook")]
-        return found
-
-    cakld, fkl = row({"preset": "small"}), row({"preset": "small", "loss": "fkl"})
+    cakld = w2_row(rows, "bitdistiller", 128)
+    fkl = w2_row(rows, "bitdistiller", 128, {"preset": "small", "loss": "fkl"})
     shown = quoted(readme, r"loss ablation at W2 g128: CAKLD ([\d.]+), forward KL ([\d.]+) \(([\d.]+)× CAKLD;")
     assert shown == (round(cakld["ppl"], 2), round(fkl["ppl"], 2), round(fkl["ppl"] / cakld["ppl"], 2))
