@@ -22,17 +22,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lowbit", "torch", "transformers", "apache-tvm", "numpy")
 CALIBRATE_MODULE = "lowbit.calib.calibrate"
+RESULTS_DIR = "bench/results/"
 
 
-def git_state(repo: Path = REPO) -> dict:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout at ``repo``."""
-    def git(*args: str) -> str | None:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
+def _git(repo: Path, *args: str) -> str | None:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+def git_state(repo: Path = REPO, base: str | None = None) -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout at ``repo``.
+
+    ``commit`` is ``base`` (default HEAD). ``dirty`` says whether any tracked file outside
+    ``bench/results/`` differs from it now: the result files are the bench's own output, so a
+    script that rewrites them after every row does not mark its next row dirty, while a commit
+    or an edit made while the bench ran does.
+    """
+    commit = base or _git(repo, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    changed = _git(repo, "diff", "--name-only", commit, "--", ".", f":(exclude){RESULTS_DIR}")
+    return {"commit": commit, "dirty": None if changed is None else bool(changed)}
+
+
+STARTED_AT = _git(REPO, "rev-parse", "HEAD")  # the code this process imported
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -47,11 +60,16 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 def record(argv: list[str] | None = None) -> dict:
-    """The provenance every bench script stores beside its results: commit, versions, command."""
+    """The provenance every bench script stores beside its results: commit, versions, command.
+
+    The commit is the one checked out when this process started (the code it imported); a row
+    recorded after the checkout moved or was edited is marked dirty.
+    """
     argv = sys.argv if argv is None else argv
     script = Path(argv[0]).resolve()
     shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else argv[0]
-    return {**git_state(), "packages": package_versions(), "argv": ["python", shown, *argv[1:]]}
+    return {**git_state(base=STARTED_AT), "packages": package_versions(),
+            "argv": ["python", shown, *argv[1:]]}
 
 
 def _lowbit_imports(path: Path, package: str) -> set[str]:

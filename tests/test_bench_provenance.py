@@ -37,6 +37,28 @@ def test_git_state_commit_and_dirty(tmp_path):
     assert provenance.git_state(tmp_path) == {"commit": head, "dirty": True}
 
 
+def test_git_state_ignores_the_bench_results_but_not_a_commit_made_since(tmp_path):
+    """A bench rewrites its results after every row; a later row stays clean. Code committed
+    after the bench started (``base``) makes its rows dirty, results committed do not."""
+    results = tmp_path / "bench" / "results" / "quality.json"
+    results.parent.mkdir(parents=True)
+    results.write_text("[]")
+    (tmp_path / "a.txt").write_text("1")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    base = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    results.write_text("[1]")
+    assert provenance.git_state(tmp_path, base) == {"commit": base, "dirty": False}
+    git(tmp_path, "commit", "-q", "-am", "results")
+    assert provenance.git_state(tmp_path, base) == {"commit": base, "dirty": False}
+    (tmp_path / "a.txt").write_text("2")
+    git(tmp_path, "commit", "-q", "-am", "code")
+    assert provenance.git_state(tmp_path, base) == {"commit": base, "dirty": True}
+    assert provenance.git_state(tmp_path)["dirty"] is False
+
+
 def test_record_names_the_script_from_the_repo_and_the_packages():
     rec = provenance.record([str(BENCH / "quality.py"), "--methods", "rtn", "--grid", "w4g128"])
     assert rec["argv"] == ["python", "bench/quality.py", "--methods", "rtn", "--grid", "w4g128"]
