@@ -5,7 +5,8 @@
                                [--contexts 128,1024,8000 [--context-rounds 2]] [--build-dir DIR] [--llama-cpp DIR]
 
 Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
-reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+pint8`` with
+reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+int8x2`` with
+``--decode-activations int8x2``, ``+pint8`` with
 ``--prefill-activations int8``, ``+kv16`` with ``--kv-cache-dtype float16``), then times
 prefill of the same prompt and greedy decode in the same run, on every CPU (the runtime's default
 thread count), beside PyTorch eager in fp32 and bf16. llama.cpp's ``llama-bench`` runs the bundled
@@ -122,9 +123,16 @@ def torch_engine(folder: Path, ids: list[int], new: int, dtype: str) -> Timed:
                                         len(ids) / prefill, new / decode, nbytes)), run
 
 
+def decode_option(options: list[str]) -> str:
+    """``--decode-activations`` of a variant's options (``int8``, ``int8x2`` or neither: fp)."""
+    kinds = [o for o in options if o in ("int8", "int8x2")]
+    return kinds[0] if kinds else "fp"
+
+
 def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
-    """``variant``: a scheme, with ``+int8`` for int8 decode activations, ``+pint8`` for int8
-    prefill activations and ``+kv16`` for an fp16 KV cache (``q4f16_1+int8+pint8+kv16``)."""
+    """``variant``: a scheme, with ``+int8`` (``+int8x2``) for int8 (two-term int8) decode
+    activations, ``+pint8`` for int8 prefill activations and ``+kv16`` for an fp16 KV cache
+    (``q4f16_1+int8+pint8+kv16``)."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
 
@@ -133,7 +141,7 @@ def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
     if not mlc.exists():
         convert(ConvertArgs(model, scheme, mlc))
     if not lib.exists():
-        compile_model(CompileArgs(mlc, "llvm", lib, decode_activations="int8" if "int8" in options else "fp",
+        compile_model(CompileArgs(mlc, "llvm", lib, decode_activations=decode_option(options),
                                   prefill_activations="int8" if "pint8" in options else "fp",
                                   kv_cache_dtype="float16" if "kv16" in options else ""))
     return mlc, lib

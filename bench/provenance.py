@@ -1,11 +1,18 @@
 """Where a bench row came from: git commit, package versions, command, and the code version of
 the calibration method that made its checkpoint.
 
-A method's code version is a hash of its source closure: the module that registers it plus every
-``lowbit`` module it imports, transitively (calibrate.py's too, which writes every checkpoint).
-Following the imports keeps the set right as files are split or added; the cost is that a change
-to a shared module (the quantizer, the fused format, model loading) marks every method's rows
-stale, which is what it should do.
+A method's code version is a hash of the code its calibration runs: every module-level statement
+of the module that registers it and of ``calibrate.py`` (which writes every checkpoint), and,
+from the ``lowbit`` modules they import, the definitions they use, transitively (a function,
+class or assignment, with the imports it needs). Docstrings, comments and layout do not count
+(the statements are hashed as ``ast.unparse`` gives them), nor do functions the method never
+reaches: a new decode-kernel reference in the shared quantizer module leaves calibration rows
+as they were, a change to the quantizer math they call does not.
+
+Rows measured before this definition carry the older *file* version: a hash of the whole files
+of the method's import closure. Such a row still stands when that hash, recomputed from the
+row's recorded commit, is what it recorded (so its files were that commit's) and the commit's
+definition version equals today's (:func:`same_code`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import hashlib
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -72,50 +80,229 @@ def record(argv: list[str] | None = None) -> dict:
             "argv": ["python", shown, *argv[1:]]}
 
 
-def _lowbit_imports(path: Path, package: str) -> set[str]:
+Reader = Callable[[str], "bytes | None"]  # repo-relative path → the file's bytes (None: absent)
+
+
+def worktree_reader(repo: Path = REPO) -> Reader:
+    """The files of the checkout at ``repo`` as they are now."""
+    def read(path: str) -> bytes | None:
+        file = repo / path
+        return file.read_bytes() if file.is_file() else None
+    return read
+
+
+@cache
+def commit_reader(commit: str, repo: Path = REPO) -> Reader:
+    """The files of ``commit`` (``git show``)."""
+    @cache
+    def read(path: str) -> bytes | None:
+        done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True)
+        return done.stdout if done.returncode == 0 else None
+    return read
+
+
+@cache
+def module_path(name: str) -> str | None:
+    """The repo-relative source file of module ``name`` (the current layout), or None: no
+    ``lowbit`` module of this repo (a function's name, a package outside it)."""
+    if not (name == "lowbit" or name.startswith("lowbit.")):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # `from module import function`: the function is no module
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    path = Path(spec.origin).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else None
+
+
+def _package(name: str, path: str) -> str:
+    return name if path.endswith("__init__.py") else name.rpartition(".")[0]
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an ``import from`` names, relative imports resolved against ``package``."""
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+    return base
+
+
+def _lowbit_imports(tree: ast.Module, package: str) -> set[str]:
     """The ``lowbit.*`` modules a source file imports (absolute or relative)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
+            base = _absolute(node, package)
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
     return {m for m in found if m == "lowbit" or m.startswith("lowbit.")}
 
 
-def source_closure(module: str) -> dict[str, Path]:
+def source_closure(module: str, read: Reader | None = None) -> dict[str, str]:
     """``module`` and every ``lowbit`` module it imports, transitively: name → source file."""
-    seen: dict[str, Path] = {}
+    read = read or worktree_reader()
+    seen: dict[str, str] = {}
     todo = [module]
     while todo:
         name = todo.pop()
         if name in seen or name in ("lowbit", "lowbit.calib"):  # their __init__s import everything
             continue
-        try:
-            spec = importlib.util.find_spec(name)
-        except ModuleNotFoundError:  # `from module import function`: the function is no module
-            spec = None
-        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        path = module_path(name)
+        text = path and read(path)
+        if not text:
             continue
-        path = Path(spec.origin)
         seen[name] = path
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        todo += sorted(_lowbit_imports(path, package) - seen.keys())
+        todo += sorted(_lowbit_imports(ast.parse(text), _package(name, path)) - seen.keys())
     return seen
 
 
-def hash_sources(paths: list[Path]) -> str:
-    """A short hash of the files' contents, in the given order (names relative to the repo)."""
+def hash_sources(files: list[tuple[str, bytes]]) -> str:
+    """A short hash of (name, contents) pairs, in the given order."""
     h = hashlib.sha256()
-    for path in paths:
-        name = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
-        h.update(f"{name}\0".encode() + path.read_bytes() + b"\0")
+    for name, data in files:
+        h.update(f"{name}\0".encode() + data + b"\0")
     return h.hexdigest()[:16]
+
+
+def file_version(modules: list[str], read: Reader) -> str:
+    """The older code version: the whole files of the modules' import closure."""
+    closure: dict[str, str] = {}
+    for module in modules:
+        closure |= source_closure(module, read)
+    return hash_sources([(closure[n], read(closure[n]) or b"") for n in sorted(closure)])
+
+
+class _Module:
+    """One module's top-level statements: which names each defines, which it reads, and where
+    the names it imports from other ``lowbit`` modules come from."""
+
+    def __init__(self, name: str, path: str, text: bytes):
+        tree = ast.parse(text)
+        package = _package(name, path)
+        body = [st for st in tree.body if not _is_docstring(st)]
+        self.statements = [ast.unparse(_without_docstrings(st)) for st in body]
+        self.defines: dict[str, list[int]] = {}
+        self.reads = [_names_read(st) for st in body]
+        # alias → (module, name or None: the module itself), per statement: the module's own
+        # imports, then those inside the statement (a function's lazy imports)
+        top = {}
+        for i, st in enumerate(body):
+            for name in _names_defined(st):
+                self.defines.setdefault(name, []).append(i)
+            if isinstance(st, (ast.Import, ast.ImportFrom)):
+                top |= _aliases(st, package)
+        self.imported = [top | {alias: source for node in ast.walk(st) if isinstance(node, (ast.Import, ast.ImportFrom))
+                                for alias, source in _aliases(node, package).items()}
+                         for st in body]
+        self.always = [i for i, st in enumerate(body) if not _names_defined(st)]
+
+
+def _aliases(node: ast.Import | ast.ImportFrom, package: str) -> dict[str, tuple[str, str | None]]:
+    if isinstance(node, ast.ImportFrom):
+        base = _absolute(node, package)
+        return {a.asname or a.name: (base, a.name) for a in node.names}
+    return {a.asname or a.name.split(".")[0]: (a.name if a.asname else a.name.split(".")[0], None)
+            for a in node.names}
+
+
+def _is_docstring(st: ast.stmt) -> bool:
+    return isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant) and isinstance(st.value.value, str)
+
+
+def _without_docstrings(st: ast.stmt) -> ast.stmt:
+    for node in ast.walk(st):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body and _is_docstring(node.body[0]):
+            node.body = node.body[1:] or [ast.Pass()]
+    return st
+
+
+def _names_defined(st: ast.stmt) -> list[str]:
+    if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [st.name]
+    if isinstance(st, (ast.Import, ast.ImportFrom)):
+        return [a.asname or a.name.split(".")[0] for a in st.names]
+    if isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+        return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return []
+
+
+def _names_read(st: ast.stmt) -> set[tuple[str, str | None]]:
+    """(name, attribute or None) for every name the statement reads: ``mod.f`` gives (mod, f)."""
+    found: set[tuple[str, str | None]] = set()
+    attributes = set()
+    for node in ast.walk(st):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            found.add((node.value.id, node.attr))
+            attributes.add(id(node.value))
+    for node in ast.walk(st):
+        if isinstance(node, ast.Name) and id(node) not in attributes:
+            found.add((node.id, None))
+    return found
+
+
+def definition_version(modules: list[str], read: Reader) -> str:
+    """The code version: every statement of ``modules`` and the definitions they reach."""
+    parsed: dict[str, _Module | None] = {}
+
+    def get(name: str) -> _Module | None:
+        if name not in parsed:
+            path = module_path(name)
+            text = path and read(path)
+            parsed[name] = _Module(name, path, text) if text else None
+        return parsed[name]
+
+    included: set[tuple[str, int]] = set()
+    todo: list[tuple[str, int]] = []
+    for name in modules:
+        if mod := get(name):
+            todo += [(name, i) for i in range(len(mod.statements))]
+
+    def want(module: str, symbol: str | None) -> None:
+        """Queue what ``symbol`` of ``module`` needs (all of the module when None)."""
+        mod = get(module)
+        if mod is None:
+            return
+        if symbol is None:
+            todo.extend((module, i) for i in range(len(mod.statements)))
+        elif symbol in mod.defines:
+            todo.extend((module, i) for i in mod.defines[symbol])
+        elif get(f"{module}.{symbol}"):  # `from package import module`
+            want(f"{module}.{symbol}", None)
+        todo.extend((module, i) for i in mod.always)  # module-level code runs on import
+
+    while todo:
+        module, i = todo.pop()
+        if (module, i) in included:
+            continue
+        included.add((module, i))
+        mod = parsed[module]
+        imported = mod.imported[i]
+        for name, attribute in mod.reads[i]:
+            if name in imported:
+                source, symbol = imported[name]
+                if symbol is None or get(f"{source}.{symbol}"):  # a module alias: mod.attribute
+                    target = source if symbol is None else f"{source}.{symbol}"
+                    if target in ("lowbit", "lowbit.calib"):  # their __init__s import everything
+                        continue
+                    want(target, attribute)
+                else:
+                    want(source, symbol)
+            elif name in mod.defines:
+                todo.extend((module, j) for j in mod.defines[name])
+    return hash_sources(sorted((m, parsed[m].statements[i].encode()) for m, i in included))
+
+
+def method_modules(method: str) -> list[str]:
+    """The modules whose statements all count: the method's and ``calibrate.py``."""
+    from lowbit.calib import METHODS
+
+    return [METHODS[method].fn.__module__, CALIBRATE_MODULE]
 
 
 @cache
@@ -123,8 +310,13 @@ def code_version(method: str) -> str:
     """The code version of ``method``'s checkpoints ("fp": no calibration code, a fixed value)."""
     if method == "fp":
         return "fp"
-    from lowbit.calib import METHODS
+    return definition_version(method_modules(method), worktree_reader())
 
-    module = METHODS[method].fn.__module__
-    closure = source_closure(module) | source_closure(CALIBRATE_MODULE)
-    return hash_sources([closure[name] for name in sorted(closure)])
+
+def same_code(method: str, recorded: str, commit: str) -> bool:
+    """Whether a row that recorded the file version ``recorded`` at ``commit`` ran today's code:
+    the commit's files hash to ``recorded`` and its definition version is today's."""
+    read = commit_reader(commit)
+    modules = method_modules(method)
+    return (file_version(modules, read) == recorded
+            and definition_version(modules, read) == code_version(method))

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provenance import code_version, record
+from provenance import code_version, record, same_code
 
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.calib import CalibrateArgs, calibrate
@@ -187,13 +187,16 @@ def compiled_check(cell: Cell, model: str, split: str, seqlen: int, windows: int
 
 
 def stale_reason(row: dict) -> str | None:
-    """Why ``row`` no longer stands for the current code, or None when it does."""
+    """Why ``row`` no longer stands for the current code, or None when it does (its code version
+    is today's, or it recorded the older file version of a commit whose code is today's)."""
     recorded = row.get("code_version")
     if recorded is None:
         return "no recorded code version (measured before provenance)"
-    if recorded != code_version(row["method"]):
-        return f"{row['method']} code changed ({recorded} → {code_version(row['method'])})"
-    return None
+    now = code_version(row["method"])
+    commit = (row.get("provenance") or {}).get("commit")
+    if recorded == now or (commit and same_code(row["method"], recorded, commit)):
+        return None
+    return f"{row['method']} code changed ({recorded} → {now})"
 
 
 def compiled(row: dict) -> str:

@@ -37,7 +37,7 @@ class CompileArgs:
     overwrite: bool = False
     cuda_archs: tuple[str, ...] = CUDA_ARCHS
     overrides: dict[str, int] = field(default_factory=dict)  # context_window_size, prefill_chunk_size
-    decode_activations: str = "fp"  # int8: decode GEMVs on 8-bit activations (x86-64 AVX2)
+    decode_activations: str = "fp"  # int8 / int8x2: decode GEMVs on 8-bit activations (x86-64 AVX2)
     prefill_activations: str = "fp"  # int8: prefill matmuls on 8-bit activations (x86-64 AVX2)
     kv_cache_dtype: str = ""  # float16 / float32 (CPU targets); "": the target's compute dtype
 
@@ -48,8 +48,8 @@ class CompileArgs:
 
 def check_int8_activations(option: str, kind: str, target) -> None:
     """Refuse int8 activations (``option``) off x86-64 CPU targets with AVX2."""
-    if kind == "int8" and not (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) in AVX2_MCPUS):
-        raise LowbitError(f"{option} int8 needs an x86-64 CPU target with AVX2; "
+    if kind != "fp" and not (target.kind.name == "llvm" and str(target.attrs.get("mcpu", "")) in AVX2_MCPUS):
+        raise LowbitError(f"{option} {kind} needs an x86-64 CPU target with AVX2; "
                           f"this build's target is {target}")
 
 

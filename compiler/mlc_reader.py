@@ -8,6 +8,7 @@ gate/up are split back into HF modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,9 @@ def _int8_modules(weights: MlcWeights, kernel_supports) -> list[str]:
 def load_mlc_model(folder: Path, decode_activations: str = "fp", prefill_activations: str = "fp") -> torch.nn.Module:
     """The PyTorch model (fp32, eval mode) whose weights are the MLC folder's, dequantized.
 
-    ``decode_activations="int8"``: the reference of such a library. The linears it runs on int8
-    (:func:`int8_decode_modules`) fake-quantize their input
-    (:func:`lowbit.quantizer.fake_quantize_blocks_int8`) when it is one token per sequence, as
+    ``decode_activations="int8"`` (or ``"int8x2"``): the reference of such a library. The linears
+    it runs on int8 (:func:`int8_decode_modules`) fake-quantize their input
+    (:func:`lowbit.quantizer.fake_quantize_blocks_int8`, in one or two terms) when it is one token per sequence, as
     in incremental decoding with a KV cache or a prefill's lm_head over its last position
     (``logits_to_keep=1``). ``prefill_activations="int8"``: those of
     :func:`int8_prefill_modules` do when it is several tokens (a prefill; the compiled model's
@@ -128,18 +129,19 @@ def load_mlc_model(folder: Path, decode_activations: str = "fp", prefill_activat
     if missing or unexpected:
         raise LowbitError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     modules = dict(model.named_modules())
-    if decode_activations == "int8":
+    if decode_activations in ("int8", "int8x2"):
+        hook = partial(_int8_one_token, terms=1 if decode_activations == "int8" else 2)
         for name in int8_decode_modules(weights):
-            modules[name].register_forward_pre_hook(_int8_one_token)
+            modules[name].register_forward_pre_hook(hook)
     if prefill_activations == "int8":
         for name in int8_prefill_modules(weights):
             modules[name].register_forward_pre_hook(_int8_several_tokens)
     return model.eval()
 
 
-def _int8_one_token(_module: torch.nn.Module, args: tuple) -> tuple:
+def _int8_one_token(_module: torch.nn.Module, args: tuple, terms: int) -> tuple:
     x = args[0]
-    return (fake_quantize_blocks_int8(x) if x.shape[-2] == 1 else x, *args[1:])
+    return (fake_quantize_blocks_int8(x, terms) if x.shape[-2] == 1 else x, *args[1:])
 
 
 def _int8_several_tokens(_module: torch.nn.Module, args: tuple) -> tuple:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lowbit.artifact import DECODE_ACTIVATIONS, KV_CACHE_DTYPES
+from lowbit.artifact import DECODE_ACTIVATIONS, KV_CACHE_DTYPES, PREFILL_ACTIVATIONS
 from lowbit.errors import LowbitError
 
 
@@ -269,9 +269,10 @@ def convert(model: str, scheme: str, out: Path, overwrite: bool, conv_template: 
 @click.option("--overrides", type=Overrides(), default="",
               help="MLC-style 'context_window_size=N;prefill_chunk_size=M' baked into the library")
 @click.option("--decode-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
-              help="int8: decode's 4-bit matmuls quantize activations per 32 to 8 bits and use "
-                   "integer dot products (x86-64 AVX2)")
-@click.option("--prefill-activations", type=click.Choice(DECODE_ACTIVATIONS), default="fp", show_default=True,
+              help="int8: decode's 4-, 3- and 2-bit matmuls quantize activations per 32 to 8 bits and "
+                   "use integer dot products (x86-64 AVX2); int8x2: two 8-bit codes per activation "
+                   "(the second for the first's rounding error), near fp accuracy")
+@click.option("--prefill-activations", type=click.Choice(PREFILL_ACTIVATIONS), default="fp", show_default=True,
               help="int8: prefill's 4-, 3- and 2-bit matmuls likewise, as int8 GEMMs (x86-64 AVX2; "
                    "AVX-512 VNNI where the host has it)")
 @click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=None,

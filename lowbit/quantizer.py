@@ -383,15 +383,23 @@ def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
 INT8_BLOCK = 32  # k per activation scale of the int8 decode kernels
 
 
-def fake_quantize_blocks_int8(x: torch.Tensor) -> torch.Tensor:
+def fake_quantize_blocks_int8(x: torch.Tensor, terms: int = 1) -> torch.Tensor:
     """Symmetric int8 fake quantization of x [..., K] per block of :data:`INT8_BLOCK` along K
     (``lowbit compile --decode-activations int8``, llama.cpp's Q8 activations): ``d = max|x| /
-    127``, ``c = round(x · (127 / max|x|))`` (half to even), ``x̂ = c · d``; a zero block stays 0.
+    127``, ``t = x · (127 / max|x|)``, ``c = round(t)`` (half to even), ``x̂ = c · d``; a zero
+    block stays 0. ``terms=2`` (``int8x2``) adds a second int8 code for what the first leaves,
+    ``c₂ = round((t − c) · 254)`` (|t − c| ≤ ½, so |c₂| ≤ 127), and ``x̂ = (c + c₂ / 254) · d``.
     In fp32, the operations in the kernel's order, so the codes are the kernel's."""
     blocks = x.float().unflatten(-1, (-1, INT8_BLOCK))
     amax = blocks.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, 127 / torch.where(amax > 0, amax, 1), 0)
-    return (torch.round(blocks * inv) * (amax / 127)).flatten(-2).to(x.dtype)
+    scaled = blocks * inv
+    codes = torch.round(scaled)
+    if terms == 2:
+        codes = codes + torch.round((scaled - codes) * 254) / 254
+    elif terms != 1:
+        raise ValueError(f"terms {terms}: expected 1 or 2")
+    return (codes * (amax / 127)).flatten(-2).to(x.dtype)
 
 
 def token_quant_pre_hook(bits: int):  # noqa: ANN201

@@ -78,14 +78,66 @@ def test_source_closure_follows_imports_but_not_other_methods():
     assert provenance.code_version("rtn") != provenance.code_version("gptq")
 
 
-def test_hash_sources_changes_with_any_file(tmp_path):
-    a, b = tmp_path / "a.py", tmp_path / "b.py"
-    a.write_text("x = 1\n")
-    b.write_text("y = 2\n")
-    before = provenance.hash_sources([a, b])
-    assert provenance.hash_sources([a, b]) == before
-    b.write_text("y = 3\n")
-    assert provenance.hash_sources([a, b]) != before
+def test_hash_sources_changes_with_any_file():
+    before = provenance.hash_sources([("a.py", b"x = 1"), ("b.py", b"y = 2")])
+    assert provenance.hash_sources([("a.py", b"x = 1"), ("b.py", b"y = 2")]) == before
+    assert provenance.hash_sources([("a.py", b"x = 1"), ("b.py", b"y = 3")]) != before
+
+
+def edited(path: str, old: str, new: str):
+    """A reader of the worktree with one file's text edited."""
+    read = provenance.worktree_reader()
+
+    def reader(p: str) -> bytes | None:
+        data = read(p)
+        if p == path:
+            assert old.encode() in data, old
+            return data.replace(old.encode(), new.encode(), 1)
+        return data
+    return reader
+
+
+def test_definition_version_counts_the_code_a_method_reaches_and_nothing_else():
+    """Editing the quantizer math RTN calls changes its version; a docstring, a comment or a
+    function no calibration reaches (the decode kernels' activation quantizer) does not, and a
+    method module's own statements always count."""
+    modules = provenance.method_modules("rtn")
+    now = provenance.definition_version(modules, provenance.worktree_reader())
+    quantizer = provenance.module_path("lowbit.quantizer")
+    unchanged = [
+        edited(quantizer, "def fake_quantize_blocks_int8(x: torch.Tensor, terms: int = 1) -> torch.Tensor:\n",
+               "def fake_quantize_blocks_int8(x: torch.Tensor, terms: int = 1) -> torch.Tensor:\n    x = x + 0\n"),
+        edited(quantizer, '"""', '"""An edited module docstring. '),
+        edited(quantizer, "\n\n", "\n\n# a comment\n"),
+        edited(quantizer, "\ndef quantize(", "\ndef _unused():\n    pass\n\n\ndef quantize("),
+    ]
+    for reader in unchanged:
+        assert provenance.definition_version(modules, reader) == now
+    rtn = provenance.module_path("lowbit.calib.rtn")
+    changed = [
+        edited(rtn, "\n\n", "\n\nLOCAL = 1\n"),
+        edited(quantizer, "\ndef quantize(w: torch.Tensor, spec: QuantSpec)",
+               "\ndef quantize(w: torch.Tensor, spec: QuantSpec, _edited: int = 0)"),
+    ]
+    for reader in changed:
+        assert provenance.definition_version(modules, reader) != now
+
+
+def test_file_version_reproduces_a_recorded_row_and_same_code_compares_definitions(monkeypatch):
+    """A BitDistiller row recorded the older file version: recomputed from its commit it is the
+    same. The row stands exactly while that commit's definition version is today's."""
+    rows = json.loads((BENCH / "results" / "quality.json").read_text())
+    row = next(r for r in rows if r["method"] == "bitdistiller" and r.get("provenance", {}).get("commit"))
+    commit = row["provenance"]["commit"]
+    modules = provenance.method_modules("bitdistiller")
+    read = provenance.commit_reader(commit)
+    assert provenance.file_version(modules, read) == row["code_version"]
+    then = provenance.definition_version(modules, read)
+    monkeypatch.setattr(provenance, "code_version", lambda method: then)
+    assert provenance.same_code("bitdistiller", row["code_version"], commit)
+    assert not provenance.same_code("bitdistiller", "0" * 16, commit)  # not the commit's files
+    monkeypatch.setattr(provenance, "code_version", lambda method: "0" * 16)
+    assert not provenance.same_code("bitdistiller", row["code_version"], commit)  # code changed since
 
 
 def test_changed_code_version_rebuilds_the_checkpoint(tmp_path, monkeypatch):
@@ -111,6 +163,9 @@ def test_changed_code_version_rebuilds_the_checkpoint(tmp_path, monkeypatch):
 
 def test_stale_reason(monkeypatch):
     monkeypatch.setattr(quality, "code_version", lambda method: "now")
+    monkeypatch.setattr(quality, "same_code", lambda method, recorded, commit: recorded == "same")
+    assert quality.stale_reason({"method": "rtn", "code_version": "same", "provenance": {"commit": "c"}}) is None
+    assert "same → now" in quality.stale_reason({"method": "rtn", "code_version": "same"})
     assert quality.stale_reason({"method": "rtn", "code_version": "now"}) is None
     assert "then → now" in quality.stale_reason({"method": "rtn", "code_version": "then"})
     assert "before provenance" in quality.stale_reason({"method": "rtn"})

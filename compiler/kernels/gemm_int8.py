@@ -32,6 +32,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from lowbit.artifact import PREFILL_ACTIVATIONS
 from lowbit.compiler.kernels.gemv_int8 import (
     activations_during_export,
     gemv_body,
@@ -57,7 +58,7 @@ _prefill_activations: ContextVar[str] = ContextVar("lowbit_prefill_activations",
 
 def prefill_activations(kind: str) -> AbstractContextManager[None]:
     """Export the model's prefill matmuls with ``kind`` activations."""
-    return activations_during_export(_prefill_activations, "prefill", kind)
+    return activations_during_export(_prefill_activations, "prefill", kind, PREFILL_ACTIVATIONS)
 
 
 def int8_prefill_applies(scheme: Scheme, in_features: int, out_features: int) -> bool:

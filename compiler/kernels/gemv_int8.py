@@ -7,7 +7,10 @@ activations. The weights stay in MLC's layout; only x is re-laid out, once per c
 
 Activations (:func:`lowbit.quantizer.fake_quantize_blocks_int8` is the same math in PyTorch): each
 block of 32 consecutive k gets ``d = max|x| / 127`` and codes ``c = round(x · (127 / max|x|))``
-(half to even; a zero block gets d = c = 0).
+(half to even; a zero block gets d = c = 0). ``--decode-activations int8x2`` adds a second code per
+element for what the first leaves, ``c₂ = round((x · 127 / max|x| − c) · 254)``, with scale d / 254:
+the activations' rounding error shrinks 254-fold, and each sequence becomes two activation rows
+that share every loaded run of weight codes, as batch decode's sequences do.
 
 Why the weights need no repacking: a b-bit row (b = 4 or 2, plain packing) stores element k in
 bits b·(k % E) of word k // E, E = 32 / b. A *run* of 8 words (32 bytes) holds R = 256 / b
@@ -59,7 +62,9 @@ from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 RUN_BYTES = 32  # packed bytes per step: one 256-bit load
 BLOCK = 32  # k per activation scale
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
-SEQS = 4  # batch decode: sequences sharing each loaded run of codes
+SEQS = 4  # batch decode: activation rows (sequences × terms) sharing each loaded run of codes
+TERMS = {"int8": 1, "int8x2": 2}  # int8 codes per activation, by --decode-activations
+RESIDUAL = 254  # int8x2: the second code counts 1/254 of the first's step
 TASKS = 8  # parallel tasks: each allocates its accumulator once, then runs a range of rows
 
 
@@ -67,11 +72,12 @@ _decode_activations: ContextVar[str] = ContextVar("lowbit_decode_activations", d
 
 
 @contextmanager
-def activations_during_export(var: ContextVar[str], what: str, kind: str) -> Iterator[None]:
+def activations_during_export(var: ContextVar[str], what: str, kind: str,
+                              kinds: tuple[str, ...]) -> Iterator[None]:
     """Within the block, ``var`` (which the linears read at export) says ``what`` matmuls run on
-    ``kind`` activations."""
-    if kind not in DECODE_ACTIVATIONS:
-        raise ValueError(f"{what} activations {kind!r}: expected one of {DECODE_ACTIVATIONS}")
+    ``kind`` activations, one of ``kinds``."""
+    if kind not in kinds:
+        raise ValueError(f"{what} activations {kind!r}: expected one of {kinds}")
     token = var.set(kind)
     try:
         yield
@@ -81,12 +87,17 @@ def activations_during_export(var: ContextVar[str], what: str, kind: str) -> Ite
 
 def decode_activations(kind: str) -> AbstractContextManager[None]:
     """Export the model's decode GEMVs with ``kind`` activations."""
-    return activations_during_export(_decode_activations, "decode", kind)
+    return activations_during_export(_decode_activations, "decode", kind, DECODE_ACTIVATIONS)
 
 
 def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:
     """Whether a linear exported now runs its decode GEMV on this kernel."""
-    return _decode_activations.get() == "int8" and supports(scheme, in_features)
+    return _decode_activations.get() in TERMS and supports(scheme, in_features)
+
+
+def decode_terms() -> int:
+    """int8 codes per activation of the decode GEMVs exported now (1: int8, 2: int8x2)."""
+    return TERMS[_decode_activations.get()]
 
 
 def _step(bits: int) -> tuple[int, int]:
@@ -153,16 +164,19 @@ def linear_kernel(scheme: Scheme, n_out: int, k_in: int, body, one_token_rows: b
     return kernel.without_attr("global_symbol")  # relax names each call site's copy
 
 
-def gemv_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
-    """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x:
-    x [B, 1, K] (:func:`linear_kernel`)."""
-    return linear_kernel(scheme, n_out, k_in, gemv_body(scheme, n_out, k_in), one_token_rows=True)
+def gemv_int8(scheme: Scheme, n_out: int, k_in: int, terms: int = 1) -> tirx.PrimFunc:
+    """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x in
+    ``terms`` codes (:func:`lowbit.quantizer.fake_quantize_blocks_int8`): x [B, 1, K]
+    (:func:`linear_kernel`)."""
+    return linear_kernel(scheme, n_out, k_in, gemv_body(scheme, n_out, k_in, terms), one_token_rows=True)
 
 
-def gemv_body(scheme: Scheme, n_out: int, k_in: int):
+def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
     """The GEMV's body macro, ``body(x, w, s, z, y, B)`` over x [B, 1, K] (:func:`linear_kernel`);
-    built for ``Target.current()``."""
-    assert supports(scheme, k_in), (scheme, k_in)
+    built for ``Target.current()``. With ``terms`` = 2 each sequence is two activation rows,
+    its codes and its residual codes (scale d / 254), dotted with each run of weight codes as it
+    is loaded, as batch decode's sequences are."""
+    assert supports(scheme, k_in) and terms in (1, 2), (scheme, k_in, terms)
     vnni = has_vnni(Target.current(allow_none=True))
     asym = isinstance(scheme, AsymGroupQuant)
     bits, group = scheme.bits, scheme.group_size
@@ -174,6 +188,7 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int):
     blocks_per_run = run // BLOCK
     mask = T.Broadcast(T.uint32(int.from_bytes(bytes([(1 << low_bits) - 1]) * 4, "little")), 8)
     per_run = run // group  # groups in a run (0: a group spans runs)
+    seqs = SEQS // terms  # batch decode: sequences per loaded run of codes
 
     def scale_vec(s, n, r):
         if per_run <= 1:
@@ -239,13 +254,21 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int):
         return dots(words, xq, b, r) - xs[b, T.ramp(r * LANES, 1, LANES)] * zero_vec(z, n, r)
 
     @T.macro
+    def store_codes(xq, a, blk, code):
+        for t in T.serial(BLOCK):  # element e of the run: plane e % planes, byte e // planes
+            xq[a, blk // blocks_per_run * run + (blk % blocks_per_run * BLOCK + t) % planes * RUN_BYTES
+               + (blk % blocks_per_run * BLOCK + t) // planes] = T.cast(code[t], "int8")
+
+    @T.macro
     def quantize_x(x, xq, xd, xs, B):
+        """Activation row b·terms + t: sequence b's codes (t = 0) and residual codes (t = 1)."""
         amax = T.decl_buffer((LANES,), "float32")
         code = T.decl_buffer((BLOCK,), "float32")
-        for b, i in T.grid(B, runs * run):  # padding past K: zero codes, zero scales
-            xq[b, i] = T.int8(0)
-        for b, i in T.grid(B, runs * LANES):
-            xd[b, i] = T.float32(0)
+        scaled = T.decl_buffer((BLOCK,), "float32")
+        for a, i in T.grid(B * terms, runs * run):  # padding past K: zero codes, zero scales
+            xq[a, i] = T.int8(0)
+        for a, i in T.grid(B * terms, runs * LANES):
+            xd[a, i] = T.float32(0)
         for b, blk in T.grid(B, k_in // BLOCK):
             for lane in T.vectorized(LANES):
                 amax[lane] = T.abs(x[b, 0, blk * BLOCK + lane])
@@ -254,40 +277,46 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int):
             for lane in T.serial(1, LANES):
                 amax[0] = T.max(amax[0], amax[lane])
             inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-            for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
-                xd[b, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = amax[0] / T.float32(127)
+            for t in T.serial(terms):
+                for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
+                    xd[b * terms + t, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = (
+                        amax[0] / T.float32(127) / T.if_then_else(t == 0, T.float32(1), T.float32(RESIDUAL)))
             for i in T.vectorized(BLOCK):
-                code[i] = T.round(x[b, 0, blk * BLOCK + i] * inv)
-            for t in T.serial(BLOCK):  # element e of the run: plane e % planes, byte e // planes
-                xq[b, blk // blocks_per_run * run + (blk % blocks_per_run * BLOCK + t) % planes * RUN_BYTES
-                   + (blk % blocks_per_run * BLOCK + t) // planes] = T.cast(code[t], "int8")
-        for b, r, lane in T.grid(B, runs, LANES):
-            xs[b, r * LANES + lane] = 0
+                scaled[i] = x[b, 0, blk * BLOCK + i] * inv
+                code[i] = T.round(scaled[i])
+            store_codes(xq, b * terms, blk, code)
+            if terms == 2:
+                for i in T.vectorized(BLOCK):
+                    code[i] = T.round((scaled[i] - code[i]) * T.float32(RESIDUAL))
+                store_codes(xq, b * terms + 1, blk, code)
+        for a, r, lane in T.grid(B * terms, runs, LANES):
+            xs[a, r * LANES + lane] = 0
             for i, j in T.grid(planes, 4):
-                xs[b, r * LANES + lane] = xs[b, r * LANES + lane] + T.cast(xq[b, r * run + i * RUN_BYTES + 4 * lane + j], "int32")
+                xs[a, r * LANES + lane] = xs[a, r * LANES + lane] + T.cast(xq[a, r * run + i * RUN_BYTES + 4 * lane + j], "int32")
 
     @T.macro
     def dot_rows(xq, xd, xs, w, s, z, y, acc, b0, n, count):
-        """Row n for sequences b0 … b0 + count − 1, their accumulators side by side; the run's
-        codes are loaded and unpacked once for all (the unrolled copies are one expression to LLVM)."""
-        for i in T.unroll(count):
+        """Row n for sequences b0 … b0 + count − 1 (activation rows b0·terms …), their
+        accumulators side by side; the run's codes are loaded and unpacked once for all (the
+        unrolled copies are one expression to LLVM)."""
+        for i in T.unroll(count * terms):
             acc[T.ramp(i * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
         for r in T.serial(runs):
-            for i in T.unroll(count):
-                acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
-                    scale_vec(s, n, r) * xd[b0 + i, T.ramp(r * LANES, 1, LANES)])
+            for i in T.unroll(count * terms):
+                acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b0 * terms + i, n, r), "float32x8") * (
+                    scale_vec(s, n, r) * xd[b0 * terms + i, T.ramp(r * LANES, 1, LANES)])
         for i in T.unroll(count):
             total = T.decl_buffer((1,), "float32")
             total[0] = T.float32(0)
-            for lane in T.serial(LANES):
-                total[0] = total[0] + acc[i * LANES + lane]
+            for t, lane in T.grid(terms, LANES):
+                total[0] = total[0] + acc[(i * terms + t) * LANES + lane]
             y[b0 + i, 0, n] = total[0]
 
     @T.macro
     def body(x, w, s, z, y, B):
-        xq = T.alloc_buffer((B, runs * run), "int8")
-        xd = T.alloc_buffer((B, runs * LANES), "float32")
-        xs = T.alloc_buffer((B, runs * LANES), "int32")
+        xq = T.alloc_buffer((B * terms, runs * run), "int8")
+        xd = T.alloc_buffer((B * terms, runs * LANES), "float32")
+        xs = T.alloc_buffer((B * terms, runs * LANES), "int32")
         quantize_x(x, xq, xd, xs, B)
         for task in T.parallel(TASKS):
             acc = T.decl_buffer((SEQS * LANES,), "float32")
@@ -296,9 +325,9 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int):
                     dot_rows(xq, xd, xs, w, s, z, y, acc, 0, n, 1)
             else:  # each row's codes, loaded once, serve every sequence from L1
                 for n in T.serial(task * n_out // TASKS, (task + 1) * n_out // TASKS):
-                    for quad in T.serial(B // SEQS):
-                        dot_rows(xq, xd, xs, w, s, z, y, acc, quad * SEQS, n, SEQS)
-                    for b in T.serial(B // SEQS * SEQS, B):
+                    for group in T.serial(B // seqs):
+                        dot_rows(xq, xd, xs, w, s, z, y, acc, group * seqs, n, seqs)
+                    for b in T.serial(B // seqs * seqs, B):
                         dot_rows(xq, xd, xs, w, s, z, y, acc, b, n, 1)
 
     return body

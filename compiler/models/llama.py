@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from tvm import IRModule, te, tirx
@@ -29,7 +30,7 @@ from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.gemm_int8 import batch_decode_int8, gemm_int8, int8_prefill_applies
 from lowbit.compiler.kernels.gemm_int8 import supports as gemm_supports
-from lowbit.compiler.kernels.gemv_int8 import gemv_int8, int8_decode_applies
+from lowbit.compiler.kernels.gemv_int8 import decode_terms, gemv_int8, int8_decode_applies
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te, zero_points_as_words
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
@@ -170,9 +171,11 @@ class QuantLinear(nn.Module):
     def _int8_kernel(self, x: Tensor) -> tuple[str, Callable] | None:
         """(name, kernel) of the int8-activation kernel that runs on ``x``, if one does."""
         if _one_token_per_row(x) and int8_decode_applies(self.scheme, self.in_features):
-            if not isinstance(x.shape[0], int) and gemm_supports(self.scheme, self.in_features, self.out_features):
+            terms = decode_terms()
+            if (terms == 1 and not isinstance(x.shape[0], int)
+                    and gemm_supports(self.scheme, self.in_features, self.out_features)):
                 return "q_batch_int8", batch_decode_int8  # batch decode: the GEMM for many sequences
-            return "q_gemv_int8", gemv_int8
+            return "q_gemv_int8", partial(gemv_int8, terms=terms)
         if _prefill_rows(x) and int8_prefill_applies(self.scheme, self.in_features, self.out_features):
             return "q_gemm_int8", gemm_int8
         return None
