@@ -5,7 +5,7 @@ shapes (qkv, o, gate_up, down):
     python bench/int8_kernels.py --kernels gemm --rows 128,512
 
 * ``gemv``: decode's int8 GEMV built for AVX2 (``vpmaddubsw`` + ``vpmaddwd``) and for AVX-512
-  VNNI (``vpdpbusd``). Weights are random, in enough copies (≥ 64 MB) that each call reads them
+  VNNI (``vpdpbusd``), with one int8 code per activation (``int8``) and two (``int8x2``). Weights are random, in enough copies (≥ 64 MB) that each call reads them
   from DRAM, not cache.
 * ``gemm``: prefill's matmul over ``--rows`` tokens: the fp32 fused kernel (dequantized panels,
   :mod:`lowbit.compiler.kernels.cpu_schedule`) against the int8 GEMM built for AVX2 and for VNNI.
@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,12 @@ def best_times(variants: dict[str, Callable], calls: list[list], rounds: int, re
 def gemv_rows(scheme, isas: list[str], rounds: int, rng: np.random.Generator) -> list[dict]:
     import tvm
 
-    from lowbit.compiler.kernels.gemv_int8 import gemv_int8
+    from lowbit.compiler.kernels.gemv_int8 import TERMS, gemv_int8
 
     dev, rows = tvm.cpu(), []
     for n, k in SHAPES:
-        variants = {f"int8-{isa}": build(gemv_int8, scheme, n, k, isa) for isa in isas}
+        variants = {f"{kind}-{isa}": build(partial(gemv_int8, terms=terms), scheme, n, k, isa)
+                    for kind, terms in TERMS.items() for isa in isas}
         nbytes = n * scheme.words_per_row(k) * 4
         copies = max(4, int(64e6 // nbytes))
         params = [[tvm.runtime.tensor(a, dev) for a in random_params(scheme, n, k, rng)] for _ in range(copies)]

@@ -9,8 +9,9 @@ Activations (:func:`lowbit.quantizer.fake_quantize_blocks_int8` is the same math
 block of 32 consecutive k gets ``d = max|x| / 127`` and codes ``c = round(x · (127 / max|x|))``
 (half to even; a zero block gets d = c = 0). ``--decode-activations int8x2`` adds a second code per
 element for what the first leaves, ``c₂ = round((x · 127 / max|x| − c) · 254)``, with scale d / 254:
-the activations' rounding error shrinks 254-fold, and each sequence becomes two activation rows
-that share every loaded run of weight codes, as batch decode's sequences do.
+the activations' rounding error shrinks 254-fold. Each sequence becomes two activation rows that
+share every loaded run of weight codes, as batch decode's sequences do, and their lane sums meet
+in int32 as ``254 · Σ q·c + Σ q·c₂``, scaled once by ``s_w · d / 254``.
 
 Why the weights need no repacking: a b-bit row (b = 4 or 2, plain packing) stores element k in
 bits b·(k % E) of word k // E, E = 32 / b. A *run* of 8 words (32 bytes) holds R = 256 / b
@@ -294,22 +295,30 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
             for i, j in T.grid(planes, 4):
                 xs[a, r * LANES + lane] = xs[a, r * LANES + lane] + T.cast(xq[a, r * run + i * RUN_BYTES + 4 * lane + j], "int32")
 
+    def sequence_dots(words, xq, xs, z, b, n, r):
+        """int32x8 lane sums of (q − z) × sequence b's codes over one run, in units of its last
+        term's scale: int8x2 gives 254 · (first codes' sums) + (residual codes' sums), at most
+        255 · 4 · 127² < 2^24 per lane (the 8-bit head's four elements per lane; exact in fp32)."""
+        first = centred_dots(words, xq, xs, z, b * terms, n, r)
+        if terms == 1:
+            return first
+        return first * T.Broadcast(T.int32(RESIDUAL), LANES) + centred_dots(words, xq, xs, z, b * terms + 1, n, r)
+
     @T.macro
     def dot_rows(xq, xd, xs, w, s, z, y, acc, b0, n, count):
-        """Row n for sequences b0 … b0 + count − 1 (activation rows b0·terms …), their
-        accumulators side by side; the run's codes are loaded and unpacked once for all (the
-        unrolled copies are one expression to LLVM)."""
-        for i in T.unroll(count * terms):
+        """Row n for sequences b0 … b0 + count − 1, their accumulators side by side; the run's
+        codes are loaded and unpacked once for all (the unrolled copies are one expression to LLVM)."""
+        for i in T.unroll(count):
             acc[T.ramp(i * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
         for r in T.serial(runs):
-            for i in T.unroll(count * terms):
-                acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(centred_dots(load(w, n, r), xq, xs, z, b0 * terms + i, n, r), "float32x8") * (
-                    scale_vec(s, n, r) * xd[b0 * terms + i, T.ramp(r * LANES, 1, LANES)])
+            for i in T.unroll(count):
+                acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(sequence_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
+                    scale_vec(s, n, r) * xd[(b0 + i) * terms + terms - 1, T.ramp(r * LANES, 1, LANES)])
         for i in T.unroll(count):
             total = T.decl_buffer((1,), "float32")
             total[0] = T.float32(0)
-            for t, lane in T.grid(terms, LANES):
-                total[0] = total[0] + acc[(i * terms + t) * LANES + lane]
+            for lane in T.serial(LANES):
+                total[0] = total[0] + acc[i * LANES + lane]
             y[b0 + i, 0, n] = total[0]
 
     @T.macro
