@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import activation_cost
 import cpu_decode
 import quality
 import zeroshot
@@ -29,6 +30,7 @@ TABLES: dict[str, tuple[str, Callable[[list[dict]], str]]] = {
     "cpu_decode": ("cpu_decode.json", cpu_decode.markdown),
     "cpu_batch_decode": ("cpu_batch_decode.json", cpu_decode.batch_markdown),
     "cpu_long_context": ("cpu_long_context.json", cpu_decode.context_markdown),
+    "activation_cost": ("activation_cost.json", activation_cost.markdown),
 }
 MARKER = re.compile(r"^<!-- table:(\w+) -->\n", re.M)
 

@@ -244,6 +244,8 @@ def test_int8_refused_off_x86(tmp_path):
         check_int8_activations("--decode-activations", "int8", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
     with pytest.raises(LowbitError, match="--prefill-activations int8 needs an x86-64"):
         check_int8_activations("--prefill-activations", "int8", Target({"kind": "opencl"}))
+    with pytest.raises(LowbitError, match="--decode-activations int8x2 needs an x86-64"):
+        check_int8_activations("--decode-activations", "int8x2", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
     check_int8_activations("--decode-activations", "fp", Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
 
 
