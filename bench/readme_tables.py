@@ -59,22 +59,25 @@ def headline(row: dict) -> float:
     return 100 * (row["acc_norm"] if row["acc_norm"] is not None else row["acc"])
 
 
-def zeroshot_rows(rows: list[dict], method: str, w_bits: int, group_size: int) -> dict[str, dict]:
-    """The default-settings, weight-only cell's rows by task."""
+def zeroshot_rows(rows: list[dict], method: str, w_bits: int, group_size: int,
+                  settings: dict | None = None, codebook: str | None = None) -> dict[str, dict]:
+    """A weight-only cell's rows by task (default: no settings, the integer grid)."""
     return {r["task"]: r for r in rows if r["method"] == method and r["w_bits"] == w_bits
-            and r["group_size"] == group_size and not r["settings"]
-            and r.get("a_bits", 16) == 16}
+            and r["group_size"] == group_size and r["settings"] == (settings or {})
+            and r.get("codebook") == codebook and r.get("a_bits", 16) == 16}
 
 
-def zeroshot_change(rows: list[dict], cell: tuple[str, int, int],
-                    tasks: list[str]) -> list[float]:
+Cell = tuple  # (method, w_bits, group_size[, settings[, codebook]]): zeroshot_rows's arguments
+
+
+def zeroshot_change(rows: list[dict], cell: Cell, tasks: list[str]) -> list[float]:
     """Points from FP to ``cell`` (method, bits, group) on ``tasks``, acc and acc_norm each."""
     fp, q = zeroshot_rows(rows, "fp", 16, -1), zeroshot_rows(rows, *cell)
     return [round(100 * (q[t][m] - fp[t][m]), 1) for t in tasks for m in ("acc", "acc_norm")
             if fp[t][m] is not None]
 
 
-def zeroshot_average(rows: list[dict], cell: tuple[str, int, int]) -> float:
+def zeroshot_average(rows: list[dict], cell: Cell) -> float:
     """The table's avg column for ``cell``: mean headline metric over the six tasks."""
     by_task = zeroshot_rows(rows, *cell)
     tasks = zeroshot.TASK_ORDER

@@ -288,5 +288,43 @@ def test_bitdistiller_loss_ablation_follows_the_json(readme):
     rows = json.loads((RESULTS / "quality.json").read_text())
     cakld = w2_row(rows, "bitdistiller", 128)
     fkl = w2_row(rows, "bitdistiller", 128, {"preset": "small", "loss": "fkl"})
-    shown = quoted(readme, r"loss ablation at W2 g128: CAKLD ([\d.]+), forward KL ([\d.]+) \(([\d.]+)× CAKLD;")
-    assert shown == (round(cakld["ppl"], 2), round(fkl["ppl"], 2), round(fkl["ppl"] / cakld["ppl"], 2))
+    rkl = w2_row(rows, "bitdistiller", 128, {"preset": "small", "loss": "rkl"})
+    shown = quoted(readme, r"loss ablation at W2 g128: CAKLD ([\d.]+), forward KL ([\d.]+) \(([\d.]+)× CAKLD; "
+                           r"`--setting loss=fkl`, compiled ([\d.]+)\), reverse KL ([\d.]+) \(([\d.]+)× CAKLD; "
+                           r"`--setting loss=rkl`, compiled ([\d.]+); its")
+    assert shown == (round(cakld["ppl"], 2), round(fkl["ppl"], 2), round(fkl["ppl"] / cakld["ppl"], 2),
+                     round(fkl["compiled"]["ppl"], 3), round(rkl["ppl"], 2), round(rkl["ppl"] / cakld["ppl"], 2),
+                     round(rkl["compiled"]["ppl"], 3))
+    assert f"its {round(rkl['seconds']):,} s of calibration" in " ".join(readme.split())
+    assert fkl["ppl"] < cakld["ppl"] < rkl["ppl"]  # "forward KL does best and reverse KL worst"
+
+
+def test_activation_cost_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "activation_cost.json").read_text())
+    fp = {r["scheme"]: r["ppl"] for r in rows if r["decode_activations"] == "fp"}
+
+    def costs(kind: str) -> list[float]:
+        return [100 * (r["ppl"] / fp[r["scheme"]] - 1) for r in rows if r["decode_activations"] == kind]
+
+    low, high, within = quoted(readme, r"int8 decode costs \+([\d.]+)–([\d.]+) % over these schemes, above the "
+                                       r"0\.1 % aimed for; int8x2 stays within ([\d.]+) % of fp activations")
+    assert (low, high) == (round(min(costs("int8")), 2), round(max(costs("int8")), 2))
+    assert within == round(max(abs(c) for c in costs("int8x2")), 3) <= 0.1
+
+
+def test_bitdistiller_zeroshot_sentence_follows_the_json(readme, zeroshot_rows):
+    bd, w3, w2, fp = ("bitdistiller", 2, 64, {"preset": "small"}), ("rtn", 3, 128), ("rtn", 2, 128), ("fp", 16, -1)
+    five = [t for t in zeroshot.TASK_ORDER if t != "boolq"]
+
+    def five_average(cell: tuple) -> float:
+        by_task = readme_tables.zeroshot_rows(zeroshot_rows, *cell)
+        return round(sum(readme_tables.headline(by_task[t]) for t in five) / len(five), 1)
+
+    shown = quoted(readme, r"BitDistiller \(`--preset small`\) at W2 g64 averages ([\d.]+), above RTN W3 g128's "
+                           r"([\d.]+), but BoolQ carries that: it answers \"yes\" more often \(([\d.]+) % acc; "
+                           r"63 % of these answers are \"yes\"\)\. Over the other five tasks it averages ([\d.]+), "
+                           r"against ([\d.]+) for RTN W3 g128, ([\d.]+) for RTN W2 g128 and ([\d.]+) for FP")
+    assert shown == (readme_tables.zeroshot_average(zeroshot_rows, bd), readme_tables.zeroshot_average(zeroshot_rows, w3),
+                     round(100 * readme_tables.zeroshot_rows(zeroshot_rows, *bd)["boolq"]["acc"], 1),
+                     five_average(bd), five_average(w3), five_average(w2), five_average(fp))
+    assert shown[0] > shown[1] and shown[3] < shown[4]  # "above …, but BoolQ carries that"
