@@ -328,3 +328,11 @@ def test_bitdistiller_zeroshot_sentence_follows_the_json(readme, zeroshot_rows):
                      round(100 * readme_tables.zeroshot_rows(zeroshot_rows, *bd)["boolq"]["acc"], 1),
                      five_average(bd), five_average(w3), five_average(w2), five_average(fp))
     assert shown[0] > shown[1] and shown[3] < shown[4]  # "above …, but BoolQ carries that"
+    nf3 = ("bitdistiller", 3, 128, {"preset": "small"}, "nf3")
+    average, below, rtn_below, without_boolq = quoted(
+        readme, r"BitDistiller with its NF3 levels at W3 g128 averages ([\d.]+), ([\d.]+) points below FP where "
+                r"RTN W3 g128 is ([\d.]+) below, and ([\d.]+) over the five tasks without BoolQ")
+    fp_average = readme_tables.zeroshot_average(zeroshot_rows, fp)
+    assert average == readme_tables.zeroshot_average(zeroshot_rows, nf3) and without_boolq == five_average(nf3)
+    assert below == round(fp_average - average, 1)
+    assert rtn_below == round(fp_average - readme_tables.zeroshot_average(zeroshot_rows, w3), 1)
