@@ -336,3 +336,16 @@ def test_bitdistiller_zeroshot_sentence_follows_the_json(readme, zeroshot_rows):
     assert average == readme_tables.zeroshot_average(zeroshot_rows, nf3) and without_boolq == five_average(nf3)
     assert below == round(fp_average - average, 1)
     assert rtn_below == round(fp_average - readme_tables.zeroshot_average(zeroshot_rows, w3), 1)
+
+
+def test_bitdistiller_w3g128_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+    (bd,) = [r for r in rows if r["method"] == "bitdistiller" and r["w_bits"] == 3 and r["group_size"] == 128
+             and not r.get("codebook") and r["settings"] == {"preset": "small"}]
+    (omni,) = [r for r in rows if r["method"] == "omniquant" and r["w_bits"] == 3 and r["group_size"] == 128
+               and r["settings"] == {"preset": "small"}]
+    ppl, ratio, compiled, change = quoted(
+        readme, r"On the integer grid at W3 g128 it scores ([\d.]+), ([\d.]+)× OmniQuant's; compiled as "
+                r"`w3a16g128asym`, ([\d.]+) \([+−]([\d.]+) %\)")
+    assert (ppl, ratio, compiled) == (round(bd["ppl"], 2), round(bd["ppl"] / omni["ppl"], 2), round(bd["compiled"]["ppl"], 3))
+    assert change == abs(round(100 * (bd["compiled"]["ppl"] / bd["ppl"] - 1), 2)) < 0.5
