@@ -262,14 +262,15 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
 
     @T.macro
     def quantize_x(x, xq, xd, xs, B):
-        """Activation row b·terms + t: sequence b's codes (t = 0) and residual codes (t = 1)."""
+        """Activation row b·terms + t: sequence b's codes (t = 0) and residual codes (t = 1); xd
+        row b: the scale of its last term (d, or d / 254 for int8x2), which scales its sums."""
         amax = T.decl_buffer((LANES,), "float32")
         code = T.decl_buffer((BLOCK,), "float32")
         scaled = T.decl_buffer((BLOCK,), "float32")
         for a, i in T.grid(B * terms, runs * run):  # padding past K: zero codes, zero scales
             xq[a, i] = T.int8(0)
-        for a, i in T.grid(B * terms, runs * LANES):
-            xd[a, i] = T.float32(0)
+        for b, i in T.grid(B, runs * LANES):
+            xd[b, i] = T.float32(0)
         for b, blk in T.grid(B, k_in // BLOCK):
             for lane in T.vectorized(LANES):
                 amax[lane] = T.abs(x[b, 0, blk * BLOCK + lane])
@@ -278,10 +279,9 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
             for lane in T.serial(1, LANES):
                 amax[0] = T.max(amax[0], amax[lane])
             inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-            for t in T.serial(terms):
-                for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
-                    xd[b * terms + t, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = (
-                        amax[0] / T.float32(127) / T.if_then_else(t == 0, T.float32(1), T.float32(RESIDUAL)))
+            for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
+                xd[b, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = (
+                    amax[0] / T.float32(127) / T.float32(RESIDUAL ** (terms - 1)))
             for i in T.vectorized(BLOCK):
                 scaled[i] = x[b, 0, blk * BLOCK + i] * inv
                 code[i] = T.round(scaled[i])
@@ -313,7 +313,7 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
         for r in T.serial(runs):
             for i in T.unroll(count):
                 acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(sequence_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
-                    scale_vec(s, n, r) * xd[(b0 + i) * terms + terms - 1, T.ramp(r * LANES, 1, LANES)])
+                    scale_vec(s, n, r) * xd[b0 + i, T.ramp(r * LANES, 1, LANES)])
         for i in T.unroll(count):
             total = T.decl_buffer((1,), "float32")
             total[0] = T.float32(0)
@@ -324,7 +324,7 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
     @T.macro
     def body(x, w, s, z, y, B):
         xq = T.alloc_buffer((B * terms, runs * run), "int8")
-        xd = T.alloc_buffer((B * terms, runs * LANES), "float32")
+        xd = T.alloc_buffer((B, runs * LANES), "float32")
         xs = T.alloc_buffer((B * terms, runs * LANES), "int32")
         quantize_x(x, xq, xd, xs, B)
         for task in T.parallel(TASKS):
