@@ -85,12 +85,13 @@ def best_times(variants: dict[str, Callable], calls: list[list], rounds: int, re
 def gemv_rows(scheme, isas: list[str], rounds: int, rng: np.random.Generator) -> list[dict]:
     import tvm
 
-    from lowbit.compiler.kernels.gemv_int8 import TERMS, gemv_int8
+    from lowbit.artifact import INT8_CODES
+    from lowbit.compiler.kernels.gemv_int8 import gemv_int8
 
     dev, rows = tvm.cpu(), []
     for n, k in SHAPES:
         variants = {f"{kind}-{isa}": build(partial(gemv_int8, terms=terms), scheme, n, k, isa)
-                    for kind, terms in TERMS.items() for isa in isas}
+                    for kind, terms in INT8_CODES.items() if terms for isa in isas}
         nbytes = n * scheme.words_per_row(k) * 4
         copies = max(4, int(64e6 // nbytes))
         params = [[tvm.runtime.tensor(a, dev) for a in random_params(scheme, n, k, rng)] for _ in range(copies)]

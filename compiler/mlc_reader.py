@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lowbit.architectures import MlcParam, get_architecture
-from lowbit.artifact import CHAT_CONFIG, read_chat_config
+from lowbit.artifact import CHAT_CONFIG, INT8_CODES, read_chat_config
 from lowbit.compiler.packing import unpack
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme, get_scheme, param_scheme
 from lowbit.compiler.tensor_cache import read_tensor_cache
@@ -129,8 +129,8 @@ def load_mlc_model(folder: Path, decode_activations: str = "fp", prefill_activat
     if missing or unexpected:
         raise LowbitError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     modules = dict(model.named_modules())
-    if decode_activations in ("int8", "int8x2"):
-        hook = partial(_int8_one_token, terms=1 if decode_activations == "int8" else 2)
+    if INT8_CODES[decode_activations]:
+        hook = partial(_int8_one_token, terms=INT8_CODES[decode_activations])
         for name in int8_decode_modules(weights):
             modules[name].register_forward_pre_hook(hook)
     if prefill_activations == "int8":

@@ -188,7 +188,8 @@ def record_array(rec: ParamRecord, shard: np.ndarray) -> np.ndarray:
 # -- the library's metadata ----------------------------------------------------------------------
 # lowbit compile --decode-activations: int8 runs the one-token matmuls of the 4-, 3- and 2-bit
 # schemes on 8-bit activations, int8x2 on two int8 codes per activation (compiler/kernels/gemv_int8.py)
-DECODE_ACTIVATIONS = ("fp", "int8", "int8x2")
+INT8_CODES = {"fp": 0, "int8": 1, "int8x2": 2}  # int8 codes per activation, by kind
+DECODE_ACTIVATIONS = tuple(INT8_CODES)
 # lowbit compile --prefill-activations: int8 runs prefill's matmuls as int8 GEMMs (gemm_int8.py)
 PREFILL_ACTIVATIONS = ("fp", "int8")
 # lowbit compile --kv-cache-dtype: the paged KV cache's storage (CPU targets; default: compute dtype)

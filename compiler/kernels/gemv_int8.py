@@ -57,14 +57,13 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from lowbit.artifact import DECODE_ACTIVATIONS
+from lowbit.artifact import DECODE_ACTIVATIONS, INT8_CODES
 from lowbit.compiler.schemes import AsymGroupQuant, Scheme, SymGroupQuant
 
 RUN_BYTES = 32  # packed bytes per step: one 256-bit load
 BLOCK = 32  # k per activation scale
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
 SEQS = 4  # batch decode: activation rows (sequences × terms) sharing each loaded run of codes
-TERMS = {"int8": 1, "int8x2": 2}  # int8 codes per activation, by --decode-activations
 RESIDUAL = 254  # int8x2: the second code counts 1/254 of the first's step
 TASKS = 8  # parallel tasks: each allocates its accumulator once, then runs a range of rows
 
@@ -93,12 +92,12 @@ def decode_activations(kind: str) -> AbstractContextManager[None]:
 
 def int8_decode_applies(scheme: Scheme, in_features: int) -> bool:
     """Whether a linear exported now runs its decode GEMV on this kernel."""
-    return _decode_activations.get() in TERMS and supports(scheme, in_features)
+    return INT8_CODES[_decode_activations.get()] > 0 and supports(scheme, in_features)
 
 
 def decode_terms() -> int:
     """int8 codes per activation of the decode GEMVs exported now (1: int8, 2: int8x2)."""
-    return TERMS[_decode_activations.get()]
+    return INT8_CODES[_decode_activations.get()]
 
 
 def _step(bits: int) -> tuple[int, int]:
