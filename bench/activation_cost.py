@@ -4,8 +4,8 @@ decode activations, every position scored through one-token decode steps, as gen
     python bench/activation_cost.py [--schemes q4f16_1,w4a16g128asym,w3a16g128asym] [--windows 16]
 
 Each scheme is converted from the bundled model (RTN) and compiled once per activation kind into
-``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``; the same names as ``cpu_decode.py``'s
-``SCHEME+int8`` / ``+int8x2`` builds, reused when present), then scored on the first
+``$LOWBIT_CACHE/bench/cpu_decode/build-VERSION/`` (or ``--build-dir``; the same folders and names as
+``cpu_decode.py``'s ``SCHEME+int8`` / ``+int8x2`` builds, reused by the same code version), then scored on the first
 ``--windows`` windows of 512 tokens of the test split (``lowbit eval ppl MLC_DIR --model-lib LIB
 --decode``). Rows go to ``bench/results/activation_cost.json``; :func:`markdown` is the README's
 table, with each kind's change against fp activations.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cpu_decode import build_scheme
-from provenance import record
+from provenance import build_dir, record
 
 RESULTS = Path(__file__).parent / "results" / "activation_cost.json"
 KINDS = ("fp", "int8", "int8x2")
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     args = ap.parse_args()
-    root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
+    root = build_dir(args.build_dir or cache_dir() / "bench" / "cpu_decode")
     rows = []
     for scheme in args.schemes.split(","):
         for kind in KINDS:

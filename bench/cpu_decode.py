@@ -4,8 +4,9 @@
                                [--prompt-tokens 128] [--new-tokens 32] [--batch-sizes 1,8,32] [--profile]
                                [--contexts 128,1024,8000 [--context-rounds 2]] [--build-dir DIR] [--llama-cpp DIR]
 
-Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/`` (or ``--build-dir``;
-reused when present; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+int8x2`` with
+Converts and compiles each scheme into ``$LOWBIT_CACHE/bench/cpu_decode/build-VERSION/`` (or
+``--build-dir``; VERSION hashes the converter's and compiler's code, ``provenance.build_version``,
+so a build is reused only by the code that made it; ``SCHEME+int8`` compiles with ``--decode-activations int8``, ``+int8x2`` with
 ``--decode-activations int8x2``, ``+pint8`` with
 ``--prefill-activations int8``, ``+kv16`` with ``--kv-cache-dtype float16``), then times
 prefill of the same prompt and greedy decode in the same run, on every CPU (the runtime's default
@@ -50,7 +51,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from provenance import record
+from provenance import build_dir, record
 
 from lowbit.runtime.speed import (
     Profile,
@@ -368,7 +369,7 @@ def long_contexts(args: argparse.Namespace, folder: Path, root: Path, contexts: 
 
     ids = prompt_ids(load_tokenizer(folder), max(contexts))
     threads = cpu_threads()
-    builds = {variant: build_scheme(args.model, variant, root) for variant in args.schemes.split(",")}
+    builds = {variant: build_scheme(args.model, variant, build_dir(root)) for variant in args.schemes.split(",")}
     engines = [lowbit_context_engine(mlc, lib, variant, args.new_tokens, max(contexts))
                for variant, (mlc, lib) in builds.items()]
     config = read_chat_config(next(iter(builds.values()))[0])["model_config"]
@@ -399,7 +400,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="",
                     help="instead: prefill and decode at each prompt length, e.g. 128,1024,8000 (lowbit and llama.cpp)")
     ap.add_argument("--context-rounds", type=int, default=2, help="--contexts: timed rounds (best kept)")
-    ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
+    ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go (a folder per build version)")
     ap.add_argument("--llama-cpp", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", "../scratch/llamacpp")))
     args = ap.parse_args()
 
@@ -411,7 +412,7 @@ def main() -> None:
     ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     engines = [torch_engine(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
-    builds = [(scheme, *build_scheme(args.model, scheme, root)) for scheme in args.schemes.split(",")]
+    builds = [(scheme, *build_scheme(args.model, scheme, build_dir(root))) for scheme in args.schemes.split(",")]
     engines += [lowbit_engine(mlc, lib, scheme, ids, args.new_tokens, args.profile) for scheme, mlc, lib in builds]
     threads = cpu_threads()
     engines += [llama_cpp_engine(args.llama_cpp, gguf, label, len(ids), args.new_tokens, threads)

@@ -6,8 +6,8 @@ llvm build of the same MLC folder, in the same run.
 
 Here the adapter is Mesa's lavapipe, a Vulkan driver that runs on the CPU: the numbers say how
 the WGSL kernels and lowbit's WebGPU runtime behave, not what a GPU would do (for information
-only). Each scheme is converted and compiled for both targets into ``$LOWBIT_CACHE/bench/gpu_api/``
-(or ``--build-dir``; reused when present). Each engine gets a warm-up (pipeline creation), then
+only). Each scheme is converted and compiled for both targets into ``$LOWBIT_CACHE/bench/gpu_api/build-VERSION/``
+(or ``--build-dir``; reused by the code version that built it, ``provenance.build_version``). Each engine gets a warm-up (pipeline creation), then
 times a prefill of the prompt and ``--new-tokens`` greedy decode steps. Writes
 ``bench/results/gpu_api.json`` and prints a table.
 """
@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from provenance import record
+from provenance import build_dir, record
 
 RESULTS = Path(__file__).parent / "results" / "gpu_api.json"
 
@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--build-dir", type=Path, default=None)
     args = p.parse_args()
     adapter = load_runtime()
-    root = args.build_dir or cache_dir() / "bench" / "gpu_api"
+    root = build_dir(args.build_dir or cache_dir() / "bench" / "gpu_api")
     rows = []
     for scheme in args.schemes.split(","):
         mlc, libs = build(args.model, scheme, root)

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from provenance import record
+from provenance import build_dir, record
 
 from lowbit.cache import atomic_file, cache_dir
 from lowbit.compiler.compile import CompileArgs, compile_model
@@ -82,7 +82,7 @@ def main() -> None:
     for tool in ("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: bash targets/install-tools.sh (as root) installs it")
-    work = cache_dir() / "bench-native"
+    work = build_dir(cache_dir() / "bench-native")
     mlc, lib_x86, lib_arm = model_files(work)
 
     engine = Engine(mlc, lib_x86)

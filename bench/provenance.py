@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lowbit", "torch", "transformers", "apache-tvm", "numpy")
 CALIBRATE_MODULE = "lowbit.calib.calibrate"
+BUILD_MODULES = ["lowbit.compiler.convert", "lowbit.compiler.compile"]
+BUILD_FOLDERS = ("compiler", "targets")  # load kernels, models and backends by name as well
 RESULTS_DIR = "bench/results/"
 
 
@@ -320,3 +322,20 @@ def same_code(method: str, recorded: str, commit: str) -> bool:
     modules = method_modules(method)
     return (file_version(modules, read) == recorded
             and definition_version(modules, read) == code_version(method))
+
+
+@cache
+def build_version(repo: Path = REPO) -> str:
+    """The code version of converted folders and compiled libraries: the whole files of the
+    converter's and the compiler's import closure and of every module in their folders."""
+    read = worktree_reader(repo)
+    paths = {path for module in BUILD_MODULES for path in source_closure(module, read).values()}
+    if not paths:
+        raise RuntimeError("build_version: lowbit is not importable here (activate its environment)")
+    paths |= {str(f.relative_to(repo)) for folder in BUILD_FOLDERS for f in (repo / folder).rglob("*.py")}
+    return hash_sources([(path, read(path) or b"") for path in sorted(paths)])
+
+
+def build_dir(root: Path) -> Path:
+    """Where a bench keeps what today's converter and compiler built: ``root/build-<version>``."""
+    return root / f"build-{build_version()}"

@@ -4,6 +4,7 @@ comparison (fake rows and a fake runner: nothing is calibrated or evaluated)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,27 @@ def test_changed_code_version_rebuilds_the_checkpoint(tmp_path, monkeypatch):
     second, _ = quality.checkpoint(cell, "tiny", tmp_path)
     assert len(built) == 2 and second != first
     assert quality.checkpoint(cell, "tiny", tmp_path)[0] == second
+
+
+def test_build_version_follows_kernels_and_models_loaded_by_name(tmp_path):
+    """Bench builds are keyed by the converter's and compiler's code, including what they load by
+    name (a model definition, a kernel module), and not by code no build reaches (the CLI)."""
+    repo = Path(provenance.REPO)
+    for folder in ("compiler", "targets", "lowbit"):
+        shutil.copytree(repo / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    version = provenance.build_version.__wrapped__
+    now = version(tmp_path)
+    assert now == version(repo)
+    cli = tmp_path / "lowbit" / "cli.py"
+    cli.write_text(cli.read_text() + "\n# an edit no build reaches\n")
+    assert version(tmp_path) == now
+    for path in ("compiler/models/llama.py", "compiler/kernels/attention_cpu.py", "targets/cpu.py"):
+        file = tmp_path / path
+        before = file.read_text()
+        file.write_text(before + "\nEDITED = 1\n")
+        assert version(tmp_path) != now, path
+        file.write_text(before)
+    assert provenance.build_dir(tmp_path).name == f"build-{provenance.build_version()}"
 
 
 def test_stale_reason(monkeypatch):
