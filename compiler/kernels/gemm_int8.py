@@ -9,13 +9,15 @@ Layout. Each parallel task takes a *panel* of :data:`COLS` output features and f
 their codes from MLC's layout into bytes, k in natural order, four consecutive k per uint32:
 ``panel[k // 4, col]`` (4-bit words spread nibble → byte, 2-bit crumb → byte, 3-bit runs their
 two low bits with the high plane's bit at bit 2). A step of 4 k is then one broadcast of the
-row's four activation codes (one int32) against two 8-column vectors of the panel:
-``vpdpbusd`` (AVX-512 VNNI: unsigned codes × signed activations, 4 products summed into each
-int32 lane) or, on AVX2, ``vpmaddubsw`` + ``vpmaddwd`` by ones (pairs at most 2·15·127, far from
-int16's limit). A tile of :data:`ROWS` rows × 16 columns keeps its int32 sums for one activation
-block (8 steps), then adds ``(Σ q·c − z·Σ c) · s_w · d`` to fp32 accumulators, the block's code
-sum ``Σ c`` precomputed per row; z is the group's zero point (``2^(b−1) − 1`` for symmetric
-codes). Weight groups are whole blocks (G a multiple of 32), so one scale and zero serve a block.
+row's four activation codes (one int32) against the panel's 16 columns: one 512-bit ``vpdpbusd``
+(AVX-512 VNNI: unsigned codes × signed activations, 4 products summed into each int32 lane) or,
+on AVX2, per 8-column half ``vpmaddubsw`` + ``vpmaddwd`` by ones (pairs at most 2·15·127, far from
+int16's limit). A tile (:data:`TILES`: 8 rows on VNNI, 4 on AVX2) × 16 columns keeps its int32 sums for one activation
+block (8 steps), then adds ``Σ q·c · s_w · d`` to fp32 accumulators (a convert and two multiplies
+per vector); z is the group's zero point (``2^(b−1) − 1`` for symmetric codes), and its term
+``z · s_w · Σ_{blocks of the group} d · Σ c`` is subtracted once per group at the end of the tile,
+``d · Σ c`` summed per row and group while x is quantized. Weight groups are whole blocks (G a
+multiple of 32), so one scale and zero serve a block.
 Each panel is unpacked once for all T rows, its 16 columns side by side in vector lanes.
 
 ``--decode-activations int8`` also runs this GEMM for ``batch_decode`` from :data:`GEMM_MIN_ROWS`
@@ -45,7 +47,9 @@ BLOCK = 32  # k per activation scale
 STEPS = BLOCK // 4  # 4-k dot-product steps per block
 LANES = 8  # int32 / fp32 lanes of a 256-bit register
 COLS = 2 * LANES  # output features per panel: two vectors side by side
-ROWS = 4  # prefill rows per register tile
+# register tile, by ISA: (rows, int32 lanes per vector). AVX2: 4 rows × two 8-lane vectors;
+# AVX-512 VNNI: 8 rows × one 16-lane vector (its 32 registers hold the 8 int32 and 8 fp32 sums)
+TILES = {False: (4, 8), True: (8, 16)}
 RUN_STEPS = {4: 2, 2: 4, 3: 8}  # 4-k steps per packed word (3-bit: per run of three words)
 # batch decode: sequences from which the GEMM beats the GEMV's loop. Kernel alone, 2 threads, the
 # bundled model's qkv / gate_up / down shapes, q4f16_1 and w2a16g128asym: even at 8 (0.9–1.1×),
@@ -127,11 +131,14 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
     groups, steps = -(-k_in // group), k_in // 4
     blocks = k_in // BLOCK
 
+    rows_per_tile, width = TILES[vnni]
+    vecs = COLS // width  # vectors per row of the tile
+
     def dot(acc, w4, x4):
-        """acc (int32x8) + per lane Σ of 4 code bytes (w4, uint) × activation bytes (x4, signed)."""
+        """acc (int32 × width) + per lane Σ of 4 code bytes (w4, uint) × activation bytes (x4, signed)."""
         if vnni:
-            return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc,
-                                           T.reinterpret("int8x32", w4), T.reinterpret("int8x32", x4))
+            return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc,
+                                           T.reinterpret("int8x64", w4), T.reinterpret("int8x64", x4))
         pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
                                         T.reinterpret("int8x32", w4), T.reinterpret("int8x32", x4))
         return acc + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.Broadcast(T.int16(1), 16))
@@ -152,12 +159,15 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
         return T.cast(z[n, g], "int32") if asym else T.int32(scheme.max_int)
 
     @T.macro
-    def quantize_x(x, xq, xd, xs, rows):
-        """xq [rows, K/4] (four codes per int32), xd/xs [rows, K/32]: scales and code sums; one
-        parallel task per row."""
+    def quantize_x(x, xq, xd, xsd, rows):
+        """xq [rows, K/4] (four codes per int32), xd [rows, K/32]: the blocks' scales, xsd
+        [rows, groups]: Σ d · Σ c over each weight group's blocks; one parallel task per row."""
         for t in T.parallel(rows):
             amax = T.decl_buffer((LANES,), "float32")
             code = T.decl_buffer((BLOCK,), "int8")
+            total = T.decl_buffer((1,), "int32")
+            for g in T.serial(groups):
+                xsd[t, g] = T.float32(0)
             for blk in T.serial(blocks):
                 for lane in T.vectorized(LANES):
                     amax[lane] = T.abs(x[0, t, blk * BLOCK + lane])
@@ -169,9 +179,10 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
                 xd[t, blk] = amax[0] / T.float32(127)
                 for i in T.vectorized(BLOCK):
                     code[i] = T.cast(T.round(x[0, t, blk * BLOCK + i] * inv), "int8")
-                xs[t, blk] = 0
+                total[0] = 0
                 for i in T.serial(BLOCK):
-                    xs[t, blk] = xs[t, blk] + T.cast(code[i], "int32")
+                    total[0] = total[0] + T.cast(code[i], "int32")
+                xsd[t, blk * BLOCK // group] = xsd[t, blk * BLOCK // group] + xd[t, blk] * T.cast(total[0], "float32")
                 for i in T.serial(STEPS):
                     xq[t, blk * STEPS + i] = T.reinterpret("int32", code[T.ramp(4 * i, 1, 4)])
 
@@ -179,14 +190,14 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
     def body(x, w, s, z, y, rows):
         xq = T.alloc_buffer((rows, steps), "int32")
         xd = T.alloc_buffer((rows, blocks), "float32")
-        xs = T.alloc_buffer((rows, blocks), "int32")
-        quantize_x(x, xq, xd, xs, rows)
+        xsd = T.alloc_buffer((rows, groups), "float32")
+        quantize_x(x, xq, xd, xsd, rows)
         for p in T.parallel(n_out // COLS):
             panel = T.decl_buffer((steps, COLS), "uint32")
             scale = T.decl_buffer((groups, COLS), "float32")
-            zero = T.decl_buffer((groups, COLS), "int32")
-            acc = T.decl_buffer((ROWS * 2, LANES), "int32")
-            out = T.decl_buffer((ROWS * 2, LANES), "float32")
+            zero = T.decl_buffer((groups, COLS), "float32")  # z · s_w
+            acc = T.decl_buffer((rows_per_tile * vecs, width), "int32")
+            out = T.decl_buffer((rows_per_tile * vecs, width), "float32")
             # the panel's 16 columns side by side in vector lanes, the steps that share a word
             # (or a 3-bit run's three) unrolled together, so each word is loaded once
             for run in T.serial(steps // RUN_STEPS[bits]):
@@ -195,30 +206,36 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
                         panel[run * RUN_STEPS[bits] + i, c] = codes4(w, p * COLS + c, run * RUN_STEPS[bits] + i)
             for g, c in T.grid(groups, COLS):
                 scale[g, c] = T.cast(s[p * COLS + c, g], "float32")
-                zero[g, c] = zero_of(z, p * COLS + c, g)
-            for tile in T.serial((rows + ROWS - 1) // ROWS):
-                for r in T.unroll(ROWS * 2):
-                    out[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                zero[g, c] = T.cast(zero_of(z, p * COLS + c, g), "float32") * scale[g, c]
+            for tile in T.serial((rows + rows_per_tile - 1) // rows_per_tile):
+                for a in T.unroll(rows_per_tile * vecs):
+                    out[a, T.ramp(0, 1, width)] = T.Broadcast(T.float32(0), width)
                 for blk in T.serial(blocks):
-                    for r in T.unroll(ROWS * 2):
-                        acc[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+                    for a in T.unroll(rows_per_tile * vecs):
+                        acc[a, T.ramp(0, 1, width)] = T.Broadcast(T.int32(0), width)
                     for i in T.unroll(STEPS):
-                        for r in T.unroll(ROWS):  # rows past T read row T − 1; not stored
-                            for v in T.unroll(2):
-                                acc[r * 2 + v, T.ramp(0, 1, LANES)] = dot(
-                                    acc[r * 2 + v, T.ramp(0, 1, LANES)],
-                                    panel[blk * STEPS + i, T.ramp(v * LANES, 1, LANES)],
-                                    T.Broadcast(xq[T.min(tile * ROWS + r, rows - 1), blk * STEPS + i], LANES))
+                        for r in T.unroll(rows_per_tile):  # rows past T read row T − 1; not stored
+                            for v in T.unroll(vecs):
+                                acc[r * vecs + v, T.ramp(0, 1, width)] = dot(
+                                    acc[r * vecs + v, T.ramp(0, 1, width)],
+                                    panel[blk * STEPS + i, T.ramp(v * width, 1, width)],
+                                    T.Broadcast(xq[T.min(tile * rows_per_tile + r, rows - 1), blk * STEPS + i], width))
                     g: T.int32 = blk * BLOCK // group
-                    for r in T.unroll(ROWS):
-                        row: T.int32 = T.min(tile * ROWS + r, rows - 1)
-                        for v in T.unroll(2):
-                            out[r * 2 + v, T.ramp(0, 1, LANES)] = out[r * 2 + v, T.ramp(0, 1, LANES)] + T.cast(
-                                acc[r * 2 + v, T.ramp(0, 1, LANES)] - zero[g, T.ramp(v * LANES, 1, LANES)] * T.Broadcast(xs[row, blk], LANES),
-                                "float32x8") * scale[g, T.ramp(v * LANES, 1, LANES)] * T.Broadcast(xd[row, blk], LANES)
-                for r in T.serial(ROWS):
-                    if tile * ROWS + r < rows:
+                    for r in T.unroll(rows_per_tile):
+                        row: T.int32 = T.min(tile * rows_per_tile + r, rows - 1)
+                        for v in T.unroll(vecs):
+                            out[r * vecs + v, T.ramp(0, 1, width)] = out[r * vecs + v, T.ramp(0, 1, width)] + T.cast(
+                                acc[r * vecs + v, T.ramp(0, 1, width)], f"float32x{width}") * (
+                                scale[g, T.ramp(v * width, 1, width)] * T.Broadcast(xd[row, blk], width))
+                for g in T.serial(groups):
+                    for r in T.unroll(rows_per_tile):
+                        row: T.int32 = T.min(tile * rows_per_tile + r, rows - 1)
+                        for v in T.unroll(vecs):
+                            out[r * vecs + v, T.ramp(0, 1, width)] = out[r * vecs + v, T.ramp(0, 1, width)] - (
+                                zero[g, T.ramp(v * width, 1, width)] * T.Broadcast(xsd[row, g], width))
+                for r in T.serial(rows_per_tile):
+                    if tile * rows_per_tile + r < rows:
                         for c in T.vectorized(COLS):
-                            y[0, tile * ROWS + r, p * COLS + c] = out[r * 2 + c // LANES, c % LANES]
+                            y[0, tile * rows_per_tile + r, p * COLS + c] = out[r * vecs + c // width, c % width]
 
     return body
