@@ -27,6 +27,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
+from lowbit.compiler.kernels.rope_cpu import use_lowbit_split_rotary
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.gemm_int8 import batch_decode_int8, gemm_int8, int8_prefill_applies
 from lowbit.compiler.kernels.gemm_int8 import supports as gemm_supports
@@ -357,13 +358,15 @@ class LlamaForCausalLM(nn.Module):
         return 0.0
 
     def finish_module(self, mod: IRModule) -> IRModule:
-        """The exported module with lowbit's CPU attention kernels on CPU targets, and the
+        """The exported module with lowbit's CPU attention and split-rotary kernels on CPU targets, and the
         attention kernels left from TVM soft-capped where the family caps its scores."""
         c, cap = self.cfg, self.attention_softcap()
         if self.target.kind.name == "llvm":
             mod = use_lowbit_attention(mod, self.target, c.num_key_value_heads, c.num_attention_heads,
                                        c.head_dim, c.kv_cache_dtype, c.sliding_window_size,
                                        len(self.cache_kinds()), cap)
+            mod = use_lowbit_split_rotary(mod, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                          c.kv_cache_dtype, c.rope_theta, dict(c.rope_scaling), c.head_dim)
         return softcap_attention(mod, cap, self.target) if cap else mod
 
     def create_paged_kv_cache(
