@@ -16,7 +16,7 @@ every core), and the query heads that share a key head (GQA) go together:
 * prefill shares each value row between query vectors where the target's registers allow
   (:data:`VALUE_BLOCKS`);
 * the online softmax is updated once per tile of 16 keys, its exponentials vectorised
-  (:func:`_exp2`) and its running sums kept per lane.
+  (:func:`.vector_math.exp2`) and its running sums kept per lane.
 
 The arguments, the key addressing (pages, the last page's length, a sliding window's start and
 sink), the masks and the outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled
@@ -28,16 +28,13 @@ of the vector lanes keeps TVM's kernels.
 
 from __future__ import annotations
 
-import math
-
 from tvm import IRModule, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
 from lowbit.compiler.kernels.kv_pages_cpu import LOWBIT_KERNEL, PAGE_SIZE, key_at, page_kernels
+from lowbit.compiler.kernels.vector_math import LOG2E, exp2
 from lowbit.errors import LowbitError
-
-LOG2E = math.log2(math.e)
 
 TILE = 16  # key rows per online-softmax update
 LANES = 8  # fp32 lanes of a vector register: head_dim must be whole vectors
@@ -58,11 +55,6 @@ VALUE_BLOCKS = {"x86-64-v4": 2}
 DECODE_VALUE_FLOATS = {"x86-64-v4": 24 * 16}
 
 
-# 2^f on [-0.5, 0.5] (Cephes' exp2f minimax polynomial, highest degree first): relative error ~2e-7
-EXP2_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
-             5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1)
-
-
 def _query_block(nq: int) -> int:
     """Query vectors per block of the transposed score product: the largest divisor of ``nq`` up
     to :data:`QB_MAX`, so no block is padding."""
@@ -78,18 +70,6 @@ def _decode_value_block(group: int, d: int, floats: int) -> int:
 def _value_block(nq: int, pv: int) -> int:
     """``pv`` where it divides the ``nq`` query vectors, else 1."""
     return pv if nq % pv == 0 else 1
-
-
-def _exp2(x):
-    """2^x for x ≤ 0 from +, ×, floor and the exponent bits, so a vectorised loop stays in vector
-    lanes (LLVM has no vector exp2 and would call exp2f per lane); x below -126 gives 2^-126."""
-    x = T.max(x, T.float32(-126.0))
-    n = T.floor(x + T.float32(0.5))
-    f = x - n
-    poly = T.float32(EXP2_POLY[0])
-    for c in EXP2_POLY[1:]:
-        poly = poly * f + T.float32(c)
-    return (poly * f + T.float32(1.0)) * T.reinterpret("float32", T.shift_left(T.cast(n, "int32") + 127, 23))
 
 
 @T.macro
@@ -161,10 +141,10 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
             for r in T.vectorized(TILE // 8):
                 red[r] = T.max(red[r], red[r + TILE // 8])
             tile_max: T.float32 = T.max(m[h], T.max(red[0], red[1]))
-            scale: T.float32 = _exp2(m[h] - tile_max)
+            scale: T.float32 = exp2(m[h] - tile_max)
             m[h] = tile_max
             for r in T.vectorized(TILE):
-                sc[h, r] = _exp2(sc[h, r] - tile_max)
+                sc[h, r] = exp2(sc[h, r] - tile_max)
                 den[h, r] = den[h, r] * scale + sc[h, r]
             for j in T.vectorized(d):
                 acc[h, j] = acc[h, j] * scale

@@ -27,6 +27,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
+from lowbit.compiler.kernels.gated_cpu import gated_silu
 from lowbit.compiler.kernels.rope_cpu import use_lowbit_split_rotary
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.gemm_int8 import batch_decode_int8, gemm_int8, int8_prefill_applies
@@ -256,8 +257,7 @@ class MLP(nn.Module):
         self.down_proj = QuantLinear(cfg.intermediate_size, cfg.hidden_size, scheme)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        return self.down_proj(gated_silu(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
