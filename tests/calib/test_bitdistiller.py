@@ -146,6 +146,21 @@ def test_a_few_qat_steps_lower_the_loss(tiny_llama_dir, tmp_path, spec):
         assert torch.equal(quantized[name].dequantize(), seen[name])
 
 
+def test_bf16_autocast_trains_on_cpu(tiny_llama_dir, tmp_path):
+    """``bf16``: the forward passes under bf16 autocast (CPU here; CUDA's default where it
+    computes bf16); the loss still falls and the weights stay fp32 for the export."""
+    spec, seqs = QuantSpec(2, 64), _sequences()
+    losses = {}
+    for bf16 in (False, True):
+        student, teacher = _student_and_teacher(tiny_llama_dir, spec)
+        before = _data_loss(student, teacher, seqs)
+        losses[bf16] = train(student, teacher, seqs, TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=3e-4,
+                                                                 bf16=bf16), tmp_path / f"state{bf16}.pt", progress=False)
+        assert _data_loss(student, teacher, seqs) < 0.8 * before
+        assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert losses[True][0] != losses[False][0]  # the autocast ran: bf16 arithmetic from the first step
+
+
 def test_resume_is_exact(tiny_llama_dir, tmp_path):
     spec, seqs = QuantSpec(2, 64), _sequences(6)
     cfg = TrainConfig(steps=4, batch_size=4, grad_accum=2, lr=1e-3, save_every=1, seed=3)
