@@ -299,6 +299,18 @@ def test_bitdistiller_loss_ablation_follows_the_json(readme):
     assert fkl["ppl"] < cakld["ppl"] < rkl["ppl"]  # "forward KL does best and reverse KL worst"
 
 
+def test_remeasured_omniquant_sentence_follows_the_json(readme):
+    rows = json.loads((RESULTS / "quality.json").read_text())
+    cells = [next(r for r in rows if r["method"] == "omniquant" and (r["w_bits"], r["group_size"]) == cell
+                  and r["a_bits"] == 16 and r["settings"] == {"preset": "small"}) for cell in ((3, 128), (2, 64))]
+    w3, w2 = quoted(readme, r"OmniQuant W3 g128 and W2 g64 reproduced their perplexities to the last "
+                            r"digit \(([\d.]+) and ([\d.]+)\)")
+    assert (w3, w2) == (cells[0]["ppl"], cells[1]["ppl"])
+    seconds = f"in {round(cells[0]['seconds']):,} s and {round(cells[1]['seconds']):,} s"
+    assert seconds in " ".join(readme.split())
+    assert all(r["provenance"]["commit"] for r in cells)  # measured with provenance
+
+
 def test_activation_cost_sentence_follows_the_json(readme):
     rows = json.loads((RESULTS / "activation_cost.json").read_text())
     fp = {r["scheme"]: r["ppl"] for r in rows if r["decode_activations"] == "fp"}
