@@ -350,6 +350,39 @@ def test_bitdistiller_zeroshot_sentence_follows_the_json(readme, zeroshot_rows):
     assert rtn_below == round(fp_average - readme_tables.zeroshot_average(zeroshot_rows, w3), 1)
 
 
+def test_omniquant_bitdistiller_zeroshot_sentence_follows_the_json(readme, zeroshot_rows):
+    five = [t for t in zeroshot.TASK_ORDER if t != "boolq"]
+    preset = {"preset": "small"}
+    cells = {(m, b, g): (m, b, g, preset) for m in ("omniquant", "bitdistiller") for b, g in ((2, 64), (3, 128))}
+
+    def average(cell: tuple, tasks: list[str] | None = None) -> float:
+        if tasks is None:
+            return readme_tables.zeroshot_average(zeroshot_rows, cell)
+        by_task = readme_tables.zeroshot_rows(zeroshot_rows, *cell)
+        return round(sum(readme_tables.headline(by_task[t]) for t in tasks) / len(tasks), 1)
+
+    ppl = {(r["method"], r["w_bits"], r["group_size"]): r["ppl"]
+           for r in json.loads((RESULTS / "quality.json").read_text())
+           if r["a_bits"] == 16 and r["settings"] == preset and not r.get("codebook")}
+    shown = quoted(readme, r"Side by side at W2 g64, BitDistiller averages ([\d.]+) against OmniQuant's ([\d.]+) "
+                           r"\(([\d.]+) against ([\d.]+) without BoolQ\), as their perplexities \(([\d.]+) against "
+                           r"([\d.]+)\) order them\. At W3 g128 the order turns: OmniQuant averages ([\d.]+) and "
+                           r"BitDistiller on the integer grid ([\d.]+) \(([\d.]+) against ([\d.]+) without BoolQ\), "
+                           r"though their perplexities tie \(([\d.]+) and ([\d.]+)\); BitDistiller's NF3 cell, "
+                           r"([\d.]+), is the best 3-bit one\. Without BoolQ the gaps are ([\d.]+) and ([\d.]+) points")
+    bd2, oq2 = cells["bitdistiller", 2, 64], cells["omniquant", 2, 64]
+    bd3, oq3 = cells["bitdistiller", 3, 128], cells["omniquant", 3, 128]
+    nf3 = ("bitdistiller", 3, 128, preset, "nf3")
+    want = (average(bd2), average(oq2), average(bd2, five), average(oq2, five),
+            round(ppl["bitdistiller", 2, 64], 2), round(ppl["omniquant", 2, 64], 2),
+            average(oq3), average(bd3), average(oq3, five), average(bd3, five),
+            round(ppl["omniquant", 3, 128], 2), round(ppl["bitdistiller", 3, 128], 2), average(nf3),
+            round(average(bd2, five) - average(oq2, five), 1), round(average(oq3, five) - average(bd3, five), 1))
+    assert shown == want
+    assert want[0] > want[1] and want[6] > want[7]  # "the order turns"
+    assert want[12] == max(average(c) for c in (bd3, oq3, nf3))  # "the best 3-bit one"
+
+
 def test_bitdistiller_w3g128_sentence_follows_the_json(readme):
     rows = json.loads((RESULTS / "quality.json").read_text())
     (bd,) = [r for r in rows if r["method"] == "bitdistiller" and r["w_bits"] == 3 and r["group_size"] == 128
