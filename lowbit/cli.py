@@ -151,13 +151,16 @@ THREADS_OPTION = click.option(
               help="bitdistiller: distillation loss (default cakld; the others for ablations)")
 @click.option("--instructions", type=click.Path(exists=True, dir_okay=False),
               help="bitdistiller: extra teacher prompts (.jsonl with instruction/input, or .txt)")
+@click.option("--bf16/--no-bf16", default=None,
+              help="bitdistiller: bf16 autocast of the forward passes (default: on where CUDA computes bf16)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its checkpoints")
 def calibrate(model: str, method: str, bits: int, group_size: int, sym: bool, nf3: bool,
               act_bits: int | None, out: Path, overwrite: bool, seed: int, data: Path | None,
               preset: str | None,
               nsamples: int | None, seqlen: int | None, epochs: int | None, let: bool,
               shift: bool, alpha: float | None, act_order: bool, steps: int | None,
-              lr: float | None, loss: str | None, instructions: str | None, resume: bool) -> None:
+              lr: float | None, loss: str | None, instructions: str | None, bf16: bool | None,
+              resume: bool) -> None:
     """Quantize MODEL (HF folder, GGUF or bundled name) into a fused checkpoint."""
     from lowbit.calib import CalibrateArgs
     from lowbit.calib import calibrate as run
@@ -165,7 +168,7 @@ def calibrate(model: str, method: str, bits: int, group_size: int, sym: bool, nf
     options = {"preset": preset, "nsamples": nsamples, "seqlen": seqlen, "epochs": epochs,
                "let": int(let) or None, "shift": int(shift) or None, "alpha": alpha, "act_order": int(act_order) or None,
                "steps": steps, "lr": lr, "loss": loss, "instructions": instructions,
-               "resume": int(resume) or None}
+               "bf16": None if bf16 is None else int(bf16), "resume": int(resume) or None}
     settings = {k: v for k, v in options.items() if v is not None}
     args = CalibrateArgs(model, method, bits, group_size, sym, out, overwrite, seed, data,
                          settings=settings, act_bits=act_bits, codebook="nf3" if nf3 else None)

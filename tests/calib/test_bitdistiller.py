@@ -223,6 +223,25 @@ def test_calibrate_bitdistiller_writes_the_fused_checkpoint(tiny_with_eos, tmp_p
     assert len(list((tmp_path / "cache" / "distill-data").iterdir())) == 1  # teacher data kept
 
 
+def test_bf16_flag_reaches_the_settings_and_is_recorded(tiny_with_eos, tmp_path, monkeypatch):
+    """`--bf16` / `--no-bf16` set the setting, unset leaves the device's default (off on CPU);
+    the resolved value is what the checkpoint records."""
+    import lowbit.calib
+
+    captured = []
+    monkeypatch.setattr(lowbit.calib, "calibrate", lambda args: captured.append(args.settings) or "x")
+    for flags in ([], ["--bf16"], ["--no-bf16"]):
+        res = CliRunner().invoke(main, ["calibrate", str(tiny_with_eos), "--method", "bitdistiller", "--bits", "2",
+                                        "-o", str(tmp_path / "o"), *flags])
+        assert res.exit_code == 0, res.output
+    assert "bf16" not in captured[0] and captured[1]["bf16"] == 1 and captured[2]["bf16"] == 0
+    monkeypatch.undo()
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    calibrate(CalibrateArgs(str(tiny_with_eos), "bitdistiller", 2, 64, False, out, progress=False, settings=dict(TINY)))
+    assert read_qconfig(out)["settings"]["bf16"] == 0  # CPU: off unless asked
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--bits", "4"], "bitdistiller quantizes asymmetric 2 or 3-bit"),
     (["--bits", "2", "--group-size", "32"], "groups of 64 or 128"),
