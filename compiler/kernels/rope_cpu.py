@@ -36,7 +36,8 @@ def supports(rope_scaling: dict[str, Any]) -> bool:
 def split_rotary_kernel(h_q: int, h_kv: int, d: int, dtype: str, theta: float, rope_scaling: dict[str, Any],
                         rotary_dim: int) -> tirx.PrimFunc:
     """``q, k, v`` from ``qkv [T, h_q + 2·h_kv, d]``, q and k rotated at ``position_map[t]`` over
-    their first ``rotary_dim`` dimensions (rotate-half: dimension j < r/2 pairs with j + r/2)."""
+    their first ``rotary_dim`` dimensions (rotate-half: dimension j < r/2 pairs with j + r/2).
+    Positions are not rescaled: the models here create their KV cache with ``rope_scale`` 1."""
     assert supports(rope_scaling) and rotary_dim % 2 == 0 and rotary_dim <= d
     heads, half = h_q + 2 * h_kv, rotary_dim // 2
     freq = switch_rope_freq_func(rope_scaling)
