@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cpu_decode import build_scheme
-from provenance import build_dir, record
+from provenance import record
 
 RESULTS = Path(__file__).parent / "results" / "activation_cost.json"
 KINDS = ("fp", "int8", "int8x2")
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--build-dir", type=Path, help="where the MLC folders and libraries go")
     args = ap.parse_args()
-    root = build_dir(args.build_dir or cache_dir() / "bench" / "cpu_decode")
+    root = args.build_dir or cache_dir() / "bench" / "cpu_decode"
     rows = []
     for scheme in args.schemes.split(","):
         for kind in KINDS:

@@ -133,11 +133,13 @@ def decode_option(options: list[str]) -> str:
 def build_scheme(model: str, variant: str, root: Path) -> tuple[Path, Path]:
     """``variant``: a scheme, with ``+int8`` (``+int8x2``) for int8 (two-term int8) decode
     activations, ``+pint8`` for int8 prefill activations and ``+kv16`` for an fp16 KV cache
-    (``q4f16_1+int8+pint8+kv16``)."""
+    (``q4f16_1+int8+pint8+kv16``), converted and compiled under ``root``'s folder for today's
+    build version (:func:`provenance.build_dir`) unless already there."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
 
     scheme, *options = variant.split("+")
+    root = build_dir(root)  # the build version's folder: built by today's converter and compiler
     mlc, lib = root / f"{model}-{scheme}", root / f"{model}-{variant.replace('+', '-')}.so"
     if not mlc.exists():
         convert(ConvertArgs(model, scheme, mlc))
@@ -369,7 +371,7 @@ def long_contexts(args: argparse.Namespace, folder: Path, root: Path, contexts: 
 
     ids = prompt_ids(load_tokenizer(folder), max(contexts))
     threads = cpu_threads()
-    builds = {variant: build_scheme(args.model, variant, build_dir(root)) for variant in args.schemes.split(",")}
+    builds = {variant: build_scheme(args.model, variant, root) for variant in args.schemes.split(",")}
     engines = [lowbit_context_engine(mlc, lib, variant, args.new_tokens, max(contexts))
                for variant, (mlc, lib) in builds.items()]
     config = read_chat_config(next(iter(builds.values()))[0])["model_config"]
@@ -412,7 +414,7 @@ def main() -> None:
     ids = prompt_ids(load_tokenizer(folder), args.prompt_tokens)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     engines = [torch_engine(folder, ids, args.new_tokens, dtype) for dtype in ("fp32", "bf16")]
-    builds = [(scheme, *build_scheme(args.model, scheme, build_dir(root))) for scheme in args.schemes.split(",")]
+    builds = [(scheme, *build_scheme(args.model, scheme, root)) for scheme in args.schemes.split(",")]
     engines += [lowbit_engine(mlc, lib, scheme, ids, args.new_tokens, args.profile) for scheme, mlc, lib in builds]
     threads = cpu_threads()
     engines += [llama_cpp_engine(args.llama_cpp, gguf, label, len(ids), args.new_tokens, threads)
