@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +34,9 @@ CALIBRATE_MODULE = "lowbit.calib.calibrate"
 BUILD_MODULES = ["lowbit.compiler.convert", "lowbit.compiler.compile"]
 BUILD_FOLDERS = ("compiler", "targets")  # load kernels, models and backends by name as well
 RESULTS_DIR = "bench/results/"
+# Float reductions (matmuls, GPTQ's Cholesky) split their sums by thread, so a row's numbers can
+# depend on these; a row records them and bench/verify.py re-runs it with the same values.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS")
 
 
 def _git(repo: Path, *args: str) -> str | None:
@@ -79,7 +83,26 @@ def record(argv: list[str] | None = None) -> dict:
     script = Path(argv[0]).resolve()
     shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else argv[0]
     return {**git_state(base=STARTED_AT), "packages": package_versions(),
-            "argv": ["python", shown, *argv[1:]]}
+            "argv": ["python", shown, *argv[1:]], "threads": threads()}
+
+
+def threads() -> dict[str, str | int]:
+    """The thread-count variables set in this process's environment, and the intra-op thread
+    count torch runs with (when torch is loaded)."""
+    found: dict[str, str | int] = {v: os.environ[v] for v in THREAD_VARIABLES if v in os.environ}
+    if "torch" in sys.modules:
+        found["torch"] = sys.modules["torch"].get_num_threads()
+    return found
+
+
+def thread_environment(row: dict) -> dict[str, str]:
+    """The thread-count variables to set to re-run ``row`` as it ran: those it recorded, and for a
+    row that recorded torch's thread count only, OMP_NUM_THREADS equal to it."""
+    recorded = (row.get("provenance") or {}).get("threads") or {}
+    env = {v: str(recorded[v]) for v in THREAD_VARIABLES if v in recorded}
+    if "torch" in recorded and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(recorded["torch"])
+    return env
 
 
 Reader = Callable[[str], "bytes | None"]  # repo-relative path → the file's bytes (None: absent)

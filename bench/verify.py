@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import quality
 import zeroshot
-from provenance import REPO, record
+from provenance import REPO, record, thread_environment
 
 from lowbit.cache import atomic_file
 
@@ -117,13 +118,15 @@ def select(rows: dict[str, list[dict]], benches: list[str], methods: list[str] |
 
 
 def subprocess_runner(bench: str, row: dict, scratch: Path) -> dict:
-    """Run the row's command into ``scratch`` (results and checkpoints) and return its row."""
+    """Run the row's command into ``scratch`` (results and checkpoints), with the thread counts
+    the row recorded, and return its row."""
     results = scratch / f"{bench}.json"
     command = ROW_COMMAND[bench](row)
     argv = [sys.executable, *command[1:], "--results", str(results),
             "--checkpoints", str(scratch / "checkpoints")]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(argv, cwd=REPO, check=True)
+    threads = thread_environment(row)
+    print("$", *(f"{k}={v}" for k, v in threads.items()), " ".join(command), flush=True)
+    subprocess.run(argv, cwd=REPO, check=True, env={**os.environ, **threads})
     key = ROW_KEY[bench](row)
     return next(r for r in json.loads(results.read_text()) if ROW_KEY[bench](r) == key)
 

@@ -68,6 +68,31 @@ def test_record_names_the_script_from_the_repo_and_the_packages():
     assert len(rec["commit"]) == 40 and isinstance(rec["dirty"], bool)
 
 
+def test_record_keeps_the_thread_counts_and_verify_reruns_with_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    rec = provenance.record([str(BENCH / "quality.py")])
+    torch_threads = __import__("torch").get_num_threads()
+    assert rec["threads"] == {"OMP_NUM_THREADS": "1", "torch": torch_threads}
+    assert provenance.thread_environment({"provenance": rec}) == {"OMP_NUM_THREADS": "1"}
+    only_torch = {"provenance": {"threads": {"torch": 2}}}
+    assert provenance.thread_environment(only_torch) == {"OMP_NUM_THREADS": "2"}
+    assert provenance.thread_environment({"ppl": 1.0}) == {}
+
+    seen: dict = {}
+
+    def run(argv: list[str], cwd: Path, check: bool, env: dict) -> None:
+        seen.update(env)
+        (tmp_path / "quality.json").write_text(json.dumps([row]))
+
+    row = {**fake_rows()["quality"][1], "provenance": {"threads": {"OMP_NUM_THREADS": "3"}}}
+    monkeypatch.setattr(verify.subprocess, "run", run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert verify.subprocess_runner("quality", row, tmp_path) == row
+    assert seen["OMP_NUM_THREADS"] == "3"
+
+
 def test_source_closure_follows_imports_but_not_other_methods():
     rtn = provenance.source_closure("lowbit.calib.rtn")
     assert {"lowbit.calib.rtn", "lowbit.quantizer"} <= rtn.keys()
