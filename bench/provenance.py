@@ -34,8 +34,8 @@ CALIBRATE_MODULE = "lowbit.calib.calibrate"
 BUILD_MODULES = ["lowbit.compiler.convert", "lowbit.compiler.compile"]
 BUILD_FOLDERS = ("compiler", "targets")  # load kernels, models and backends by name as well
 RESULTS_DIR = "bench/results/"
-# Float reductions (matmuls, GPTQ's Cholesky) split their sums by thread, so a row's numbers can
-# depend on these; a row records them and bench/verify.py re-runs it with the same values.
+# A multi-threaded float reduction may split its sums by thread count, so a row records these and
+# bench/verify.py re-runs it with the same values.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS")
 
 

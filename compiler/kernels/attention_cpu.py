@@ -4,15 +4,19 @@ TVM's CPU kernels (decode, prefill over the cached pages, prefill within a chunk
 sequences and query heads one score at a time, on one core. Here each (KV head, tile of up to 4
 query rows of one sequence) is one parallel task (decode: each (KV head, chunk of 64 keys of one
 sequence), the chunks' results merged by their lse afterwards, so a long context spreads over
-every core), and the query heads that share a key head (GQA) go together:
+every core; a KV head's chunks are consecutive tasks, so a core reads one head's pages in order),
+and the query heads that share a key head (GQA) go together:
 
 * the cache's pages hold their keys transposed (:mod:`.kv_pages_cpu`: per head dimension, a
   page's 16 keys side by side), so a task takes a tile's 16 scores per head dimension for blocks
   of query vectors in broadcast multiply-adds: each key load serves every query and no sum needs
-  a lane reduction. Tiles start on page boundaries and read the pages directly; where a sliding
+  a lane reduction, and :data:`SCORE_CHAINS` partial sums per query keep the multiply-adds in
+  flight. Tiles start on page boundaries and read the pages directly; where a sliding
   window moves keys off them, the keys in window order are copied first (prefill: once per
   call; decode: per 64-key chunk). The chunk's own keys (prefill within a chunk) are copied
-  transposed, in fp32, once per call;
+  transposed, in fp32, once per call. Decode prefetches the next page's key and value blocks
+  into L2 while it works on a tile: a page of a head is two 1–2 KiB blocks 6–12 KiB apart, short
+  runs the hardware prefetcher does not follow across;
 * prefill shares each value row between query vectors where the target's registers allow
   (:data:`VALUE_BLOCKS`);
 * the online softmax is updated once per tile of 16 keys, its exponentials vectorised
@@ -28,7 +32,7 @@ of the vector lanes keeps TVM's kernels.
 
 from __future__ import annotations
 
-from tvm import IRModule, tirx
+from tvm import DataType, IRModule, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
@@ -53,6 +57,11 @@ VALUE_BLOCKS = {"x86-64-v4": 2}
 # bundled model's group took a 4,096-key decode from 350 to 312 µs (head_dim 64) and 465 to
 # 431 µs (128) with AVX-512; AVX2 code lost (276 → 287, 544 → 691 µs): its 16 ymm spill.
 DECODE_VALUE_FLOATS = {"x86-64-v4": 24 * 16}
+# partial sums per query vector in the score product, by ``mcpu``: each multiply-add chain waits on
+# its own last result, so more chains keep more in flight. With AVX-512's 32 registers two fit beside
+# prefill's 6 query vectors; a 2,000-key decode (head_dim 64, fp16) took 80 → 74 µs from cache,
+# 143 → 138 µs from DRAM. AVX2's 16 registers have no room.
+SCORE_CHAINS = {"x86-64-v4": 2}
 
 
 def _query_block(nq: int) -> int:
@@ -74,7 +83,7 @@ def _value_block(nq: int, pv: int) -> int:
 
 @T.macro
 def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, value, sm_scale,
-                 group, d, cap, qt, qb, pv):
+                 group, d, cap, qt, qb, pv, sp, ahead):
     """Attention of the query heads ``hk·group …`` of the ``n`` (≤ ``qt``) rows ``t0 …`` of
     one sequence, row ``i`` over key positions [lo_of(i), hi_of(i)): each key row is read once
     for all of them. ``loc0(pos)``/``loc1(pos)`` locate a key and ``value(l0, l1, j)`` reads its
@@ -85,12 +94,17 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
     ``base + r`` from keys stored transposed (``r`` a vector lane of the tile from ``base``), so
     each block of ``qb`` (:func:`_query_block`) query vectors takes 16 scores per head dimension
     in broadcast multiply-adds: the key loads serve every query and the sums need no lane
-    reduction. Blocks of ``pv`` query vectors (:data:`VALUE_BLOCKS`) share each value row."""
+    reduction; ``sp`` partial sums per query vector (:data:`SCORE_CHAINS`). Blocks of ``pv`` query
+    vectors (:data:`VALUE_BLOCKS`) share each value row. ``ahead`` (decode), when not None, is
+    ``(lines, address(half, pos, line), end)``: before each tile, the ``lines`` cache lines of the
+    key (half 0) and value (half 1) blocks of key ``base + TILE`` are prefetched, while it is below
+    ``end``."""
     q = T.decl_buffer((qt * group, d), "float32")
     acc = T.decl_buffer((qt * group, d), "float32")
     m = T.decl_buffer((qt * group,), "float32")
     den = T.decl_buffer((qt * group, TILE), "float32")  # per lane: summed once, at the end
     sc = T.decl_buffer((qt * group, TILE), "float32")
+    part = T.decl_buffer((sp * qb, TILE), "float32")
     red = T.decl_buffer((TILE // 2,), "float32")
     loc = T.decl_buffer((TILE, 2), "int32")
     span = T.decl_buffer((qt * group, 2), "int32")
@@ -116,19 +130,33 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
                 q[h, j] = T.float32(0)
                 acc[h, j] = T.float32(0)
     for tile in T.serial((scan[1] - scan[0] + TILE - 1) // TILE):
-        base: T.int32 = scan[0] + tile * TILE
-        rows: T.int32 = T.min(TILE, scan[1] - base)
+        base: T.let[T.int32] = scan[0] + tile * TILE
+        rows: T.let[T.int32] = T.min(TILE, scan[1] - base)
+        if ahead is not None:  # the next tile's key and value blocks, into L2 (read, locality 2)
+            if base + TILE < ahead[2]:
+                for line in T.serial(ahead[0]):
+                    for half in T.unroll(2):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch", ahead[1](half, base + TILE, line),
+                                                      T.int32(0), T.int32(2), T.int32(1)))
         for r in T.serial(TILE):
             loc[r, 0] = loc0(base + T.min(r, rows - 1))  # past the last key: the last one, masked
             loc[r, 1] = loc1(base + T.min(r, rows - 1))
         for blk in T.serial(qt * group // qb):
+            for c in T.unroll(sp * qb):
+                for r in T.vectorized(TILE):
+                    part[c, r] = T.float32(0)
+            for j0 in T.serial(d // sp):  # sp partial sums per query vector: independent FMA chains
+                for s in T.unroll(sp):
+                    for i in T.unroll(qb):
+                        for r in T.vectorized(TILE):
+                            part[s * qb + i, r] = part[s * qb + i, r] + q[blk * qb + i, j0 * sp + s] * T.cast(
+                                key(j0 * sp + s, base, r), "float32")
             for i in T.unroll(qb):
                 for r in T.vectorized(TILE):
-                    sc[blk * qb + i, r] = T.float32(0)
-            for j in T.serial(d):
-                for i in T.unroll(qb):
+                    sc[blk * qb + i, r] = part[i, r]
+                for s in T.unroll(1, sp):
                     for r in T.vectorized(TILE):
-                        sc[blk * qb + i, r] = sc[blk * qb + i, r] + q[blk * qb + i, j] * T.cast(key(j, base, r), "float32")
+                        sc[blk * qb + i, r] = sc[blk * qb + i, r] + part[s * qb + i, r]
         for h in T.serial(qt * group):
             for r in T.vectorized(TILE):  # outside the row's mask (or past the tile's keys): weight 0
                 sc[h, r] = T.Select(base + r >= span[h, 0] and base + r < span[h, 1],
@@ -140,8 +168,8 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
                 red[r] = T.max(red[r], red[r + TILE // 4])
             for r in T.vectorized(TILE // 8):
                 red[r] = T.max(red[r], red[r + TILE // 8])
-            tile_max: T.float32 = T.max(m[h], T.max(red[0], red[1]))
-            scale: T.float32 = exp2(m[h] - tile_max)
+            tile_max: T.let[T.float32] = T.max(m[h], T.max(red[0], red[1]))
+            scale: T.let[T.float32] = exp2(m[h] - tile_max)
             m[h] = tile_max
             for r in T.vectorized(TILE):
                 sc[h, r] = exp2(sc[h, r] - tile_max)
@@ -161,7 +189,7 @@ def _attend_rows(Q, output, lse, t0, o0, n, lo_of, hi_of, hk, loc0, loc1, key, v
             red[r] = red[r] + red[r + TILE // 4]
         for r in T.vectorized(TILE // 8):
             red[r] = red[r] + red[r + TILE // 8]
-        total: T.float32 = red[0] + red[1]
+        total: T.let[T.float32] = red[0] + red[1]
         for j in T.vectorized(d):
             output[o0 + h // group, hk * group + h % group, j] = T.cast(acc[h, j] / total, output.dtype)
         lse[o0 + h // group, hk * group + h % group] = m[h] + T.log2(total)
@@ -181,7 +209,7 @@ def _merge_chunks(part_out, part_lse, slot0, count, output, lse, b, h, d):
     for c in T.serial(count):
         top[0] = T.max(top[0], part_lse[slot0 + c, h])
     for c in T.serial(count):
-        weight: T.float32 = T.exp2(part_lse[slot0 + c, h] - top[0])
+        weight: T.let[T.float32] = T.exp2(part_lse[slot0 + c, h] - top[0])
         top[1] = top[1] + weight
         for j in T.vectorized(d):
             merged[j] = merged[j] + weight * part_out[slot0 + c, h, j]
@@ -204,7 +232,7 @@ def _tile_of(indptr, batch_size, tile, found):
     first = T.decl_buffer((1,), "int32")
     first[0] = 0
     for b in T.serial(batch_size):
-        n: T.int32 = (indptr[b + 1] - indptr[b] + ROW_TILE - 1) // ROW_TILE
+        n: T.let[T.int32] = (indptr[b + 1] - indptr[b] + ROW_TILE - 1) // ROW_TILE
         if found[0] < 0 and tile < first[0] + n:
             found[0] = b
             found[1] = tile - first[0]
@@ -234,15 +262,18 @@ def _check_dims(d: int) -> None:
 
 
 def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softcap: float = 0.0,
-                  pv: int = 1) -> tirx.PrimFunc:
+                  pv: int = 1, sp: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_decode_paged_kv_cpu`` (``sliding``: ``…_sliding_window``, whose
     ``length_info`` is [3, B]: last page length, window start, sink length), with its arguments,
     outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores) and an
     empty sequence's result (zeros, lse -5e4); scores capped at ``softcap`` when it is set;
-    ``pv`` query vectors of a group share each value row (:data:`DECODE_VALUE_FLOATS`)."""
+    ``pv`` query vectors of a group share each value row (:data:`DECODE_VALUE_FLOATS`); ``sp``
+    partial sums per query vector (:data:`SCORE_CHAINS`)."""
     _check_dims(d)
     group, cap = h_q // h_kv, softcap * LOG2E
     qb, pv = _query_block(group), _value_block(group, pv)
+    line_elems = 64 // (DataType(dtype).bits // 8)  # elements per cache line
+    block_lines = PAGE_SIZE * d // line_elems  # a page's key (value) block of one head
 
     @T.prim_func
     def kernel(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle,
@@ -274,22 +305,22 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
         chunk0[0] = 0
         for b in T.serial(B):
             chunk0[b + 1] = chunk0[b] + (_seq_kv_len(page_indptr, length_info, b, sliding) + CHUNK - 1) // CHUNK
-        chunks: T.int32 = chunk0[B]
+        chunks: T.let[T.int32] = chunk0[B]
         for task in T.parallel(chunks * h_kv):
-            row: T.int32 = task // h_kv
-            hk: T.int32 = task % h_kv
+            row: T.let[T.int32] = task % chunks
+            hk: T.let[T.int32] = task // chunks
             for b in T.serial(B):
                 if row >= chunk0[b] and row < chunk0[b + 1]:
-                    first: T.int32 = page_indptr[b]
-                    window_start: T.int32 = length_info[1, b] if sliding else 0
-                    sink: T.int32 = length_info[2, b] if sliding else 0
-                    kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
-                    lo: T.int32 = (row - chunk0[b]) * CHUNK
-                    hi: T.int32 = T.min(kv_len, lo + CHUNK)
+                    first: T.let[T.int32] = page_indptr[b]
+                    window_start: T.let[T.int32] = length_info[1, b] if sliding else 0
+                    sink: T.let[T.int32] = length_info[2, b] if sliding else 0
+                    kv_len: T.let[T.int32] = _seq_kv_len(page_indptr, length_info, b, sliding)
+                    lo: T.let[T.int32] = (row - chunk0[b]) * CHUNK
+                    hi: T.let[T.int32] = T.min(kv_len, lo + CHUNK)
                     if sliding:  # the window moves keys off page boundaries: the chunk's keys, copied
                         staged = T.decl_buffer((d, CHUNK), dtype)
                         for pos in T.serial(lo, hi):
-                            at: T.int32 = _seq_pos(pos, window_start, sink)
+                            at: T.let[T.int32] = _seq_pos(pos, window_start, sink)
                             for j in T.serial(d):
                                 staged[j, pos - lo] = pages[key_at(page_values[first + at // PAGE_SIZE], hk,
                                                                    at % PAGE_SIZE, j, d)]
@@ -298,14 +329,17 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                                      lambda pos: _seq_pos(pos, window_start, sink) % PAGE_SIZE,
                                      lambda j, base, r: staged[j, base - lo + r],
                                      lambda page, off, j: pages[page, 1, hk, off, j],
-                                     sm_scale, group, d, cap, 1, qb, pv)
+                                     sm_scale, group, d, cap, 1, qb, pv, sp, None)
                     else:  # tiles start on page boundaries (chunks are whole pages)
                         _attend_rows(Q, part_out, part_lse, b, row, 1, lambda i: lo, lambda i: hi, hk,
                                      lambda pos: page_values[first + pos // PAGE_SIZE],
                                      lambda pos: pos % PAGE_SIZE,
                                      lambda j, base, r: pages[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, d)],
                                      lambda page, off, j: pages[page, 1, hk, off, j],
-                                     sm_scale, group, d, cap, 1, qb, pv)
+                                     sm_scale, group, d, cap, 1, qb, pv, sp,
+                                     (block_lines, lambda half, pos, line: T.address_of(pages[
+                                         page_values[first + pos // PAGE_SIZE], half, hk, line * line_elems // d,
+                                         line * line_elems % d]), kv_len))
         for bh in T.parallel(B * h_q):
             _merge_chunks(part_out, part_lse, chunk0[bh // h_q], chunk0[bh // h_q + 1] - chunk0[bh // h_q],
                           output, lse, bh // h_q, bh % h_q, d)
@@ -313,7 +347,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
 
 
 def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, window: int = 0,
-                         softcap: float = 0.0, pv: int = 1) -> tirx.PrimFunc:
+                         softcap: float = 0.0, pv: int = 1, sp: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_prefill_paged_kv_cpu`` (``sliding``: ``…_sliding_window`` with the layers'
     ``window``): each query row attends the keys its mask shows, as TVM's
     ``_causal_or_sliding_cross_mask``; a row that sees none gets zeros and lse -5e4."""
@@ -354,32 +388,32 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
             # padding, masked)
             key_t = T.alloc_buffer((h_kv, d, nnz_pages * PAGE_SIZE + TILE), dtype)
             for task in T.parallel(nnz_pages * h_kv):
-                hk: T.int32 = task % h_kv
-                slot: T.int32 = task // h_kv
+                hk: T.let[T.int32] = task % h_kv
+                slot: T.let[T.int32] = task // h_kv
                 for b in T.serial(batch_size):
                     if slot >= page_indptr[b] and slot < page_indptr[b + 1]:
-                        kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
+                        kv_len: T.let[T.int32] = _seq_kv_len(page_indptr, length_info, b, sliding)
                         for i in T.serial(PAGE_SIZE):
-                            pos: T.int32 = (slot - page_indptr[b]) * PAGE_SIZE + i
+                            pos: T.let[T.int32] = (slot - page_indptr[b]) * PAGE_SIZE + i
                             if pos < kv_len:
-                                at: T.int32 = _seq_pos(pos, length_info[1, b], length_info[2, b])
+                                at: T.let[T.int32] = _seq_pos(pos, length_info[1, b], length_info[2, b])
                                 for j in T.serial(d):
                                     key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = pages[key_at(
                                         page_values[page_indptr[b] + at // PAGE_SIZE], hk, at % PAGE_SIZE, j, d)]
         for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
-            hk: T.int32 = task % h_kv
+            hk: T.let[T.int32] = task % h_kv
             _tile_of(q_indptr, batch_size, task // h_kv, found)
             if found[0] >= 0:
-                b: T.int32 = found[0]
-                row0: T.int32 = found[1] * ROW_TILE
-                qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
-                first: T.int32 = page_indptr[b]
-                window_start: T.int32 = length_info[1, b] if sliding else 0
-                sink: T.int32 = length_info[2, b] if sliding else 0
-                kv_len: T.int32 = _seq_kv_len(page_indptr, length_info, b, sliding)
-                windowed: T.bool = causal > 0 and window > 0
-                plain_causal: T.bool = causal > 0 and not windowed
+                b: T.let[T.int32] = found[0]
+                row0: T.let[T.int32] = found[1] * ROW_TILE
+                qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                first: T.let[T.int32] = page_indptr[b]
+                window_start: T.let[T.int32] = length_info[1, b] if sliding else 0
+                sink: T.let[T.int32] = length_info[2, b] if sliding else 0
+                kv_len: T.let[T.int32] = _seq_kv_len(page_indptr, length_info, b, sliding)
+                windowed: T.let[T.bool] = causal > 0 and window > 0
+                plain_causal: T.let[T.bool] = causal > 0 and not windowed
                 _attend_rows(q, output, lse, q_indptr[b] + row0, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
                              lambda i: T.if_then_else(windowed, T.max(kv_len - T.max(window - row0 - i - 1, 0), 0), 0),
                              lambda i: T.if_then_else(plain_causal,
@@ -391,11 +425,12 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                              (lambda j, base, r: key_t[hk, j, first * PAGE_SIZE + base + r]) if sliding else
                              (lambda j, base, r: pages[key_at(page_values[first + base // PAGE_SIZE], hk, r, j, d)]),
                              lambda page, off, j: pages[page, 1, hk, off, j],
-                             sm_scale, group, d, cap, ROW_TILE, qb, pv)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv, sp, None)
     return kernel
 
 
-def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0, pv: int = 1) -> tirx.PrimFunc:
+def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: float = 0.0, pv: int = 1,
+                          sp: int = 1) -> tirx.PrimFunc:
     """TVM's ``batch_prefill_ragged_kv`` (a chunk's queries over the chunk's own keys, causal as
     TVM's ``_causal_mask``)."""
     _check_dims(d)
@@ -427,19 +462,19 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         key_t = T.alloc_buffer((h_kv, d, kv_total + TILE), "float32")  # the keys transposed, in fp32
         for task in T.parallel((kv_total + TILE - 1) // TILE * h_kv):
-            hk: T.int32 = task % h_kv
+            hk: T.let[T.int32] = task % h_kv
             for i, j in T.grid(TILE, d):
                 if task // h_kv * TILE + i < kv_total:
                     key_t[hk, j, task // h_kv * TILE + i] = T.cast(k[task // h_kv * TILE + i, hk, j], "float32")
         for task in T.parallel(((qo_total + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
-            hk: T.int32 = task % h_kv
+            hk: T.let[T.int32] = task % h_kv
             _tile_of(q_indptr, batch_size, task // h_kv, found)
             if found[0] >= 0:
-                b: T.int32 = found[0]
-                row0: T.int32 = found[1] * ROW_TILE
-                qo_len: T.int32 = q_indptr[b + 1] - q_indptr[b]
-                kv_len: T.int32 = kv_indptr[b + 1] - kv_indptr[b]
+                b: T.let[T.int32] = found[0]
+                row0: T.let[T.int32] = found[1] * ROW_TILE
+                qo_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                kv_len: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
                 _attend_rows(q, output, lse, q_indptr[b] + row0, q_indptr[b] + row0, T.min(ROW_TILE, qo_len - row0),
                              lambda i: 0,
                              lambda i: T.if_then_else(causal > 0, T.max(T.min(kv_len, kv_len - qo_len + row0 + i + 1), 0),
@@ -449,21 +484,21 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                              lambda pos: 0,
                              lambda j, base, r: key_t[hk, j, kv_indptr[b] + base + r],
                              lambda i, _, j: v[i, hk, j],
-                             sm_scale, group, d, cap, ROW_TILE, qb, pv)
+                             sm_scale, group, d, cap, ROW_TILE, qb, pv, sp, None)
     return kernel
 
 
 def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: float, pv: int,
-                 decode_pv: int) -> dict:
+                 decode_pv: int, sp: int) -> dict:
     """TVM's CPU attention kernels, by global symbol, and lowbit's kernel for each."""
     return {
-        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap, decode_pv),
+        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap, decode_pv, sp),
         "batch_decode_paged_kv_cpu_sliding_window":
-            lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap, decode_pv),
-        "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap, pv),
+            lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap, decode_pv, sp),
+        "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap, pv, sp),
         "batch_prefill_paged_kv_cpu_sliding_window":
-            lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap, pv),
-        "batch_prefill_ragged_kv": lambda: prefill_ragged_kernel(h_kv, h_q, d, dtype, softcap, pv),
+            lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, True, window, softcap, pv, sp),
+        "batch_prefill_ragged_kv": lambda: prefill_ragged_kernel(h_kv, h_q, d, dtype, softcap, pv, sp),
     }
 
 
@@ -477,7 +512,7 @@ def use_lowbit_attention(mod: IRModule, target: Target, h_kv: int, h_q: int, d: 
         return mod
     mcpu = str(target.attrs.get("mcpu", ""))
     pv, decode_pv = VALUE_BLOCKS.get(mcpu, 1), _decode_value_block(h_q // h_kv, d, DECODE_VALUE_FLOATS.get(mcpu, 0))
-    ours = {**_tvm_kernels(h_kv, h_q, d, dtype, window, softcap, pv, decode_pv),
+    ours = {**_tvm_kernels(h_kv, h_q, d, dtype, window, softcap, pv, decode_pv, SCORE_CHAINS.get(mcpu, 1)),
             **page_kernels(layers, h_kv, d, dtype)}
     found = {gv: f.attrs["global_symbol"] for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("global_symbol") in ours}

@@ -175,7 +175,7 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
                     amax[lane] = T.max(amax[lane], T.abs(x[0, t, blk * BLOCK + (i + 1) * LANES + lane]))
                 for lane in T.serial(1, LANES):
                     amax[0] = T.max(amax[0], amax[lane])
-                inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+                inv: T.let[T.float32] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
                 xd[t, blk] = amax[0] / T.float32(127)
                 for i in T.vectorized(BLOCK):
                     code[i] = T.cast(T.round(x[0, t, blk * BLOCK + i] * inv), "int8")
@@ -220,16 +220,16 @@ def gemm_body(scheme: Scheme, n_out: int, k_in: int):
                                     acc[r * vecs + v, T.ramp(0, 1, width)],
                                     panel[blk * STEPS + i, T.ramp(v * width, 1, width)],
                                     T.Broadcast(xq[T.min(tile * rows_per_tile + r, rows - 1), blk * STEPS + i], width))
-                    g: T.int32 = blk * BLOCK // group
+                    g: T.let[T.int32] = blk * BLOCK // group
                     for r in T.unroll(rows_per_tile):
-                        row: T.int32 = T.min(tile * rows_per_tile + r, rows - 1)
+                        row: T.let = T.min(tile * rows_per_tile + r, rows - 1)  # rows: int64 in a model
                         for v in T.unroll(vecs):
                             out[r * vecs + v, T.ramp(0, 1, width)] = out[r * vecs + v, T.ramp(0, 1, width)] + T.cast(
                                 acc[r * vecs + v, T.ramp(0, 1, width)], f"float32x{width}") * (
                                 scale[g, T.ramp(v * width, 1, width)] * T.Broadcast(xd[row, blk], width))
                 for g in T.serial(groups):
                     for r in T.unroll(rows_per_tile):
-                        row: T.int32 = T.min(tile * rows_per_tile + r, rows - 1)
+                        row: T.let = T.min(tile * rows_per_tile + r, rows - 1)  # rows: int64 in a model
                         for v in T.unroll(vecs):
                             out[r * vecs + v, T.ramp(0, 1, width)] = out[r * vecs + v, T.ramp(0, 1, width)] - (
                                 zero[g, T.ramp(v * width, 1, width)] * T.Broadcast(xsd[row, g], width))

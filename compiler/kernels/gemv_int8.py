@@ -277,7 +277,7 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
                 amax[lane] = T.max(amax[lane], T.abs(x[b, 0, blk * BLOCK + (i + 1) * LANES + lane]))
             for lane in T.serial(1, LANES):
                 amax[0] = T.max(amax[0], amax[lane])
-            inv: T.float32 = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+            inv: T.let[T.float32] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
             for lane in T.vectorized(LANES // blocks_per_run):  # the lanes of this block's elements
                 xd[b, blk // blocks_per_run * LANES + blk % blocks_per_run * (LANES // blocks_per_run) + lane] = (
                     amax[0] / T.float32(127) / T.float32(RESIDUAL ** (terms - 1)))

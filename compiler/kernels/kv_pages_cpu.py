@@ -59,7 +59,7 @@ def append_kernel(h_kv: int, d: int, dtype: str) -> tirx.PrimFunc:
         v = T.match_buffer(v_handle, (ntoken, h_kv, d), dtype)
         position_map = T.match_buffer(position_map_handle, (ntoken,), "int32", elem_offset=pm_off)
         for t in T.serial(ntoken):
-            pos: T.int32 = position_map[t]
+            pos: T.let[T.int32] = position_map[t]
             if pos != -1:
                 for h in T.serial(h_kv):
                     for j in T.serial(d):
@@ -104,8 +104,8 @@ def compact_kernel(h_kv: int, d: int, dtype: str) -> tirx.PrimFunc:
         src_dst = T.match_buffer(src_dst_handle, (2, total), "int32", elem_offset=src_dst_off)
         for b in T.serial(batch_size):
             for i in T.serial(indptr[b + 1] - indptr[b]):
-                src: T.int32 = src_dst[0, indptr[b] + i]
-                dst: T.int32 = src_dst[1, indptr[b] + i]
+                src: T.let[T.int32] = src_dst[0, indptr[b] + i]
+                dst: T.let[T.int32] = src_dst[1, indptr[b] + i]
                 for h in T.serial(h_kv):
                     for j in T.serial(d):
                         pages[key_at(dst // PAGE_SIZE, h, dst % PAGE_SIZE, j, d)] = pages[
@@ -133,7 +133,7 @@ def debug_get_kv_kernel(layers: int, h_kv: int, d: int, dtype: str) -> tirx.Prim
         k = T.match_buffer(k_handle, (layers, seqlen, h_kv, d), dtype)
         v = T.match_buffer(v_handle, (layers, seqlen, h_kv, d), dtype)
         for t, h in T.grid(seqlen, h_kv):
-            pos: T.int32 = position_map[t]
+            pos: T.let[T.int32] = position_map[t]
             for j in T.serial(d):
                 k[layer_id, t, h, j] = pages[key_at(pos // PAGE_SIZE, h, pos % PAGE_SIZE, j, d)]
                 v[layer_id, t, h, j] = pages[pos // PAGE_SIZE, 1, h, pos % PAGE_SIZE, j]

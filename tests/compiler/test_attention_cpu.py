@@ -40,14 +40,16 @@ def _reference(q, keys, values, cap):
 
 # float16: ``--kv-cache-dtype float16`` (q, pages and output in fp16, the arithmetic in fp32)
 # pv: query vectors of the group sharing each value row (the whole group of 3 on AVX-512 targets)
-@pytest.mark.parametrize("sliding,cap,dtype,pv", [(False, 0.0, "float32", 1), (True, 0.0, "float32", 3),
-                                                  (False, 2.0, "float32", 1), (False, 0.0, "float16", 3)])
-def test_decode_kernel_matches_numpy(sliding, cap, dtype, pv):
+# sp: partial sums per query vector in the score product (2 on AVX-512 targets)
+@pytest.mark.parametrize("sliding,cap,dtype,pv,sp", [
+    (False, 0.0, "float32", 1, 1), (True, 0.0, "float32", 3, 2), (False, 2.0, "float32", 1, 2),
+    (False, 0.0, "float16", 3, 2), (False, 0.0, "float32", 3, 4)])
+def test_decode_kernel_matches_numpy(sliding, cap, dtype, pv, sp):
     target = get_preset("llvm").tvm_target(BuildOptions())
-    kernel = decode_kernel(H_KV, H_Q, D, dtype, sliding, cap, pv)
+    kernel = decode_kernel(H_KV, H_Q, D, dtype, sliding, cap, pv, sp)
     run = tvm.compile(tvm.IRModule({"main": kernel}), target=target)["lowbit_attention_decode_cpu"]
     rng = np.random.default_rng(7)
-    lens = [0, 1, 16, 17, 64, 65, 300]  # stored keys per sequence; 64 per parallel chunk
+    lens = [0, 1, 16, 17, 64, 65, 300]  # stored keys per sequence; 64 per parallel chunk (its next page prefetched)
     starts = [0, 0, 3, 5, 0, 1, 40] if sliding else [0] * 7  # the window's first key
     sinks = [0, 0, 2, 0, 0, 1, 4] if sliding else [0] * 7  # keys kept before it
     n_pages = [-(-n // PAGE_SIZE) for n in lens]
@@ -92,12 +94,12 @@ def _visible(row: int, qo_len: int, kv_len: int, causal: int, window: int) -> ra
 
 
 # pv: query vectors sharing each value row (2 on AVX-512 targets); float16: --kv-cache-dtype float16
-@pytest.mark.parametrize("sliding,causal,cap,pv,dtype", [
-    (False, 1, 0.0, 1, "float32"), (False, 0, 0.0, 2, "float32"), (True, 1, 2.0, 2, "float32"),
-    (True, 0, 0.0, 1, "float32"), (False, 1, 0.0, 2, "float16")])
-def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap, pv, dtype):
+@pytest.mark.parametrize("sliding,causal,cap,pv,dtype,sp", [
+    (False, 1, 0.0, 1, "float32", 1), (False, 0, 0.0, 2, "float32", 2), (True, 1, 2.0, 2, "float32", 2),
+    (True, 0, 0.0, 1, "float32", 1), (False, 1, 0.0, 2, "float16", 2)])
+def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap, pv, dtype, sp):
     window = 7
-    run = _compile(prefill_paged_kernel(H_KV, H_Q, D, dtype, sliding, window, cap, pv),
+    run = _compile(prefill_paged_kernel(H_KV, H_Q, D, dtype, sliding, window, cap, pv, sp),
                    "lowbit_attention_prefill_paged_cpu")
     rng = np.random.default_rng(8)
     lens, qo = [0, 5, 40, 33], [3, 4, 1, 20]  # stored keys and chunk rows per sequence
@@ -133,9 +135,9 @@ def test_prefill_paged_kernel_matches_numpy(sliding, causal, cap, pv, dtype):
                 assert abs(got_lse[t, h] - want_lse) < 1e-3 * max(1.0, abs(want_lse))
 
 
-@pytest.mark.parametrize("causal,pv", [(1, 1), (1, 2), (0, 1)])
-def test_prefill_ragged_kernel_matches_numpy(causal, pv):
-    run = _compile(prefill_ragged_kernel(H_KV, H_Q, D, "float32", 0.0, pv), "lowbit_attention_prefill_ragged_cpu")
+@pytest.mark.parametrize("causal,pv,sp", [(1, 1, 1), (1, 2, 2), (0, 1, 2)])
+def test_prefill_ragged_kernel_matches_numpy(causal, pv, sp):
+    run = _compile(prefill_ragged_kernel(H_KV, H_Q, D, "float32", 0.0, pv, sp), "lowbit_attention_prefill_ragged_cpu")
     rng = np.random.default_rng(9)
     qo, kv = [1, 17, 5], [1, 20, 5]
     q_indptr = np.concatenate([[0], np.cumsum(qo)]).astype("int32")
