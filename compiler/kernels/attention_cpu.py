@@ -239,6 +239,13 @@ def _tile_of(indptr, batch_size, tile, found):
         first[0] = first[0] + n
 
 
+def _zigzag(t, n):
+    """The row tile that task ``t`` of ``n`` takes: 0, n − 1, 1, n − 2, … A causal row tile's work
+    grows with its row, and the parallel loop gives each thread a contiguous range of tasks, so in
+    row order the last thread got the longest rows (with 2 threads, 3/4 of the work)."""
+    return T.if_then_else(t % 2 == 0, t // 2, n - 1 - t // 2)
+
+
 def _kv_len(n_pages, last_len, window_start, sink):
     """Keys a sequence attends in its pages: TVM's ``_get_kv_chunk_len``."""
     return T.if_then_else(n_pages > 0, (n_pages - 1) * PAGE_SIZE + last_len - window_start + sink, 0)
@@ -403,7 +410,7 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
         for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.let[T.int32] = task % h_kv
-            _tile_of(q_indptr, batch_size, task // h_kv, found)
+            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, (total_len + ROW_TILE - 1) // ROW_TILE + batch_size), found)
             if found[0] >= 0:
                 b: T.let[T.int32] = found[0]
                 row0: T.let[T.int32] = found[1] * ROW_TILE
@@ -460,16 +467,23 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
         output = T.match_buffer(output_handle, (qo_total, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (qo_total, h_q), "float32")
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
-        key_t = T.alloc_buffer((h_kv, d, kv_total + TILE), "float32")  # the keys transposed, in fp32
+        # the keys in fp32, as the pages hold them: a block [d, TILE] per tile of 16 keys, so a tile's
+        # keys are one run of memory (one head dimension per row across the whole chunk put each of
+        # a tile's 64 rows on its own memory page). Sequence b's tiles start at kv_indptr[b] // TILE + b.
+        key_t = T.alloc_buffer((h_kv, kv_total // TILE + batch_size + 1, d, TILE), "float32")
         for task in T.parallel((kv_total + TILE - 1) // TILE * h_kv):
             hk: T.let[T.int32] = task % h_kv
-            for i, j in T.grid(TILE, d):
-                if task // h_kv * TILE + i < kv_total:
-                    key_t[hk, j, task // h_kv * TILE + i] = T.cast(k[task // h_kv * TILE + i, hk, j], "float32")
+            for i in T.serial(TILE):
+                pos: T.let[T.int32] = task // h_kv * TILE + i
+                for b in T.serial(batch_size):
+                    if pos >= kv_indptr[b] and pos < kv_indptr[b + 1]:
+                        for j in T.serial(d):
+                            key_t[hk, kv_indptr[b] // TILE + b + (pos - kv_indptr[b]) // TILE, j,
+                                  (pos - kv_indptr[b]) % TILE] = T.cast(k[pos, hk, j], "float32")
         for task in T.parallel(((qo_total + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.let[T.int32] = task % h_kv
-            _tile_of(q_indptr, batch_size, task // h_kv, found)
+            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, (qo_total + ROW_TILE - 1) // ROW_TILE + batch_size), found)
             if found[0] >= 0:
                 b: T.let[T.int32] = found[0]
                 row0: T.let[T.int32] = found[1] * ROW_TILE
@@ -482,7 +496,7 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                              hk,
                              lambda pos: kv_indptr[b] + pos,
                              lambda pos: 0,
-                             lambda j, base, r: key_t[hk, j, kv_indptr[b] + base + r],
+                             lambda j, base, r: key_t[hk, kv_indptr[b] // TILE + b + base // TILE, j, r],
                              lambda i, _, j: v[i, hk, j],
                              sm_scale, group, d, cap, ROW_TILE, qb, pv, sp, None)
     return kernel
