@@ -13,10 +13,13 @@ and the query heads that share a key head (GQA) go together:
   a lane reduction, and :data:`SCORE_CHAINS` partial sums per query keep the multiply-adds in
   flight. Tiles start on page boundaries and read the pages directly; where a sliding
   window moves keys off them, the keys in window order are copied first (prefill: once per
-  call; decode: per 64-key chunk). The chunk's own keys (prefill within a chunk) are copied
-  transposed, in fp32, once per call. Decode prefetches the next page's key and value blocks
-  into L2 while it works on a tile: a page of a head is two 1–2 KiB blocks 6–12 KiB apart, short
-  runs the hardware prefetcher does not follow across;
+  call; decode: per 64-key chunk). The chunk's own keys (prefill within a chunk) are copied once
+  per call, in fp32, into the pages' layout (a [head_dim, 16] block per tile). Decode prefetches
+  the next page's key and value blocks into L2 while it works on a tile: a head's part of a page is
+  two blocks of 16 × head_dim, h_kv blocks apart, runs too short for the hardware prefetcher to
+  follow from page to page;
+* causal prefill hands out its row tiles longest and shortest in turn (:func:`_zigzag`), so the
+  parallel loop's contiguous ranges of tasks carry equal work;
 * prefill shares each value row between query vectors where the target's registers allow
   (:data:`VALUE_BLOCKS`);
 * the online softmax is updated once per tile of 16 keys, its exponentials vectorised
