@@ -68,6 +68,7 @@ def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv
     prefill matmuls' activations (recorded in the metadata's config, ``prefill_activations``)."""
     from tvm import relax
 
+    from lowbit.compiler.kernels.attention_cpu import attention_prefetch
     from lowbit.compiler.kernels.gemm_int8 import prefill_activations
     from lowbit.compiler.kernels.gemv_int8 import decode_activations
     from lowbit.compiler.models import create_model
@@ -80,7 +81,8 @@ def export_model(chat: dict, preset: Preset, target, activations: str = "fp", kv
     model = create_model(arch, chat["model_config"], get_scheme(chat["quantization"]), target,
                          preset.compute_dtype, kv_cache_dtype, prefill)
     # the fused kernels take the form the target's schedules expect
-    with target, decode_activations(activations), prefill_activations(prefill):
+    with target, decode_activations(activations), prefill_activations(prefill), \
+            attention_prefetch(not preset.system_lib):
         mod, named_params = model.export_tvm(spec=model.get_default_spec())
         mod = model.finish_module(mod)
     metadata = LibraryMetadata(

@@ -35,6 +35,10 @@ of the vector lanes keeps TVM's kernels.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from tvm import DataType, IRModule, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -65,6 +69,20 @@ DECODE_VALUE_FLOATS = {"x86-64-v4": 24 * 16}
 # prefill's 6 query vectors; a 2,000-key decode (head_dim 64, fp16) took 80 → 74 µs from cache,
 # 143 → 138 µs from DRAM. AVX2's 16 registers have no room.
 SCORE_CHAINS = {"x86-64-v4": 2}
+# TVM 0.27's system-lib build (a static archive: `lowbit package`, the apps) rejects a call that
+# returns void, as llvm.prefetch does (AttachGlobalSymbol: "Cannot treat type `ir.Call` as type
+# `ir.Expr`"), so such builds decode without the prefetch.
+_prefetch: ContextVar[bool] = ContextVar("lowbit_attention_prefetch", default=True)
+
+
+@contextmanager
+def attention_prefetch(enabled: bool) -> Iterator[None]:
+    """Within the block, the decode attention built for a model prefetches (``enabled``) or not."""
+    token = _prefetch.set(enabled)
+    try:
+        yield
+    finally:
+        _prefetch.reset(token)
 
 
 def _query_block(nq: int) -> int:
@@ -272,13 +290,14 @@ def _check_dims(d: int) -> None:
 
 
 def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softcap: float = 0.0,
-                  pv: int = 1, sp: int = 1) -> tirx.PrimFunc:
+                  pv: int = 1, sp: int = 1, prefetch: bool = True) -> tirx.PrimFunc:
     """TVM's ``batch_decode_paged_kv_cpu`` (``sliding``: ``…_sliding_window``, whose
     ``length_info`` is [3, B]: last page length, window start, sink length), with its arguments,
     outputs (``output``, and ``lse`` in log2 units of the ``sm_scale``-scaled scores) and an
     empty sequence's result (zeros, lse -5e4); scores capped at ``softcap`` when it is set;
     ``pv`` query vectors of a group share each value row (:data:`DECODE_VALUE_FLOATS`); ``sp``
-    partial sums per query vector (:data:`SCORE_CHAINS`)."""
+    partial sums per query vector (:data:`SCORE_CHAINS`); ``prefetch``: the next page's blocks
+    prefetched (:func:`attention_prefetch`)."""
     _check_dims(d)
     group, cap = h_q // h_kv, softcap * LOG2E
     qb, pv = _query_block(group), _value_block(group, pv)
@@ -349,7 +368,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool, softca
                                      sm_scale, group, d, cap, 1, qb, pv, sp,
                                      (block_lines, lambda half, pos, line: T.address_of(pages[
                                          page_values[first + pos // PAGE_SIZE], half, hk, line * line_elems // d,
-                                         line * line_elems % d]), kv_len))
+                                         line * line_elems % d]), kv_len) if prefetch else None)
         for bh in T.parallel(B * h_q):
             _merge_chunks(part_out, part_lse, chunk0[bh // h_q], chunk0[bh // h_q + 1] - chunk0[bh // h_q],
                           output, lse, bh // h_q, bh % h_q, d)
@@ -509,7 +528,8 @@ def _tvm_kernels(h_kv: int, h_q: int, d: int, dtype: str, window: int, softcap: 
                  decode_pv: int, sp: int) -> dict:
     """TVM's CPU attention kernels, by global symbol, and lowbit's kernel for each."""
     return {
-        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap, decode_pv, sp),
+        "batch_decode_paged_kv_cpu": lambda: decode_kernel(h_kv, h_q, d, dtype, False, softcap, decode_pv, sp,
+                                                           _prefetch.get()),
         "batch_decode_paged_kv_cpu_sliding_window":
             lambda: decode_kernel(h_kv, h_q, d, dtype, True, softcap, decode_pv, sp),
         "batch_prefill_paged_kv_cpu": lambda: prefill_paged_kernel(h_kv, h_q, d, dtype, False, 0, softcap, pv, sp),
