@@ -260,6 +260,12 @@ def _tile_of(indptr, batch_size, tile, found):
         first[0] = first[0] + n
 
 
+def _chunk_tile(kv_indptr, b, pos):
+    """The block of a chunk's copied keys that holds key ``pos`` of sequence ``b``: sequence b's
+    blocks start at ``kv_indptr[b] // TILE + b``, past every block of the sequences before it."""
+    return kv_indptr[b] // TILE + b + pos // TILE
+
+
 def _zigzag(t, n):
     """The row tile that task ``t`` of ``n`` takes: 0, n − 1, 1, n − 2, … A causal row tile's work
     grows with its row, and the parallel loop gives each thread a contiguous range of tasks, so in
@@ -429,10 +435,11 @@ def prefill_paged_kernel(h_kv: int, h_q: int, d: int, dtype: str, sliding: bool,
                                 for j in T.serial(d):
                                     key_t[hk, j, page_indptr[b] * PAGE_SIZE + pos] = pages[key_at(
                                         page_values[page_indptr[b] + at // PAGE_SIZE], hk, at % PAGE_SIZE, j, d)]
-        for task in T.parallel(((total_len + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
+        row_tiles: T.let[T.int32] = (total_len + ROW_TILE - 1) // ROW_TILE + batch_size  # an upper bound
+        for task in T.parallel(row_tiles * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.let[T.int32] = task % h_kv
-            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, (total_len + ROW_TILE - 1) // ROW_TILE + batch_size), found)
+            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, row_tiles), found)
             if found[0] >= 0:
                 b: T.let[T.int32] = found[0]
                 row0: T.let[T.int32] = found[1] * ROW_TILE
@@ -491,7 +498,7 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
         assert rotary_mode == 0, "lowbit's CPU attention takes keys already rotated (no inline RoPE)"
         # the keys in fp32, as the pages hold them: a block [d, TILE] per tile of 16 keys, so a tile's
         # keys are one run of memory (one head dimension per row across the whole chunk put each of
-        # a tile's 64 rows on its own memory page). Sequence b's tiles start at kv_indptr[b] // TILE + b.
+        # a tile's 64 rows on its own memory page), at :func:`_chunk_tile`.
         key_t = T.alloc_buffer((h_kv, kv_total // TILE + batch_size + 1, d, TILE), "float32")
         for task in T.parallel((kv_total + TILE - 1) // TILE * h_kv):
             hk: T.let[T.int32] = task % h_kv
@@ -500,12 +507,13 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                 for b in T.serial(batch_size):
                     if pos >= kv_indptr[b] and pos < kv_indptr[b + 1]:
                         for j in T.serial(d):
-                            key_t[hk, kv_indptr[b] // TILE + b + (pos - kv_indptr[b]) // TILE, j,
+                            key_t[hk, _chunk_tile(kv_indptr, b, pos - kv_indptr[b]), j,
                                   (pos - kv_indptr[b]) % TILE] = T.cast(k[pos, hk, j], "float32")
-        for task in T.parallel(((qo_total + ROW_TILE - 1) // ROW_TILE + batch_size) * h_kv):
+        row_tiles: T.let[T.int32] = (qo_total + ROW_TILE - 1) // ROW_TILE + batch_size  # an upper bound
+        for task in T.parallel(row_tiles * h_kv):
             found = T.decl_buffer((2,), "int32")
             hk: T.let[T.int32] = task % h_kv
-            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, (qo_total + ROW_TILE - 1) // ROW_TILE + batch_size), found)
+            _tile_of(q_indptr, batch_size, _zigzag(task // h_kv, row_tiles), found)
             if found[0] >= 0:
                 b: T.let[T.int32] = found[0]
                 row0: T.let[T.int32] = found[1] * ROW_TILE
@@ -518,7 +526,7 @@ def prefill_ragged_kernel(h_kv: int, h_q: int, d: int, dtype: str, softcap: floa
                              hk,
                              lambda pos: kv_indptr[b] + pos,
                              lambda pos: 0,
-                             lambda j, base, r: key_t[hk, kv_indptr[b] // TILE + b + base // TILE, j, r],
+                             lambda j, base, r: key_t[hk, _chunk_tile(kv_indptr, b, base), j, r],
                              lambda i, _, j: v[i, hk, j],
                              sm_scale, group, d, cap, ROW_TILE, qb, pv, sp, None)
     return kernel
