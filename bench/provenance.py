@@ -37,6 +37,10 @@ RESULTS_DIR = "bench/results/"
 # A multi-threaded float reduction may split its sums by thread count, so a row records these and
 # bench/verify.py re-runs it with the same values.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS")
+# The vector extensions that pick which kernels torch and TVM run: an AVX2 and an AVX-512 host
+# sum floats in different orders, so the same command can give a different last digit.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "amx_tile")
 
 
 def _git(repo: Path, *args: str) -> str | None:
@@ -83,7 +87,34 @@ def record(argv: list[str] | None = None) -> dict:
     script = Path(argv[0]).resolve()
     shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else argv[0]
     return {**git_state(base=STARTED_AT), "packages": package_versions(),
-            "argv": ["python", shown, *argv[1:]], "threads": threads()}
+            "argv": ["python", shown, *argv[1:]], "threads": threads(), "cpu": cpu()}
+
+
+def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | list[str]]:
+    """The host CPU's model name, its vector extensions among :data:`ISA_FLAGS`, and the
+    capability torch dispatches its CPU kernels for (when torch is loaded)."""
+    fields: dict[str, str] = {}
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    found: dict[str, str | list[str]] = {"model": fields.get("model name", "unknown"),
+                                         "isa": [f for f in ISA_FLAGS if f in flags]}
+    if "torch" in sys.modules:
+        found["torch_capability"] = sys.modules["torch"].backends.cpu.get_cpu_capability()
+    return found
+
+
+def compare_cpu(row: dict, now: dict) -> str:
+    """"same" when ``now`` (a :func:`cpu` record) has the vector extensions and torch dispatch
+    of the CPU ``row`` recorded, "other ISA" when not, "not recorded" for a row without one."""
+    then = (row.get("provenance") or {}).get("cpu")
+    if not then:
+        return "not recorded"
+    same = (then.get("isa") == now.get("isa")
+            and then.get("torch_capability") == now.get("torch_capability"))
+    return "same" if same else "other ISA"
 
 
 def threads() -> dict[str, str | int]:

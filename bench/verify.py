@@ -15,7 +15,9 @@ Methods without data or training (FP, RTN) are the same arithmetic every run: ru
 must match within ``--tolerance`` (0.1 % relative). The data-driven methods' forward passes and
 training use multi-threaded float reductions, so they are not treated as bit-deterministic: run
 ``--repeat`` times, the run-to-run spread is shown beside the mean, and a row matches when it is
-within the larger of the tolerance and that spread.
+within the larger of the tolerance and that spread. Rows record their CPU's vector extensions
+(an AVX2 and an AVX-512 host sum floats in different orders); the CPU column says whether the
+re-run's are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import quality
 import zeroshot
-from provenance import REPO, record, thread_environment
+from provenance import REPO, compare_cpu, record, thread_environment
 
 from lowbit.cache import atomic_file
 
@@ -143,6 +145,7 @@ def verify(selected: list[Selected], repeat: int, tolerance: float, scratch: Pat
             folder.mkdir(parents=True)
             runs.append(runner(s.bench, s.row, folder))
         comparisons = compare(s.row, runs, METRICS[s.bench], tolerance)
+        rerun_cpus = [(r.get("provenance") or {}).get("cpu") or {} for r in runs]
         entry = {"row": s.label, "bench": s.bench, "index": s.index,
                  "command": ROW_COMMAND[s.bench](s.row),
                  "deterministic": s.row["method"] in DETERMINISTIC_METHODS,
@@ -151,19 +154,21 @@ def verify(selected: list[Selected], repeat: int, tolerance: float, scratch: Pat
                                  for c in comparisons],
                  "run_seconds": [r.get("seconds", 0.0) + r.get("eval_seconds", 0.0)
                                  for r in runs],
+                 "cpu": sorted({compare_cpu(s.row, c) for c in rerun_cpus}),
                  "provenance": record()}
         print(table([entry]), flush=True)
         yield entry
 
 
 def table(report: list[dict]) -> str:
-    lines = ["| row | metric | recorded | re-measured | runs | spread | difference | match |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | metric | recorded | re-measured | runs | spread | difference | match | CPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for entry in report:
         for c in entry["comparisons"]:
             lines.append(f"| {entry['row']} | {c['metric']} | {c['recorded']:.4f} | "
                          f"{c['mean']:.4f} | {len(c['runs'])} | {100 * c['spread']:.3f} % | "
-                         f"{100 * c['rel_diff']:+.3f} % | {'yes' if c['matches'] else 'NO'} |")
+                         f"{100 * c['rel_diff']:+.3f} % | {'yes' if c['matches'] else 'NO'} | "
+                         f"{', '.join(entry.get('cpu', []))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,31 @@ def test_record_keeps_the_thread_counts_and_verify_reruns_with_them(monkeypatch,
     assert seen["OMP_NUM_THREADS"] == "3"
 
 
+def test_record_keeps_the_cpu_and_verify_says_when_a_rerun_ran_on_another(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma avx512f "
+                    "avx512bw avx512_vnni\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    epyc = provenance.cpu(info)
+    assert epyc["model"] == "AMD EPYC"
+    assert epyc["isa"] == ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"]
+    assert epyc["torch_capability"] == __import__("torch").backends.cpu.get_cpu_capability()
+    assert provenance.record([str(BENCH / "quality.py")])["cpu"] == provenance.cpu()
+
+    row = {"provenance": {"cpu": epyc}}
+    assert provenance.compare_cpu(row, dict(epyc)) == "same"
+    avx2 = {**epyc, "isa": ["avx2", "fma"], "torch_capability": "AVX2"}
+    assert provenance.compare_cpu(row, avx2) == "other ISA"
+    assert provenance.compare_cpu(row, {**epyc, "torch_capability": "AVX2"}) == "other ISA"
+    assert provenance.compare_cpu({"ppl": 1.0}, epyc) == "not recorded"
+
+    recorded = {**fake_rows()["quality"][1], "provenance": {"cpu": epyc}}
+    rerun = {**recorded, "provenance": {"cpu": avx2}}
+    (entry,) = verify.verify([verify.Selected("quality", 1, recorded)], repeat=1, tolerance=1e-3,
+                             scratch=tmp_path, runner=lambda bench, row, scratch: rerun)
+    assert entry["cpu"] == ["other ISA"]
+    assert verify.table([entry]).splitlines()[-1].endswith("| yes | other ISA |")
+
+
 def test_source_closure_follows_imports_but_not_other_methods():
     rtn = provenance.source_closure("lowbit.calib.rtn")
     assert {"lowbit.calib.rtn", "lowbit.quantizer"} <= rtn.keys()
@@ -323,7 +348,7 @@ def test_verify_repeats_only_nondeterministic_methods(tmp_path):
     assert g["spread"] == pytest.approx(0.02) and g["rel_diff"] == pytest.approx(0.0)
     assert [c["metric"] for c in boolq["comparisons"]] == ["acc"]  # acc_norm not reported
     assert "| quality:3 gptq-w3g128-presetsmall | ppl | 47.0000 | 47.0000 | 2 | 2.000 % | " \
-           "+0.000 % | yes |" in verify.table(report)
+           "+0.000 % | yes | not recorded |" in verify.table(report)
 
 
 def test_nf3_cells_round_trip_through_their_command():
