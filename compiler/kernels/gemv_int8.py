@@ -36,9 +36,9 @@ and the row stays in L1 for the rest.
 exactly a 2-bit row's run of R = 128 elements, so a step loads those 12 words (three 16-byte
 loads), shuffles the eight low words into one register and treats them as 2-bit codes, and adds
 each element's high bit: the four high words are 128 bits, bit e for element e; byte j of plane i
-needs bit 4j + i, so each high byte is duplicated and split into its two nibbles (byte j = nibble
-j), and plane i takes bit i of it, shifted to bit 2 of the code. Codes up to 7: pairs at most
-2·7·127, four planes at most 7112.
+needs bit 4j + i, so each high byte is duplicated (byte j = high byte j // 2), and plane i tests
+bit 4·(j % 2) + i of byte j and adds 4 to the code where it is set (on AVX-512 a ``vptestnmb`` and
+a masked byte move per plane). Codes up to 7: pairs at most 2·7·127, four planes at most 7112.
 
 8-bit weights (the ``…_q8head`` schemes' lm_head, symmetric: ``w = (q − 127)·s``) are one plane
 of 32 codes per 32-byte load, so x keeps its order. Unsigned codes up to 254 times activations up
@@ -209,15 +209,18 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
         parts = [w[n, T.ramp(r * step_words + 4 * i, 1, 4)] for i in range(3)]
         return T.Shuffle(parts, [0, 1, 3, 4, 6, 7, 9, 10]), T.Shuffle(parts, [2, 5, 8, 11])
 
-    def high_nibbles(high):
-        """uint16x16 whose byte j is nibble j of the 128 high bits (bit 4j + i: element 4j + i)."""
-        pairs = T.reinterpret("uint16x16", T.Shuffle([T.reinterpret("uint8x16", high)] * 2, [k // 2 for k in range(32)]))
-        return (pairs & T.Broadcast(T.uint16(0x000F), 16)) | ((pairs >> T.Broadcast(T.uint16(4), 16)) & T.Broadcast(T.uint16(0x0F00), 16))
+    def high_pairs(high):
+        """uint8x32 whose bytes 2m and 2m + 1 are both byte m of the 128 high bits."""
+        return T.Shuffle([T.reinterpret("uint8x16", high)] * 2, [k // 2 for k in range(32)])
 
-    def high_plane(nibbles, i):
-        """Bit i of each nibble byte, moved to bit 2 (the code's high bit), as uint32x8."""
-        moved = nibbles << T.Broadcast(T.uint16(2 - i), 16) if i <= 2 else nibbles >> T.Broadcast(T.uint16(1), 16)
-        return T.reinterpret("uint32x8", moved & T.Broadcast(T.uint16(0x0404), 16))
+    def with_high_plane(plain, pairs, i):
+        """Plane i's codes with their high bits: byte j of the plane is element 4j + i, whose
+        high bit is bit 4·(j % 2) + i of pair byte j; where it is set, the code gains 4 (one
+        byte test and one masked add on AVX-512)."""
+        select = T.reinterpret("uint8x32", T.Broadcast(T.uint16((1 << i) | (1 << (12 + i))), 16))
+        codes = T.reinterpret("uint8x32", plain)
+        return T.Select((pairs & select) != T.Broadcast(T.uint8(0), RUN_BYTES),
+                        codes | T.Broadcast(T.uint8(4), RUN_BYTES), codes)
 
     def dot_sum(pairs):
         """int32x8: lane l sums bytes 4l … 4l + 3 of every (unsigned, signed) int8x32 pair."""
@@ -239,11 +242,11 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
             xr = xq[b, T.ramp(r * run, 1, RUN_BYTES)]
             codes = T.reinterpret("int8x32", v) - T.Broadcast(T.int8(scheme.max_int), RUN_BYTES)
             return dot_sum([(T.abs(xr), T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", codes, xr))])
-        nibbles = None if high is None else high_nibbles(high)
+        highs = None if high is None else high_pairs(high)
         pairs = []
         for i in range(planes):
             plain = (v >> T.Broadcast(T.uint32(low_bits * i), 8)) & mask
-            codes = T.reinterpret("int8x32", plain if high is None else plain | high_plane(nibbles, i))
+            codes = T.reinterpret("int8x32", plain if high is None else with_high_plane(plain, highs, i))
             pairs.append((codes, xq[b, T.ramp(r * run + i * RUN_BYTES, 1, RUN_BYTES)]))
         return dot_sum(pairs)
 
@@ -313,12 +316,11 @@ def gemv_body(scheme: Scheme, n_out: int, k_in: int, terms: int = 1):
             for i in T.unroll(count):
                 acc[T.ramp(i * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)] + T.cast(sequence_dots(load(w, n, r), xq, xs, z, b0 + i, n, r), "float32x8") * (
                     scale_vec(s, n, r) * xd[b0 + i, T.ramp(r * LANES, 1, LANES)])
-        for i in T.unroll(count):
-            total = T.decl_buffer((1,), "float32")
-            total[0] = T.float32(0)
-            for lane in T.serial(LANES):
-                total[0] = total[0] + acc[i * LANES + lane]
-            y[b0 + i, 0, n] = total[0]
+        for i in T.unroll(count):  # the lanes' sum as a tree: halves added, three adds deep
+            half = T.decl_buffer((LANES // 2,), "float32")
+            half[T.ramp(0, 1, 4)] = acc[T.ramp(i * LANES, 1, 4)] + acc[T.ramp(i * LANES + 4, 1, 4)]
+            half[T.ramp(0, 1, 2)] = half[T.ramp(0, 1, 2)] + half[T.ramp(2, 1, 2)]
+            y[b0 + i, 0, n] = half[0] + half[1]
 
     @T.macro
     def body(x, w, s, z, y, B):
