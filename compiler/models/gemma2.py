@@ -94,8 +94,9 @@ class Gemma2DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
 
     def forward(self, h: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
-        h = h + self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), kv, layer_id))
-        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        attn = self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), kv, layer_id))
+        h, x = self.pre_feedforward_layernorm.after_add(h, attn)
+        return h + self.post_feedforward_layernorm(self.mlp(x))
 
 
 class Gemma2Model(LlamaModel):

@@ -28,6 +28,7 @@ from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
 from lowbit.compiler.kernels.gated_cpu import gated_silu
+from lowbit.compiler.kernels.norm_cpu import add_rms_norm, rms_norm
 from lowbit.compiler.kernels.rope_cpu import use_lowbit_split_rotary
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
 from lowbit.compiler.kernels.gemm_int8 import batch_decode_int8, gemm_int8, int8_prefill_applies
@@ -216,7 +217,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return op.rms_norm(x, self.weight.astype(x.dtype), axes=[-1], epsilon=self.eps)
+        return rms_norm(x, self.weight, self.eps)
+
+    def after_add(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x + d, norm(x + d))``: a residual add and the norm that reads it, one kernel on CPU."""
+        return add_rms_norm(x, d, self.weight, self.eps)
 
 
 def fused_qkv_attention(kv: PagedKVCache, layer_id: int, qkv: Tensor, cfg: LlamaConfig, sm_scale: float) -> Tensor:
@@ -270,8 +275,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
 
     def forward(self, h: Tensor, kv: PagedKVCache, layer_id: int) -> Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h, x = self.post_attention_layernorm.after_add(h, self.self_attn(self.input_layernorm(h), kv, layer_id))
+        return h + self.mlp(x)
 
 
 class LlamaModel(nn.Module):

@@ -138,8 +138,8 @@ class Phi3Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, scheme.model_dtype)
 
     def forward(self, h: Tensor, rope: tuple[Tensor, Tensor, Tensor], kv: PagedKVCache, layer_id: int) -> Tensor:
-        h = h + self.mixer(self.ln(h), rope, kv, layer_id)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h, x = self.post_attention_layernorm.after_add(h, self.mixer(self.ln(h), rope, kv, layer_id))
+        return h + self.mlp(x)
 
 
 class Phi3Model(nn.Module):
