@@ -6,7 +6,8 @@ Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
 1. library dispatch (sampling, sort/scan);
 2. legalize + fuse (the fused dequant→matmul PrimFuncs take their bias/SiLU epilogues here);
 3. schedule: :class:`QuantMatmulCPU` for every fused quantized matmul, :class:`OneRowSerial`
-   for one-row reductions (decode's norms), dlight's CPU GEMV and Reduction rules for the rest
+   for one-row reductions (a decode norm that ``compiler/kernels/norm_cpu.py`` does not take),
+   dlight's CPU GEMV and Reduction rules for the rest
    (norms over many rows, softmax);
 4. dataflow lowering and VM finalization.
 """
@@ -14,7 +15,7 @@ Phases (as ``relax.backend.cpu_generic``, with phase 3 added):
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir
+from tvm import relax, s_tir
 from tvm.s_tir import dlight
 
 from lowbit.compiler.kernels.cpu_schedule import QuantMatmulCPU
@@ -60,6 +61,26 @@ def mark_all_noalias(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.
     return out
 
 
+@tvm.transform.module_pass(opt_level=0, name="MergeReshapes")
+def merge_reshapes(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """``reshape(reshape(x, a), b)`` → ``reshape(x, b)`` in every relax function.
+
+    The paged KV cache's attention reshapes the model's [b, s, heads, head_dim] q/k/v to
+    [b·s, heads, head_dim], and its output back, beside the model's own reshapes. Stock fusion
+    makes each such pair one copy kernel with its output allocated (60 per decode step of the
+    bundled model); one reshape stays a view of its input (``RewriteDataflowReshape``).
+    """
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x, shape = wildcard(), wildcard()
+    pair = is_op("relax.reshape")(is_op("relax.reshape")(x, wildcard()), shape)
+    out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = rewrite_call(pair, lambda _, m: relax.op.reshape(m[x], m[shape]), func)
+    return out
+
+
 def schedule_rules() -> tvm.transform.Pass:
     """Phase 3: the first rule that applies schedules each PrimFunc."""
     return dlight.ApplyDefaultSchedule(QuantMatmulCPU(), OneRowSerial(), dlight.cpu.GEMV(),
@@ -70,4 +91,5 @@ def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """The relax pipeline for an llvm target: stock legalization and fusion, then our schedules."""
     from tvm.relax.backend.cpu_generic import pipeline as stock
 
-    return phased_pipeline(target, stock, stock.legalize_passes(target) + [schedule_rules(), mark_all_noalias])
+    return phased_pipeline(target, stock, [merge_reshapes, *stock.legalize_passes(target), schedule_rules(),
+                                           mark_all_noalias])

@@ -23,7 +23,7 @@ from tvm.target import Target
 from lowbit.compiler.kernels.kv_pages_cpu import LOWBIT_KERNEL
 
 PARALLEL_ROWS = 16
-LANES = 16  # fp32 partial sums of squares, one vector
+LANES = 16  # fp32 partial sums of squares, one vector (the tree that adds them is written for 16)
 
 
 def _on_cpu(x: Tensor) -> bool:
