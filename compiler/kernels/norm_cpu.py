@@ -65,6 +65,16 @@ def rms_norm_kernel(hidden: int, weight_dtype: str, eps: float, add: bool) -> ti
                 y[i, t, k0 * LANES + lane] = s[i, t, k0 * LANES + lane] * inv * T.Cast(
                     "float32", w[k0 * LANES + lane])
 
+    @T.macro
+    def every_row(a, b, w, s, y, batch, seq):
+        """Every row, in parallel from PARALLEL_ROWS rows on."""
+        if batch * seq >= PARALLEL_ROWS:
+            for r in T.parallel(batch * seq):
+                row(a, b, w, s, y, r // seq, r % seq)
+        else:
+            for r in T.serial(batch * seq):
+                row(a, b, w, s, y, r // seq, r % seq)
+
     if add:
         @T.prim_func(private=True, s_tir=True)
         def kernel(x_handle: T.handle, d_handle: T.handle, w: T.Buffer((hidden,), weight_dtype),
@@ -76,12 +86,7 @@ def rms_norm_kernel(hidden: int, weight_dtype: str, eps: float, add: bool) -> ti
             s = T.match_buffer(s_handle, (batch, seq, hidden), "float32")
             y = T.match_buffer(y_handle, (batch, seq, hidden), "float32")
             with T.sblock("root"):  # relax's analyses of a call_tir'd PrimFunc expect a root block
-                if batch * seq >= PARALLEL_ROWS:
-                    for r in T.parallel(batch * seq):
-                        row(x, d, w, s, y, r // seq, r % seq)
-                else:
-                    for r in T.serial(batch * seq):
-                        row(x, d, w, s, y, r // seq, r % seq)
+                every_row(x, d, w, s, y, batch, seq)
     else:
         @T.prim_func(private=True, s_tir=True)
         def kernel(x_handle: T.handle, w: T.Buffer((hidden,), weight_dtype), y_handle: T.handle):
@@ -90,12 +95,7 @@ def rms_norm_kernel(hidden: int, weight_dtype: str, eps: float, add: bool) -> ti
             x = T.match_buffer(x_handle, (batch, seq, hidden), "float32")
             y = T.match_buffer(y_handle, (batch, seq, hidden), "float32")
             with T.sblock("root"):
-                if batch * seq >= PARALLEL_ROWS:
-                    for r in T.parallel(batch * seq):
-                        row(x, None, w, x, y, r // seq, r % seq)
-                else:
-                    for r in T.serial(batch * seq):
-                        row(x, None, w, x, y, r // seq, r % seq)
+                every_row(x, None, w, x, y, batch, seq)
 
     return kernel
 
