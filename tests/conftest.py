@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +94,28 @@ class BundledBuild:
 
 
 @pytest.fixture(scope="session")
-def bundled_w4(bundled_dir, tmp_path_factory) -> BundledBuild:
-    """The bundled model as a w4a16g128asym MLC folder and its CPU library (built once, ~1 min)."""
+def bundled_build(bundled_dir, tmp_path_factory) -> Callable[[str], BundledBuild]:
+    """scheme → the bundled model as an MLC folder of that scheme and its CPU library, each built
+    once per session (~20 s)."""
     from lowbit.compiler.compile import CompileArgs, compile_model
     from lowbit.compiler.convert import ConvertArgs, convert
 
-    root = tmp_path_factory.mktemp("bundled-w4a16g128asym")
-    mlc = convert(ConvertArgs(str(bundled_dir), "w4a16g128asym", root / "mlc", progress=False)).out
-    return BundledBuild(mlc, compile_model(CompileArgs(mlc, "llvm", root / "w4a16g128asym.so"), progress=False))
+    built: dict[str, BundledBuild] = {}
+
+    def get(scheme: str) -> BundledBuild:
+        if scheme not in built:
+            root = tmp_path_factory.mktemp(f"bundled-{scheme}")
+            mlc = convert(ConvertArgs(str(bundled_dir), scheme, root / "mlc", progress=False)).out
+            built[scheme] = BundledBuild(mlc, compile_model(CompileArgs(mlc, "llvm", root / f"{scheme}.so"), progress=False))
+        return built[scheme]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundled_w4(bundled_build) -> BundledBuild:
+    """The bundled model as a w4a16g128asym MLC folder and its CPU library."""
+    return bundled_build("w4a16g128asym")
 
 
 # -- a tiny random Llama with the bundled model's tokenizer: HF folder → q0f32 MLC folder → library

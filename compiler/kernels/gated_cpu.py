@@ -10,6 +10,8 @@ than the work.
 
 from __future__ import annotations
 
+from functools import cache
+
 from tvm import tirx
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.script import tirx as T
@@ -22,6 +24,7 @@ PARALLEL_ROWS = 16
 LANES = 16  # fp32 elements per vectorised step
 
 
+@cache  # parsing TVMScript takes ~0.1 s, and every layer of every exported method asks
 def silu_multiply_kernel(inter: int, dtype: str) -> tirx.PrimFunc:
     """``y[b, t, i] = silu(x[b, t, i]) · x[b, t, inter + i]`` for x [B, T, 2·inter]."""
     steps, lanes = (inter // LANES, LANES) if inter % LANES == 0 else (inter, 1)

@@ -15,6 +15,8 @@ more than the work.
 
 from __future__ import annotations
 
+from functools import cache
+
 from tvm import tirx
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.script import tirx as T
@@ -34,6 +36,7 @@ def _on_cpu(x: Tensor) -> bool:
             and len(x.shape) == 3 and isinstance(x.shape[2], int) and x.shape[2] % LANES == 0)
 
 
+@cache  # parsing TVMScript takes ~0.1 s, and every layer of every exported method asks
 def rms_norm_kernel(hidden: int, weight_dtype: str, eps: float, add: bool) -> tirx.PrimFunc:
     """``y = s · rsqrt(Σ s² / hidden + eps) · w`` per row of x [B, T, hidden] (fp32) with w
     [hidden] (``weight_dtype``), where s = x (``add`` False: arguments x, w, y) or s = x + d,

@@ -27,14 +27,14 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm.target import Target
 
 from lowbit.compiler.kernels.attention_cpu import use_lowbit_attention
-from lowbit.compiler.kernels.gated_cpu import gated_silu
-from lowbit.compiler.kernels.norm_cpu import add_rms_norm, rms_norm
-from lowbit.compiler.kernels.rope_cpu import use_lowbit_split_rotary
 from lowbit.compiler.kernels.attention_softcap import softcap_attention
+from lowbit.compiler.kernels.gated_cpu import gated_silu
 from lowbit.compiler.kernels.gemm_int8 import batch_decode_int8, gemm_int8, int8_prefill_applies
 from lowbit.compiler.kernels.gemm_int8 import supports as gemm_supports
 from lowbit.compiler.kernels.gemv_int8 import decode_terms, gemv_int8, int8_decode_applies
+from lowbit.compiler.kernels.norm_cpu import add_rms_norm, rms_norm
 from lowbit.compiler.kernels.quant_matmul import q_embed_te, q_matmul_te, zero_points_as_words
+from lowbit.compiler.kernels.rope_cpu import use_lowbit_split_rotary
 from lowbit.compiler.schemes import AsymGroupQuant, NoQuant, Scheme
 from lowbit.errors import LowbitError
 

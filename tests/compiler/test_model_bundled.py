@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from lowbit.compiler.compile import CompileArgs, compile_model
-from lowbit.compiler.convert import ConvertArgs, convert
 from lowbit.compiler.mlc_reader import load_mlc_model
 from lowbit.corpus import eval_windows, split_tokens
 from lowbit.evaluate.perplexity import perplexity, torch_logits_fn
@@ -22,10 +20,8 @@ SEQLEN, WINDOWS = 512, 16
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["w4a16g128asym", "q4f16_1"])
-def test_compiled_perplexity_matches_pytorch(bundled_dir, scheme, tmp_path):
-    mlc, lib = tmp_path / "mlc", tmp_path / "model.so"
-    convert(ConvertArgs(str(bundled_dir), scheme, mlc, progress=False))
-    compile_model(CompileArgs(mlc, "llvm", lib), progress=False)
+def test_compiled_perplexity_matches_pytorch(bundled_build, scheme):
+    mlc, lib = bundled_build(scheme).mlc_dir, bundled_build(scheme).lib
     compiled = evaluate_compiled_perplexity(mlc, lib, "test", SEQLEN, WINDOWS, progress=False)
     ids = eval_windows(split_tokens(load_tokenizer(mlc), "test"), SEQLEN, WINDOWS)
     reference = perplexity(torch_logits_fn(load_mlc_model(mlc)), ids, 4, progress=False)

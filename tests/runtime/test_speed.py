@@ -49,15 +49,17 @@ def test_op_kind_drops_relax_numbering_keeps_dtypes():
 
 def test_bench_profile_counts_every_call(tiny_chat):
     """Per decode token of the 2-layer tiny model: 9 quantized-linear calls (qkv, o, gate/up,
-    down per layer, then the lm_head; o and down fused with the residual add), one attention per
-    layer, 5 RMS norms; the kinds' times add up to the step."""
+    down per layer, then the lm_head; down fused with the residual add), one attention per
+    layer, 5 RMS norms (the post-attention ones fused with o's residual add); the kinds' times add
+    up to the step."""
     result = CliRunner().invoke(main, ["bench", str(tiny_chat.mlc_dir), "--model-lib", str(tiny_chat.lib),
                                        "--prompt-tokens", "8", "--new-tokens", "3", "--profile", "--json"])
     assert result.exit_code == 0, result.output
     profile = json.loads(result.output.strip().splitlines()[-1])["profile"]
     calls = {op["kind"]: op["calls"] for op in profile["ops"]}
-    assert calls["q_matmul"] + calls["fused_q_matmul_add"] == 9  # o_proj, down_proj: + residual
-    assert calls["rms_norm"] == 5
+    assert calls["q_matmul"] + calls["fused_q_matmul_add"] == 9  # down_proj: + residual
+    assert calls["fused_q_matmul_add"] == 2 and calls["add_rms_norm"] == 2  # o_proj's residual + the norm after
+    assert calls["rms_norm"] + calls["add_rms_norm"] == 5
     assert calls["vm.builtin.attention_kv_cache_attention_with_fused_qkv"] == 2
     assert all(op["ms"] >= 0 for op in profile["ops"]) and profile["timing_us"] > 0
     assert math.isclose(sum(op["ms"] for op in profile["ops"]), profile["step_ms"], rel_tol=1e-6)

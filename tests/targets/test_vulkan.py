@@ -105,22 +105,17 @@ def test_no_adapter_is_one_line(tiny_builds, webgpu_runtime):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["w4a16g128asym", "q4f16_1"])
-def test_bundled_model_matches_llvm_and_pytorch(scheme, bundled_w4, bundled_dir, tmp_path, webgpu_runtime):
+def test_bundled_model_matches_llvm_and_pytorch(scheme, bundled_build, tmp_path, webgpu_runtime):
     """The bundled SmolLM2-135M: teacher-forced on 32 greedy tokens of the llvm build for the
     README prompt; test-split perplexity on 4 windows of 64 tokens (lavapipe prefills ~10 tokens/s)
     within 0.5 % of PyTorch's on the same weights (fake-quant, fp32)."""
-    from lowbit.compiler.convert import ConvertArgs, convert
     from lowbit.compiler.mlc_reader import load_mlc_model
     from lowbit.corpus import eval_windows, split_tokens
     from lowbit.evaluate.perplexity import perplexity, torch_logits_fn
     from lowbit.evaluate.run import evaluate_compiled_perplexity
     from lowbit.models import load_tokenizer
 
-    if scheme == "w4a16g128asym":  # the session's CPU build of it
-        mlc, llvm = bundled_w4.mlc_dir, bundled_w4.lib
-    else:
-        mlc = convert(ConvertArgs(str(bundled_dir), scheme, tmp_path / "mlc", progress=False)).out
-        llvm = compile_model(CompileArgs(mlc, "llvm", tmp_path / "llvm.so"), progress=False)
+    mlc, llvm = bundled_build(scheme).mlc_dir, bundled_build(scheme).lib
     vulkan = compile_model(CompileArgs(mlc, "vulkan", tmp_path / "vulkan.so"), progress=False)
     prompt = Tokenizer(mlc).encode(README_PROMPT)
     reference, got = teacher_forced(mlc, llvm, vulkan, prompt, steps=32)
