@@ -49,3 +49,19 @@ def test_add_rms_norm_returns_the_sum_and_its_norm(batch, seq, hidden):
     s, y = run(hidden, w, x, d)
     np.testing.assert_array_equal(s, x + d)  # the residual stream, exactly fp32's sum
     np.testing.assert_allclose(y, reference(x + d, w), rtol=2e-6, atol=1e-6)
+
+
+def test_a_model_parses_each_norm_once(tiny_llama_dir, tmp_path):
+    """Exporting the 2-layer model asks for a norm kernel 25 times (5 norms × 5 methods): TVMScript
+    parses each distinct one once (~0.1 s each; 305 asks on the bundled model)."""
+    import json
+
+    from lowbit.compiler.compile import export_model
+    from lowbit.compiler.convert import ConvertArgs, convert
+
+    mlc = convert(ConvertArgs(str(tiny_llama_dir), "q4f16_1", tmp_path / "mlc", progress=False)).out
+    preset = get_preset("llvm")
+    rms_norm_kernel.cache_clear()
+    export_model(json.loads((mlc / "mlc-chat-config.json").read_text()), preset, preset.tvm_target(BuildOptions()))
+    info = rms_norm_kernel.cache_info()
+    assert (info.hits + info.misses, info.misses) == (25, 2)  # the plain norm and the one with the add
