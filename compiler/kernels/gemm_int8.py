@@ -37,6 +37,7 @@ from tvm.target import Target
 from lowbit.artifact import PREFILL_ACTIVATIONS
 from lowbit.compiler.kernels.gemv_int8 import (
     activations_during_export,
+    cached_per_isa,
     gemv_body,
     has_vnni,
     linear_kernel,
@@ -97,6 +98,7 @@ def _spread1(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return (v | (v << T.uint32(7))) & T.uint32(0x01010101)
 
 
+@cached_per_isa
 def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     """``y[0, t, n] = Σ_k x̂[0, t, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x:
     x [1, T, K] (:func:`~.gemv_int8.linear_kernel`). Built for ``Target.current()``:
@@ -104,6 +106,7 @@ def gemm_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     return linear_kernel(scheme, n_out, k_in, gemm_body(scheme, n_out, k_in), one_token_rows=False)
 
 
+@cached_per_isa
 def batch_decode_int8(scheme: Scheme, n_out: int, k_in: int) -> tirx.PrimFunc:
     """Batch decode's int8 linear, x [B, 1, K]: :func:`~.gemv_int8.gemv_int8`'s loop below
     :data:`GEMM_MIN_ROWS` sequences, this module's GEMM from there on (the same activation

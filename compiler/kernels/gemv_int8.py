@@ -49,9 +49,10 @@ as llama.cpp's Q8_0 dot product does; the zero point is then already subtracted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from functools import cache, wraps
 
 from tvm import tirx
 from tvm.script import tirx as T
@@ -128,6 +129,19 @@ def has_vnni(target: Target | None) -> bool:
             and "+avx512vnni" in [str(a) for a in target.attrs.get("mattr", [])])
 
 
+def cached_per_isa(builder: Callable[..., tirx.PrimFunc]) -> Callable[..., tirx.PrimFunc]:
+    """``builder`` cached on its arguments and on whether ``Target.current()`` has VNNI, the one
+    thing of the target these kernels read: every layer's linears ask for the same few."""
+    built = cache(lambda vnni, args, options: builder(*args, **dict(options)))
+
+    @wraps(builder)
+    def build(*args, **options) -> tirx.PrimFunc:
+        return built(has_vnni(Target.current(allow_none=True)), args, tuple(sorted(options.items())))
+
+    build.cache_info, build.cache_clear = built.cache_info, built.cache_clear  # type: ignore[attr-defined]
+    return build
+
+
 def _per_lane(values: tirx.PrimExpr, count: int, run: int, group: int) -> tirx.PrimExpr:
     """The ``count`` per-group values of one run spread over the lanes: lane l gets the value of
     the group holding its elements (run/8 of them, from (run/8)·l)."""
@@ -164,6 +178,7 @@ def linear_kernel(scheme: Scheme, n_out: int, k_in: int, body, one_token_rows: b
     return kernel.without_attr("global_symbol")  # relax names each call site's copy
 
 
+@cached_per_isa
 def gemv_int8(scheme: Scheme, n_out: int, k_in: int, terms: int = 1) -> tirx.PrimFunc:
     """``y[b, 0, n] = Σ_k x̂[b, 0, k] · deq(w)[n, k]`` with x̂ the int8 block quantization of x in
     ``terms`` codes (:func:`lowbit.quantizer.fake_quantize_blocks_int8`): x [B, 1, K]

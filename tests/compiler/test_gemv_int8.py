@@ -213,6 +213,28 @@ def test_compiled_int8_decode_matches_torch(int8_llama_dir, scheme, activations,
     np.testing.assert_allclose(rows[3], engine.decode(twin, 3), atol=1e-5 * scale)
 
 
+@needs_avx2
+def test_a_model_parses_each_int8_kernel_once(int8_llama_dir, tmp_path):
+    """Every layer's linears ask for the same few int8 kernels (5 shapes here: q/k/v, o,
+    gate/up, down, the head); TVMScript parses each once per ISA (a bundled-model int8 build took
+    109 s to compile, 22 s with the cache, beside two jobs)."""
+    import json
+
+    from lowbit.compiler.compile import export_model
+    from lowbit.targets.presets import BuildOptions, get_preset
+
+    mlc = convert(ConvertArgs(str(int8_llama_dir), "q4f16_1", tmp_path / "mlc", progress=False)).out
+    preset = get_preset("llvm")
+    builders = (gemv_int8, batch_decode_int8, gemm_int8)
+    for builder in builders:
+        builder.cache_clear()
+    export_model(json.loads((mlc / "mlc-chat-config.json").read_text()), preset, preset.tvm_target(BuildOptions()),
+                 activations="int8", prefill="int8")
+    for builder in builders:
+        info = builder.cache_info()
+        assert 0 < info.misses <= 5 < info.hits + info.misses, (builder.__name__, info)
+
+
 @pytest.mark.parametrize("scheme", ["q4f16_1", "w3a16g64asym"])
 @needs_avx2
 def test_compiled_int8_prefill_matches_torch(int8_llama_dir, scheme, tmp_path):
