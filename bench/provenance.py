@@ -160,7 +160,8 @@ def commit_reader(commit: str, repo: Path = REPO) -> Reader:
 @cache
 def module_path(name: str) -> str | None:
     """The repo-relative source file of module ``name`` (the current layout), or None: no
-    ``lowbit`` module of this repo (a function's name, a package outside it)."""
+    ``lowbit`` module (a function's name, a package outside lowbit). A ``lowbit`` imported from
+    another checkout is an error."""
     if not (name == "lowbit" or name.startswith("lowbit.")):
         return None
     try:
@@ -170,7 +171,10 @@ def module_path(name: str) -> str | None:
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return None
     path = Path(spec.origin).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else None
+    if not path.is_relative_to(REPO):  # hashing this checkout would describe code that did not run
+        raise RuntimeError(f"{name} is imported from {path}, outside this checkout ({REPO}): "
+                           "run bench/ with this checkout's environment")
+    return str(path.relative_to(REPO))
 
 
 def _package(name: str, path: str) -> str:

@@ -366,3 +366,17 @@ def test_nf3_cells_round_trip_through_their_command():
             "n": 500, "acc": 0.5, "acc_norm": 0.5}
     assert zeroshot.row_key(zrow) != zeroshot.row_key({**zrow, "codebook": None})
     assert "| 3 (nf3) |" in zeroshot.markdown([zrow, {**zrow, "codebook": None}])
+
+
+def test_a_lowbit_imported_from_another_checkout_is_refused(monkeypatch, tmp_path):
+    """A bench run from a clone whose environment imports another checkout's lowbit would hash
+    none of the clone's files: code versions of nothing (thirteen rows once recorded the empty
+    hash, e3b0c442…). It raises instead."""
+    provenance.module_path.cache_clear()
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="outside this checkout"):
+            provenance.module_path("lowbit.calib.rtn")
+        assert provenance.module_path("numpy") is None  # not lowbit: not this checkout's business
+    finally:
+        provenance.module_path.cache_clear()
