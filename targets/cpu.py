@@ -61,6 +61,9 @@ def mark_all_noalias(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.
     return out
 
 
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
+
+
 @relax.expr_functor.mutator
 class _ReshapeOfReshape(relax.PyExprMutator):
     """Rewrites ``reshape(v, b)`` where v is bound to ``reshape(x, a)`` into ``reshape(x, b)``."""
@@ -75,9 +78,6 @@ class _ReshapeOfReshape(relax.PyExprMutator):
                 self.merged += 1
                 return relax.op.reshape(inner.args[0], call.args[1])
         return call
-
-
-_RESHAPE = tvm.ir.Op.get("relax.reshape")
 
 
 @tvm.transform.module_pass(opt_level=0, name="MergeReshapes")
