@@ -21,7 +21,8 @@ SEQLEN, WINDOWS = 512, 16
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["w4a16g128asym", "q4f16_1"])
 def test_compiled_perplexity_matches_pytorch(bundled_build, scheme):
-    mlc, lib = bundled_build(scheme).mlc_dir, bundled_build(scheme).lib
+    build = bundled_build(scheme)
+    mlc, lib = build.mlc_dir, build.lib
     compiled = evaluate_compiled_perplexity(mlc, lib, "test", SEQLEN, WINDOWS, progress=False)
     ids = eval_windows(split_tokens(load_tokenizer(mlc), "test"), SEQLEN, WINDOWS)
     reference = perplexity(torch_logits_fn(load_mlc_model(mlc)), ids, 4, progress=False)

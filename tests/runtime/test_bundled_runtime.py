@@ -13,20 +13,12 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Water boils at"]
 NEW = 16
 
 
-def _build(bundled_dir, tmp_path_factory, scheme: str):
-    from lowbit.compiler.compile import CompileArgs, compile_model
-    from lowbit.compiler.convert import ConvertArgs, convert
-
-    root = tmp_path_factory.mktemp(f"bundled-{scheme}")
-    mlc = convert(ConvertArgs(str(bundled_dir), scheme, root / "mlc", progress=False)).out
-    return mlc, compile_model(CompileArgs(mlc, "llvm", root / f"{scheme}.so"), progress=False)
-
-
 @pytest.mark.slow
-def test_q0f32_greedy_run_equals_torch(bundled_dir, tmp_path_factory):
+def test_q0f32_greedy_run_equals_torch(bundled_dir, bundled_build):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    mlc, lib = _build(bundled_dir, tmp_path_factory, "q0f32")
+    build = bundled_build("q0f32")
+    mlc, lib = build.mlc_dir, build.lib
     tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
     model = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=torch.float32).eval()
     for prompt in PROMPTS:

@@ -115,7 +115,8 @@ def test_bundled_model_matches_llvm_and_pytorch(scheme, bundled_build, tmp_path,
     from lowbit.evaluate.run import evaluate_compiled_perplexity
     from lowbit.models import load_tokenizer
 
-    mlc, llvm = bundled_build(scheme).mlc_dir, bundled_build(scheme).lib
+    build = bundled_build(scheme)
+    mlc, llvm = build.mlc_dir, build.lib
     vulkan = compile_model(CompileArgs(mlc, "vulkan", tmp_path / "vulkan.so"), progress=False)
     prompt = Tokenizer(mlc).encode(README_PROMPT)
     reference, got = teacher_forced(mlc, llvm, vulkan, prompt, steps=32)
